@@ -195,7 +195,14 @@ class ModelConfig:
 
     @property
     def max_supported_len(self) -> int:
-        """Longest context the position encoding was configured for."""
+        """Longest context the position encoding was configured for.
+
+        "linear" and "dynamic" rope scaling stretch ``max_position_embeddings`` by their factor
+        (vLLM's and HF's reading); "llama3" configs already state the stretched length.
+        """
+        rs = self.rope_scaling
+        if rs is not None and rs.rope_type in ("linear", "dynamic"):
+            return int(self.max_position_embeddings * rs.factor)
         return self.max_position_embeddings
 
     # ---- construction --------------------------------------------------------------

@@ -1,0 +1,166 @@
+"""LLMEngine: step = schedule -> execute -> update, plus request admission and outputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+import torch
+
+from membound.config import EngineConfig
+from membound.core.kv_cache_manager import KVCacheManager
+from membound.core.request import Request, RequestStatus
+from membound.core.scheduler import RequestRejectedError, Scheduler
+from membound.engine.engine_args import EngineArgs, torch_dtype
+from membound.engine.output_processor import OutputProcessor
+from membound.engine.tokenizer import Tokenizer
+from membound.outputs import RequestOutput
+from membound.sampling_params import SamplingParams
+from membound.worker.kv_cache_alloc import KVCacheLayout, allocate_kv_cache, plan_kv_cache
+from membound.worker.model_runner import ModelRunner
+from membound.worker.weight_loader import load_model
+
+logger = logging.getLogger(__name__)
+GiB = 1024**3
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, *, progress: bool = False) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.dtype = torch_dtype(config.dtype)
+        mc = config.model_config
+        self.tokenizer: Tokenizer | None = (
+            Tokenizer.from_pretrained(config.tokenizer) if config.tokenizer else None
+        )
+        t0 = time.perf_counter()
+        self.model = load_model(
+            mc, config.model, dtype=self.dtype, device=self.device,
+            load_format=config.load_format,
+            max_positions=config.scheduler_config.max_model_len, seed=config.seed,
+            progress=progress,
+        )
+        self.weights_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.kv_layout = self._plan_kv_cache()
+        kv_caches = allocate_kv_cache(self.kv_layout, self.device)
+        self.kv_manager = KVCacheManager(self.kv_layout.num_blocks, self.kv_layout.block_size)
+        self.scheduler = Scheduler(config.scheduler_config, self.kv_manager)
+        self.runner = ModelRunner(
+            self.model, kv_caches, self.kv_layout.block_size, mc.vocab_size, self.device,
+            mc.sliding_window, config.seed,
+        )
+        self.output_processor = OutputProcessor(self.tokenizer)
+        eos = list(mc.eos_token_ids)
+        if self.tokenizer is not None:
+            eos += [i for i in self.tokenizer.eos_token_ids if i not in eos]
+        self.eos_token_ids = tuple(eos)
+        self._next_id = 0
+        logger.info(
+            "engine ready in %.1fs on %s (%s): weights %.3f GiB, KV cache %.3f GiB = %d blocks "
+            "x %d tokens", time.perf_counter() - t0, self.device, config.dtype,
+            self.weights_bytes / GiB, self.kv_layout.total_bytes / GiB,
+            self.kv_layout.num_blocks, self.kv_layout.block_size,
+        )
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs, *, progress: bool = False) -> LLMEngine:
+        return cls(args.create_engine_config(), progress=progress)
+
+    def _plan_kv_cache(self) -> KVCacheLayout:
+        available = None
+        cc = self.config.cache_config
+        if self.device.type == "cuda" and cc.num_kv_blocks is None and cc.kv_cache_memory_bytes is None:
+            free, total = torch.cuda.mem_get_info(self.device)
+            used = total - free
+            activation_reserve = self._activation_reserve_bytes()
+            available = int(total * cc.gpu_memory_utilization) - used - activation_reserve
+        return plan_kv_cache(
+            self.config.model_config, cc, self.config.scheduler_config, self.dtype, available
+        )
+
+    def _activation_reserve_bytes(self) -> int:
+        """Rough activation bound for one step at the token budget (profiled in the KV
+        memory issue): hidden, fused QKV, gate/up and logits rows, float32, doubled."""
+        mc = self.config.model_config
+        tokens = self.config.scheduler_config.max_num_batched_tokens
+        per_token = mc.hidden_size * 4 + mc.q_size + 2 * mc.kv_size + 2 * mc.intermediate_size
+        return 2 * tokens * per_token * 4 + self.config.scheduler_config.max_num_seqs * mc.vocab_size * 4
+
+    # ---- requests --------------------------------------------------------------------
+    def new_request_id(self) -> str:
+        self._next_id += 1
+        return str(self._next_id - 1)
+
+    def tokenize_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this engine has no tokenizer; pass token ids instead of text")
+            return prompt, self.tokenizer.encode(prompt)
+        ids = list(prompt)
+        vocab = self.config.model_config.vocab_size
+        bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
+        if bad:
+            raise RequestRejectedError(
+                f"prompt token ids must be integers in [0, {vocab}); got {bad[:5]}"
+            )
+        text = self.tokenizer.decode(ids, skip_special_tokens=False) if self.tokenizer else None
+        return text, ids
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        priority: int = 0,
+        arrival_time: float | None = None,
+    ) -> None:
+        text, ids = self.tokenize_prompt(prompt)
+        self.scheduler.check_prompt_len(len(ids))
+        if request_id in self.output_processor.parents:
+            raise RequestRejectedError(f"request id {request_id!r} is already in use")
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        child_ids, child_params = self._children(request_id, params)
+        self.output_processor.add_request(
+            request_id, text, ids, params, child_ids, child_params, arrival
+        )
+        for cid, cparams in zip(child_ids, child_params):
+            req = Request(cid, ids, cparams, self.eos_token_ids, arrival, priority)
+            self.scheduler.add_request(req)
+
+    @staticmethod
+    def _children(request_id: str, params: SamplingParams) -> tuple[list[str], list[SamplingParams]]:
+        if params.n == 1:
+            return [request_id], [params]
+        ids, plist = [], []
+        for i in range(params.n):
+            seed = params.seed + i if params.seed is not None else None
+            ids.append(f"{request_id}#{i}")
+            plist.append(replace(params, n=1, seed=seed))
+        return ids, plist
+
+    def abort_request(self, request_ids: list[str]) -> list[RequestOutput]:
+        outs = []
+        for rid in request_ids:
+            children = self.output_processor.child_ids(rid)
+            self.scheduler.finish_requests(children, RequestStatus.FINISHED_ABORTED)
+            out = self.output_processor.abort(rid)
+            if out is not None:
+                outs.append(out)
+        return outs
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- the loop --------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        sched_out = self.scheduler.schedule()
+        if sched_out.is_empty:
+            self.runner.execute(sched_out)  # still drops finished request state
+            return []
+        result = self.runner.execute(sched_out)
+        core_outputs = self.scheduler.update_from_output(sched_out, result)
+        outputs, stopped = self.output_processor.process(core_outputs)
+        if stopped:
+            self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
+        return outputs

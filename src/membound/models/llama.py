@@ -1,0 +1,208 @@
+"""Llama-family decoder: Llama (1/2/3/3.1), Mistral, Qwen2 (q/k/v bias), Qwen3 (q/k RMSNorm).
+
+Variants are explicit flags of ModelConfig (``qkv_bias``, ``qk_norm``, ``sliding_window``,
+``tie_word_embeddings``); there is one implementation. Checkpoint tensors map onto fused
+parameters through ``packed_modules_mapping``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from membound.config import ModelConfig
+from membound.layers.activation import SiluAndMul
+from membound.layers.attention.layer import Attention
+from membound.layers.attention.metadata import AttentionMetadata
+from membound.layers.linear import Linear, MergedLinear, QKVLinear, default_weight_loader
+from membound.layers.norm import RMSNorm
+from membound.layers.rotary import RotaryEmbedding
+from membound.layers.vocab_embedding import LMHead, VocabEmbedding
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.qkv_proj = QKVLinear(
+            config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, config.qkv_bias
+        )
+        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, config.o_bias)
+        self.qk_norm = config.qk_norm
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.rotary = rotary  # shared by all layers; not a parameter owner
+        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        kv_cache: torch.Tensor | None,
+        md: AttentionMetadata,
+    ) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden)  # [num_tokens, q_size + 2 * kv_size]
+        q_size, kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)  # [num_tokens, num_heads, head_dim]
+        k = k.view(-1, self.num_kv_heads, self.head_dim)  # [num_tokens, num_kv_heads, head_dim]
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q = self.q_norm(q)
+            k = self.k_norm(k)
+        q, k = self.rotary(positions, q, k, md.seq_lens_per_token)
+        out = self.attn(q, k, v, kv_cache, md)  # [num_tokens, num_heads * head_dim]
+        return self.o_proj(out)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        inter = config.intermediate_size
+        self.gate_up_proj = MergedLinear(config.hidden_size, [inter, inter], [0, 1], config.mlp_bias)
+        self.act = SiluAndMul()
+        self.down_proj = Linear(inter, config.hidden_size, config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, rotary)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        kv_cache: torch.Tensor | None,
+        md: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_cache, md)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig, max_positions: int) -> None:
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        rotary = RotaryEmbedding(
+            config.head_dim, max_positions, config.rope_theta, config.rope_scaling
+        )
+        # Registered once here; layers hold a plain reference (see LlamaAttention).
+        self.rotary_emb = rotary
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, rotary) for _ in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor] | None,
+        md: AttentionMetadata,
+    ) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden_size]
+        residual: torch.Tensor | None = None
+        for i, layer in enumerate(self.layers):
+            cache = kv_caches[i] if kv_caches is not None else None
+            hidden, residual = layer(positions, hidden, residual, cache, md)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(nn.Module):
+    # checkpoint name piece -> (fused parameter name piece, shard id)
+    packed_modules_mapping: dict[str, tuple[str, object]] = {
+        "q_proj": ("qkv_proj", "q"),
+        "k_proj": ("qkv_proj", "k"),
+        "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+    # checkpoint tensors that carry no weights we need
+    ignored_checkpoint_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
+
+    def __init__(self, config: ModelConfig, max_positions: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, max_positions or config.max_supported_len)
+        tied = self.model.embed_tokens if config.tie_word_embeddings else None
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size, tied)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor] | None,
+        md: AttentionMetadata,
+    ) -> torch.Tensor:
+        """input_ids/positions [num_tokens] -> final hidden states [num_tokens, hidden_size]."""
+        return self.model(input_ids, positions, kv_caches, md)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)  # [num_rows, vocab_size]
+
+    def checkpoint_to_param(self, name: str) -> tuple[str, object] | None:
+        """Map a checkpoint tensor name to (parameter name, shard id), or None to skip it."""
+        if name.endswith(self.ignored_checkpoint_suffixes):
+            return None
+        if name == "lm_head.weight" and self.config.tie_word_embeddings:
+            return None
+        for piece, (fused, shard) in self.packed_modules_mapping.items():
+            token = f".{piece}."
+            if token in name:
+                return name.replace(token, f".{fused}."), shard
+        return name, None
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy checkpoint tensors into parameters; returns the parameter names filled.
+
+        Unknown names and shape mismatches raise, naming the tensor. The caller checks that
+        every parameter was filled (see worker/weight_loader.py).
+        """
+        params = dict(self.named_parameters())
+        filled: set[str] = set()
+        for ckpt_name, tensor in weights:
+            target = self.checkpoint_to_param(ckpt_name)
+            if target is None:
+                continue
+            name, shard = target
+            if name not in params:
+                raise KeyError(ckpt_name)
+            param = params[name]
+            loader = getattr(param, "weight_loader", default_weight_loader)
+            loader(param, tensor, shard, name=ckpt_name)
+            filled.add(name if shard is None else f"{name}#{shard}")
+        return filled
+
+    def expected_loads(self) -> set[str]:
+        """What ``load_weights`` must fill for the model to be complete."""
+        expected: set[str] = set()
+        for name, module in self.named_modules():
+            if isinstance(module, MergedLinear):
+                for p in ("weight", "bias"):
+                    if getattr(module, p) is not None:
+                        expected |= {f"{name}.{p}#{s}" for s in module.shard_offsets}
+        for name, _ in self.named_parameters():
+            module_name = name.rsplit(".", 1)[0]
+            if not isinstance(self.get_submodule(module_name), MergedLinear):
+                expected.add(name)
+        return expected
