@@ -19,6 +19,10 @@ The prefix window supplies the context that makes the diff exact and the windows
 tokens long, so each step costs O(1) amortised. The last few prompt tokens seed the first window,
 so the first generated word keeps its leading space, as in ``decode(prompt + output)``.
 
+Whatever the ids, the streamed text concatenates to ``decode(prompt + output)`` minus the
+prompt's text, with one exception: a run of ``<0x..>`` byte-fallback tokens that is not valid
+UTF-8 decodes all-or-nothing to U+FFFD, so bytes streamed before the run went bad may differ.
+
 Stop strings are matched on the text after every token, so a stop string split across tokens is
 found. Any tail of the text that could still grow into a stop string is held back from the
 streamed delta until it cannot, and ``flush()`` releases it when the request ends.
@@ -39,6 +43,7 @@ __all__ = ["IncrementalDetokenizer", "StopTokenHit", "check_stop_token"]
 _REPLACEMENT_CHAR = "\ufffd"
 # Prompt tokens kept as context for the first window (vLLM uses the same number).
 _PROMPT_CONTEXT_TOKENS = 5
+_MAX_PROMPT_CONTEXT_TOKENS = 23
 # Drop ids before prefix_offset once this many have accumulated (keeps slices short).
 _COMPACT_AFTER = 64
 
@@ -61,22 +66,56 @@ class IncrementalDetokenizer:
         self._max_stop_len = max((len(s) for s in self._stops), default=0)
         self._include_stop = params.include_stop_str_in_output
         self._min_tokens = params.min_tokens
-        self.output_text = ""
         self.token_ids: list[int] = []
         self.finished = False
         self.stop_reason: str | int | None = None
-        self._emitted = 0  # chars of output_text already returned
+        self._returned: list[str] = []  # deltas already handed out
+        self._pending = ""  # decoded text not handed out yet
         self._closed = False
         # ids of the decode windows: a little prompt context, then the generated ids
-        self._ids: list[int] = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:])
+        self._ids: list[int] = self._prompt_context(prompt_token_ids)
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
-        # A prompt that ends inside a multi-byte character: start reading at that character so
-        # the output, which completes it, contains it whole.
-        while self._read_offset > 0 and self._decode(self._ids[: self._read_offset]).endswith(
-            _REPLACEMENT_CHAR
+        self._skip_chars = self._align_to_character()
+
+    def _align_to_character(self) -> int:
+        """A prompt that ends inside a character: move read_offset back to where it starts.
+
+        Windows must start on a character boundary. The output then begins with text the
+        prompt's last tokens already spelled in part; return how many characters of it the
+        prompt's decoded text (minus its trailing U+FFFD) already shows, to be dropped, so that
+        decode(prompt) without its trailing U+FFFD, followed by output_text, is
+        decode(prompt + output).
+        """
+        shown = self._decode(self._ids)
+        if not shown.endswith(_REPLACEMENT_CHAR):
+            return 0
+        shown = shown.rstrip(_REPLACEMENT_CHAR)
+        clean = shown + _REPLACEMENT_CHAR
+        # (byte fallback turns a whole run of byte tokens into U+FFFD when it ends in a partial
+        # character, so the prompt may show fewer whole characters than its tokens spell)
+        while self._read_offset > 0 and (
+            clean.endswith(_REPLACEMENT_CHAR) or len(clean) > len(shown)
         ):
             self._read_offset -= 1
+            clean = self._decode(self._ids[: self._read_offset])
+        return len(shown) - len(clean)
+
+    def _prompt_context(self, prompt_token_ids: Sequence[int]) -> list[int]:
+        """The shortest prompt suffix (>= 5 ids) that decodes cleanly, as vLLM picks it.
+
+        A suffix that starts inside a character decodes to U+FFFD, and with byte fallback
+        that garbage can swallow the bytes the output adds; the whole prompt is the fallback
+        (it starts on a character boundary by definition).
+        """
+        n = len(prompt_token_ids)
+        for size in range(_PROMPT_CONTEXT_TOKENS, min(n, _MAX_PROMPT_CONTEXT_TOKENS) + 1):
+            suffix = list(prompt_token_ids[n - size :])
+            # a partial character at the very end is fine (_align_to_character handles it)
+            text = self._decode(suffix).rstrip(_REPLACEMENT_CHAR)
+            if text and _REPLACEMENT_CHAR not in text:
+                return suffix
+        return list(prompt_token_ids)
 
     def update(self, new_token_ids: Sequence[int], stop_terminated: bool = False) -> str:
         """Append generated ids; return the text that became final (possibly ``""``).
@@ -124,17 +163,31 @@ class IncrementalDetokenizer:
             self._prefix_offset = 0
         return new_text[len(prefix_text) :]
 
-    # ------------------------------------------------------------------ stop strings
+    # ------------------------------------------------------------------ text and stop strings
+    # output_text = "".join(_returned) + _pending. Only _pending (text not yet returned: a held
+    # stop-string prefix plus the newest characters) is scanned, so a step costs O(1) however
+    # long the output grows. A new stop match always starts inside _pending: the text before
+    # it was held back exactly because it could still become that stop string.
+    @property
+    def output_text(self) -> str:
+        """All text decoded so far, cut at the stop string once one matched."""
+        if len(self._returned) > 1:
+            self._returned[:] = ["".join(self._returned)]
+        return (self._returned[0] if self._returned else "") + self._pending
+
     def _append_text(self, text: str) -> None:
+        if self._skip_chars:
+            skipped = min(self._skip_chars, len(text))
+            text, self._skip_chars = text[skipped:], self._skip_chars - skipped
         if not text:
             return
-        self.output_text += text
+        self._pending += text
         # vLLM semantics: stop strings only count once more than min_tokens ids were generated.
         if self._stops and len(self.token_ids) > self._min_tokens:
             self._check_stop_strings(len(text))
 
     def _check_stop_strings(self, new_chars: int) -> None:
-        text = self.output_text
+        text = self._pending
         best: tuple[int, str] | None = None
         for stop in self._stops:
             # only a match that ends inside the new characters is new
@@ -144,14 +197,13 @@ class IncrementalDetokenizer:
         if best is None:
             return
         index, stop = best
-        self.output_text = text[: index + len(stop) if self._include_stop else index]
-        self._emitted = min(self._emitted, len(self.output_text))
+        self._pending = text[: index + len(stop) if self._include_stop else index]
         self.finished = True
         self.stop_reason = stop
 
     def _held_back(self) -> int:
-        """Length of the longest tail of output_text that is a proper prefix of a stop string."""
-        text = self.output_text
+        """Length of the longest tail of _pending that is a proper prefix of a stop string."""
+        text = self._pending
         for k in range(min(self._max_stop_len - 1, len(text)), 0, -1):
             tail = text[-k:]
             if any(len(stop) > k and stop.startswith(tail) for stop in self._stops):
@@ -159,11 +211,11 @@ class IncrementalDetokenizer:
         return 0
 
     def _take_delta(self, final: bool) -> str:
-        end = len(self.output_text) if final else len(self.output_text) - self._held_back()
-        if end <= self._emitted:
+        end = len(self._pending) if final else len(self._pending) - self._held_back()
+        if end <= 0:
             return ""
-        delta = self.output_text[self._emitted : end]
-        self._emitted = end
+        delta, self._pending = self._pending[:end], self._pending[end:]
+        self._returned.append(delta)
         return delta
 
 

@@ -80,7 +80,7 @@ class EngineArgs:
         return model_path if has else None
 
     @staticmethod
-    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    def add_cli_args(parser: argparse.ArgumentParser, seed_flag: str = "--seed") -> None:
         g = parser.add_argument_group("engine")
         g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
         g.add_argument("--dtype", default="auto",
@@ -96,7 +96,8 @@ class EngineArgs:
                        default=True, help="split long prompts across steps")
         g.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"],
                        help="'dummy' gives random weights (benchmarks)")
-        g.add_argument("--seed", type=int, default=0, help="engine seed for unseeded sampling")
+        g.add_argument(seed_flag, dest="seed", type=int, default=0,
+                       help="engine seed for unseeded sampling and dummy weights")
         g.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                        help="fraction of GPU memory membound may use")
         g.add_argument("--kv-cache-memory-bytes", type=int, default=None,

@@ -121,8 +121,12 @@ class Tokenizer:
         )
 
     def _special_token_id(self, token: str) -> int:
+        """Id of a special token named by the config, registered as special like HF does
+        (kept whole by ``encode``, dropped by ``decode(skip_special_tokens=True)``); a token
+        missing from the vocabulary gets the next free id."""
         token_id = self._backend.token_to_id(token)
-        if token_id is None:  # named in the config but absent from the vocabulary: add it, as HF
+        added = self._backend.get_added_tokens_decoder()
+        if token_id is None or token_id not in added:
             self._backend.add_special_tokens([AddedToken(token, special=True, normalized=False)])
             token_id = self._backend.token_to_id(token)
         assert token_id is not None
@@ -143,7 +147,9 @@ class Tokenizer:
         try:
             return self._backend.decode(list(ids), skip_special_tokens=False)
         except (OverflowError, TypeError) as exc:
-            raise TokenizerError(f"decode() needs a list of non-negative int token ids ({exc})") from exc
+            raise TokenizerError(
+                f"decode() needs a list of non-negative int token ids ({exc})"
+            ) from exc
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
         """Vocabulary strings of ``ids`` (e.g. ``'Ġthe'``, ``'▁the'``, ``'<0xE4>'``)."""
@@ -151,7 +157,9 @@ class Tokenizer:
         for i in ids:
             token = self._backend.id_to_token(i) if isinstance(i, int) and i >= 0 else None
             if token is None:
-                raise TokenizerError(f"token id {i!r} is not in the vocabulary (size {self.vocab_size})")
+                raise TokenizerError(
+                    f"token id {i!r} is not in the vocabulary (size {self.vocab_size})"
+                )
             tokens.append(token)
         return tokens
 
@@ -260,7 +268,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _missing_tokenizer_json_message(folder: Path) -> str:
-    slow = [f for f in ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt") if (folder / f).exists()]
+    slow = [
+        f
+        for f in ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt")
+        if (folder / f).exists()
+    ]
     found = f" (found slow-tokenizer files: {', '.join(slow)})" if slow else ""
     return (
         f"{folder} has no tokenizer.json{found}. membound reads only the fast tokenizer.json "
@@ -291,7 +303,9 @@ def _config_chat_templates(value: object, folder: Path) -> dict[str, str]:
     if isinstance(value, str):
         return {"default": value}
     if isinstance(value, list) and all(
-        isinstance(t, Mapping) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)
+        isinstance(t, Mapping)
+        and isinstance(t.get("name"), str)
+        and isinstance(t.get("template"), str)
         for t in value
     ):
         return {t["name"]: t["template"] for t in value}

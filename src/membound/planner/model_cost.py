@@ -69,7 +69,9 @@ def linear_groups(shape: ModelShape) -> tuple[LinearGroup, ...]:
     moe = shape.num_moe_layers
     if moe:
         e, k, inter = shape.num_experts, shape.num_experts_per_tok, shape.moe_intermediate_size
-        groups.append(LinearGroup("experts.up", up * inter, h, moe * e, moe * k, "column", True, True))
+        groups.append(
+            LinearGroup("experts.up", up * inter, h, moe * e, moe * k, "column", True, True)
+        )
         groups.append(LinearGroup("experts.down", h, inter, moe * e, moe * k, "row", True, True))
         groups.append(LinearGroup("router", e, h, moe, moe, "replicated", False))
         if shape.shared_expert_intermediate_size:

@@ -68,7 +68,9 @@ class ModelShape:
                       "head_dim", "vocab_size", "max_position_embeddings"):  # fmt: skip
             value = getattr(self, field)
             if not isinstance(value, int) or value <= 0:
-                raise PlannerError(f"{self.name}: {field} must be a positive integer, got {value!r}")
+                raise PlannerError(
+                    f"{self.name}: {field} must be a positive integer, got {value!r}"
+                )
         if self.num_attention_heads % self.num_kv_heads:
             raise PlannerError(
                 f"{self.name}: num_attention_heads ({self.num_attention_heads}) is not a "
@@ -274,6 +276,8 @@ def _from_generic(
     heads = int(_get(raw, name, "num_attention_heads", "n_head", "num_heads"))
     head_dim = int(raw.get("head_dim") or hidden // heads)
     window, sliding_layers = _sliding(raw, layers)
+    ffn_keys = ("intermediate_size", "ffn_hidden_size", "n_inner", "ffn_dim")
+    inter = int(_get(raw, name, *ffn_keys, default=4 * hidden))
     return ModelShape(
         name=name,
         architecture=arch,
@@ -283,8 +287,7 @@ def _from_generic(
         num_kv_heads=_kv_heads(raw, model_type, heads),
         head_dim=head_dim,
         vocab_size=int(_get(raw, name, "vocab_size")),
-        intermediate_size=int(_get(raw, name, "intermediate_size", "ffn_hidden_size", "n_inner",
-                                   "ffn_dim", default=4 * hidden)),  # fmt: skip
+        intermediate_size=inter,
         gated_mlp=model_type not in _NON_GATED_TYPES,
         qkv_bias=bool(raw.get("attention_bias", model_type == "qwen2_moe") or raw.get("bias")),
         o_bias=bool(raw.get("bias", False)),

@@ -98,9 +98,7 @@ WEIGHT_FORMATS: dict[str, WeightFormat] = {
             per_input_row_bytes=4,
             description="GPTQ INT4 weight-only, group 128, with g_idx",
         ),
-        WeightFormat(
-            "mxfp4", 4, "fp4", group_size=32, group_scale_bits=8, description="OCP MXFP4"
-        ),
+        WeightFormat("mxfp4", 4, "fp4", group_size=32, group_scale_bits=8, description="OCP MXFP4"),
         WeightFormat(
             "nvfp4",
             4,
