@@ -64,7 +64,7 @@ def test_hardware_file_toml_overrides_and_adds(tmp_path: Path) -> None:
     path.write_text(
         '[gpu.h100-sxm]\nprice_per_gpu_hour = 2.69\nprice_source = "RunPod spot"\n'
         'price_date = "2026-03"\n\n'
-        '[gpu.my-gpu]\nmemory_gib = 96\nbandwidth_gbs = 4000\ndense_bf16_tflops = 500\n'
+        "[gpu.my-gpu]\nmemory_gib = 96\nbandwidth_gbs = 4000\ndense_bf16_tflops = 500\n"
         "dense_fp8_tflops = 1000\ntdp_w = 600\nprice_per_gpu_hour = 2.0\n"
     )
     table = load_hardware(path)

@@ -40,11 +40,19 @@ def paged_decode_attention_ref(
     num_seqs, num_heads, head_dim = query.shape
     num_kv_heads = kv_cache.shape[3]
     group = num_heads // num_kv_heads
-    # [num_seqs, max_blocks, block_size, num_kv_heads, head_dim] -> [num_seqs, kv_heads, L, D]
-    k = kv_cache[0][block_tables].flatten(1, 2).transpose(1, 2)
-    v = kv_cache[1][block_tables].flatten(1, 2).transpose(1, 2)
+    block_size = kv_cache.shape[2]
+    flat = block_tables.reshape(-1)
+    kv_len = block_tables.shape[1] * block_size
+
+    def gather(cache: torch.Tensor) -> torch.Tensor:
+        # [num_seqs * max_blocks, block_size, kv_heads, D] -> [num_seqs, kv_heads, L, D]
+        x = cache.index_select(0, flat).view(num_seqs, kv_len, num_kv_heads, head_dim)
+        return x.transpose(1, 2).to(query.dtype).contiguous()
+
     q = query.view(num_seqs, num_kv_heads, group, head_dim)
-    out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=scale)
+    out = F.scaled_dot_product_attention(
+        q, gather(kv_cache[0]), gather(kv_cache[1]), attn_mask=mask, scale=scale
+    )
     return out.reshape(num_seqs, num_heads, head_dim)
 
 
@@ -74,6 +82,6 @@ def gather_seq_kv(
     kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``seq_len`` K and V rows of one sequence: each [seq_len, num_kv_heads, D]."""
-    k = kv_cache[0][block_table].flatten(0, 1)[:seq_len]
-    v = kv_cache[1][block_table].flatten(0, 1)[:seq_len]
+    k = kv_cache[0].index_select(0, block_table).flatten(0, 1)[:seq_len]
+    v = kv_cache[1].index_select(0, block_table).flatten(0, 1)[:seq_len]
     return k, v

@@ -1,0 +1,19 @@
+"""The deployment planner: will it fit, how fast, at what cost and energy, on which GPU.
+
+Pure Python, no torch. Depends on ``membound.config`` only. Module map:
+
+    hardware.py     GPU table (dense peaks, capacity, bandwidth, TDP, links, dated prices)
+    precision.py    weight formats (bytes incl. scales) and KV-cache dtypes
+    model_shape.py  ModelShape parsed from any HF config.json; presets.py the reference models
+    model_cost.py   parameters, weight bytes per GPU, KV bytes per token, FLOPs
+    workload.py     Workload (lengths, concurrency, targets) and EngineLimits
+    memory.py       fit, KV capacity, max concurrency, smallest TP, CPU offload
+    roofline.py     decode step, prefill, TTFT, TPOT, tokens/s; Efficiency factors
+    cost.py         $/M tokens and J/token (estimates)
+    plan.py         every GPU option side by side, the recommendation, the JSON document
+    calibrate.py    efficiency factors from membound benchmark JSON
+    audit.py        claimed figures against the physical bounds
+    report.py, plot.py, cli.py   output and ``membound plan``
+
+See docs/planner.md.
+"""

@@ -246,7 +246,7 @@ class HardwareTable:
             price = prices.get(gpu.name, prices.get("*"))
             if price is not None:
                 gpu = dataclasses.replace(
-                    gpu, price_per_gpu_hour=price, price_source="user", price_date="given"
+                    gpu, price_per_gpu_hour=price, price_source="given by the user", price_date=""
                 )
             out.append(gpu)
         return HardwareTable(tuple(out))

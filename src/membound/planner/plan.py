@@ -105,6 +105,11 @@ def _notes(req: PlanRequest, gpu: GPUSpec, cost: ModelCost, mem: MemoryPlan) -> 
         )
     if req.shape.is_moe:
         notes.append("MoE: experts read per step assume uniform routing")
+    if req.workload.context_len > req.shape.max_position_embeddings:
+        notes.append(
+            f"{req.workload.context_len} tokens exceed the model's max_position_embeddings "
+            f"({req.shape.max_position_embeddings})"
+        )
     return notes
 
 
