@@ -157,3 +157,50 @@ def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     argv = ["plan", "--model", "llama-3-8b", "--gpu", "h100,l40s", "--plot", str(path)]
     assert main(argv) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_precision_defaults_to_the_checkpoint_quantization(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from membound.planner.presets import PRESET_CONFIGS
+
+    config = {**PRESET_CONFIGS["llama-3-70b"], "quantization_config": {"quant_method": "awq"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    doc = run_json(capsys, "--model", str(tmp_path), "--gpu", "h100")
+    assert doc["results"][0]["precision"] == "int4-awq"
+    assert (doc["results"][0]["tp"], doc["results"][0]["fits"]) == (1, True)
+
+
+def test_module_entry_point_runs_and_fails_cleanly() -> None:
+    import subprocess
+    import sys
+
+    ok = subprocess.run(
+        [sys.executable, "-m", "membound.planner.cli", "plan", "--model", "llama-3-8b",
+         "--gpu", "h100", "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0 and json.loads(ok.stdout)["results"][0]["fits"]
+    bad = subprocess.run(
+        [sys.executable, "-m", "membound.planner.cli", "plan", "--model", "llama-3-8b",
+         "--gpu", "rtx9090"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "GPU 'rtx9090' is not known; use one of" in bad.stderr
+
+
+def test_planner_depends_on_config_only() -> None:
+    """planner -> config only: no torch, no matplotlib, no engine modules at import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, membound.planner.cli, membound.planner.plan, membound.planner.report\n"
+        "mods = [m for m in sys.modules if m.split('.')[0] in ('torch', 'triton', 'matplotlib')"
+        " or m.startswith(('membound.engine', 'membound.worker', 'membound.core',"
+        " 'membound.models', 'membound.layers'))]\n"
+        "print(mods)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

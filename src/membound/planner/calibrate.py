@@ -155,8 +155,11 @@ class Fit:
 
 
 def _record_shape(rec: BenchmarkRecord) -> ModelShape | None:
-    if rec.model_config:
-        return ModelShape.from_hf_dict(rec.model_config, rec.model_name or "model")
+    if isinstance(rec.model_config, dict):
+        try:
+            return ModelShape.from_hf_dict(rec.model_config, rec.model_name or "model")
+        except PlannerError:
+            return None
     if rec.model_name:
         try:
             return load_model(rec.model_name)
@@ -172,6 +175,14 @@ def _bounded(value: float, what: str, notes: list[str]) -> float | None:
     return value
 
 
+def _ratio(ideal_s: float, measured_s: float, what: str, notes: list[str]) -> float | None:
+    """ideal / measured time as an efficiency, or None (with a note) when impossible."""
+    if measured_s <= 0:
+        notes.append(f"{what}: measured time is not above the communication time; ignored")
+        return None
+    return _bounded(ideal_s / measured_s, what, notes)
+
+
 def fit_record(rec: BenchmarkRecord, table: HardwareTable) -> Fit:
     """Efficiency factors implied by one benchmark record."""
     gpu = table.match_device(rec.device_name)
@@ -185,7 +196,10 @@ def fit_record(rec: BenchmarkRecord, table: HardwareTable) -> Fit:
     if shape is None and (rec.tpot_ms_mean or rec.ttft_ms_mean):
         notes.append(f"model {rec.model_name!r} unknown: latency figures not used")
     if shape is not None:
-        memory, compute = _fit_latency(rec, gpu, shape, memory, notes)
+        try:
+            memory, compute = _fit_latency(rec, gpu, shape, memory, notes)
+        except PlannerError as e:
+            notes.append(f"latency figures not used: {e}")
     if gpu.tdp_w:
         watts = rec.avg_power_w
         if watts is None and rec.energy_j_per_token and rec.output_tokens_per_s:
@@ -204,17 +218,15 @@ def _fit_latency(
     if memory is None and rec.tpot_ms_mean:
         step = decode_step(cost, gpu, rec.batch_size, rec.input_len + rec.output_len / 2, ideal)
         if step.bound == "memory":
-            memory = _bounded(
-                step.memory_s / (rec.tpot_ms_mean / 1e3 - step.comm_s), "memory", notes
-            )
+            measured = rec.tpot_ms_mean / 1e3 - step.comm_s
+            memory = _ratio(step.memory_s, measured, "memory", notes)
         else:
             notes.append("decode step is compute-bound: TPOT not used for memory efficiency")
     if rec.ttft_ms_mean:
         pre = prefill(cost, gpu, rec.batch_size, rec.input_len, ideal)
         if pre.bound == "compute":
-            compute = _bounded(
-                pre.compute_s / (rec.ttft_ms_mean / 1e3 - pre.comm_s), "compute", notes
-            )
+            measured = rec.ttft_ms_mean / 1e3 - pre.comm_s
+            compute = _ratio(pre.compute_s, measured, "compute", notes)
         else:
             notes.append("prefill is memory-bound: TTFT not used for compute efficiency")
     return memory, compute

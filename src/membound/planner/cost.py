@@ -41,7 +41,7 @@ def cost_and_energy(
         cost = price * num_gpus / 3600.0 / tokens_per_s * 1e6
         tokens_per_dollar = 1e6 / cost if cost > 0 else None
     if price is None:
-        price_label = "no price known: pass --price-per-gpu-hour or a --hardware-file"
+        price_label = "unknown (pass --price-per-gpu-hour or a --hardware-file)"
     else:
         price_label = f"${price:.2f}/GPU-hour, {gpu.price_source or 'unsourced'}"
         price_label += f" ({gpu.price_date})" if gpu.price_date else ""

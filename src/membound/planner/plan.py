@@ -14,11 +14,12 @@ from typing import Any
 
 from membound.planner.calibrate import Calibration
 from membound.planner.cost import CostEnergy, cost_and_energy
+from membound.planner.errors import PlannerError
 from membound.planner.hardware import GPUSpec
 from membound.planner.memory import MemoryPlan, check_tp, plan_memory, valid_tps
 from membound.planner.model_cost import ModelCost, model_cost
 from membound.planner.model_shape import ModelShape
-from membound.planner.precision import weight_format
+from membound.planner.precision import normalize_kv_dtype, weight_format
 from membound.planner.roofline import Efficiency, Figures, linear_peak_tflops, predict
 from membound.planner.workload import EngineLimits, Workload
 
@@ -39,9 +40,10 @@ class PlanRequest:
     calibration: Calibration = field(default_factory=Calibration)
 
     def __post_init__(self) -> None:
-        weight_format(self.precision)  # raises with the valid choices
+        weight_format(self.precision)  # these raise, naming the valid choices
+        normalize_kv_dtype(self.kv_dtype)
         if not self.gpus:
-            raise ValueError("PlanRequest needs at least one GPU")
+            raise PlannerError("the plan needs at least one GPU")
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,17 @@ def _meets(workload: Workload, figures: Figures) -> bool | None:
     return all(checks) if checks else None
 
 
+def _meets_if_fits(workload: Workload, figures: Figures, fits: bool) -> bool | None:
+    meets = _meets(workload, figures)
+    return meets if meets is None or fits else False
+
+
 def _notes(req: PlanRequest, gpu: GPUSpec, cost: ModelCost, mem: MemoryPlan) -> list[str]:
     notes = []
     _, precision_note = linear_peak_tflops(gpu, req.precision)
     if precision_note:
         notes.append(precision_note)
-    if req.kv_dtype == "fp8" and gpu.dense_fp8_tflops is None:
+    if cost.kv_dtype == "fp8" and gpu.dense_fp8_tflops is None:
         notes.append("fp8 KV cache: storage only on this GPU (attention dequantizes to bf16)")
     if cost.tp > req.shape.num_kv_heads:
         notes.append(
@@ -133,7 +140,7 @@ def evaluate(req: PlanRequest, gpu: GPUSpec, tp: int) -> OptionResult:
         money=money,
         efficiency=eff,
         notes=tuple(_notes(req, gpu, cost, mem)),
-        meets_targets=_meets(req.workload, expected) if mem.fits else False,
+        meets_targets=_meets_if_fits(req.workload, expected, mem.fits),
     )
 
 

@@ -40,7 +40,7 @@ def _option_row(o: OptionResult) -> list[str]:
         _num(e.ttft_s * 1e3, ",.1f"),
         _num(e.tpot_s * 1e3, ",.2f"),
         f"{_num(e.output_tokens_per_s)} ({_num(b.output_tokens_per_s)})",
-        e.throughput_bound,
+        "/".join(b[0].upper() for b in (e.prefill_one.bound, e.decode.bound, e.throughput_bound)),
         _num(o.money.cost_per_million_tokens, ",.2f"),
         _num(o.money.joules_per_token, ".3f"),
         {True: "yes", False: "no", None: ""}[o.meets_targets],
@@ -72,11 +72,18 @@ def render_plan_text(result: PlanResult) -> str:
         lines.append(
             f"recommendation: {best.tp} x {best.gpu.display_name} ({result.recommendation_reason})"
         )
-    notes = [(o, n) for o in result.options for n in o.notes]
-    if notes:
-        lines += ["", "notes:"] + [f"  {o.gpu.name} TP{o.tp}: {n}" for o, n in notes]
+    lines += _notes_lines(result.options)
     lines += ["", "assumptions:", *_assumptions(result)]
     return "\n".join(lines)
+
+
+def _notes_lines(options: tuple[OptionResult, ...]) -> list[str]:
+    """Notes shared by every option once, then each option's own."""
+    shared = [n for n in dict.fromkeys(n for o in options for n in o.notes)
+              if all(n in o.notes for o in options)]  # fmt: skip
+    own = [f"  {o.gpu.name} TP{o.tp}: {n}" for o in options for n in o.notes if n not in shared]
+    lines = [f"  all options: {n}" for n in shared] + own
+    return ["", "notes:", *lines] if lines else []
 
 
 def _assumptions(result: PlanResult) -> list[str]:
@@ -87,6 +94,7 @@ def _assumptions(result: PlanResult) -> list[str]:
         f"{lim.runtime_overhead_bytes / GIB:.1f} GiB runtime overhead, activations of a "
         f"{lim.max_num_batched_tokens}-token step; fits = KV room for one whole sequence",
         "  tok/s: steady-state output tokens/s incl. prefill; (bound) = same at 100% efficiency",
+        "  bound: what governs TTFT/TPOT/tok/s: M = memory bandwidth, C = compute",
     ]
     seen: set[str] = set()
     for o in result.options:
@@ -98,8 +106,15 @@ def _assumptions(result: PlanResult) -> list[str]:
             continue
         seen.add(key)
         out.append(f"  {o.gpu.name}: {text}; price {o.money.price_label}")
-    if result.options:
-        out.append(f"  energy: {result.options[0].money.energy_label}")
+    measured = sorted({o.gpu.name for o in result.options if o.efficiency.power_measured})
+    out.append(
+        "  energy: an estimate, not measured: TDP x power fraction x GPUs / predicted tok/s"
+        + (f" (power fraction measured for {', '.join(measured)})" if measured else
+           f" (power fraction {req.calibration.default.power_fraction:.2f}: upper bound)")
+    )  # fmt: skip
+    out.append(
+        "  $/M tok: price per GPU-hour x GPUs / predicted tok/s; prices indicative and dated"
+    )
     return out
 
 

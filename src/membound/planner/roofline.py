@@ -127,7 +127,7 @@ def decode_step(
     offload_bytes_per_gpu: int = 0,
 ) -> StepTime:
     """One decode step: ``batch`` sequences each attending to ``context`` keys."""
-    ctx = max(1, round(context))
+    ctx = max(0, round(context))
     peak, _ = linear_peak_tflops(gpu, cost.precision)
     linear = batch * (cost.linear_flops_per_token_per_gpu + cost.lm_head_flops_per_token_per_gpu)
     attention = batch * cost.attention_flops(ctx)
