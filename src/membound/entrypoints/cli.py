@@ -108,12 +108,17 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_plan(sub: argparse._SubParsersAction) -> None:
+def _add_optional(sub: argparse._SubParsersAction, module: str) -> None:
+    """Subcommands owned by other packages register themselves through ``add_parser``."""
+    import importlib
+
     try:
-        from membound.planner.cli import add_parser
-    except ImportError:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        if e.name is None or not module.startswith(e.name):
+            raise
         return
-    add_parser(sub)
+    mod.add_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(sub)
     _add_info(sub)
-    _add_plan(sub)
+    for module in ("membound.entrypoints.openai.cli", "membound.bench.cli", "membound.planner.cli"):
+        _add_optional(sub, module)
     return parser
 
 
