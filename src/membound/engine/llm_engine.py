@@ -14,6 +14,7 @@ from membound.core.request import Request, RequestStatus
 from membound.core.scheduler import RequestRejectedError, Scheduler
 from membound.engine.engine_args import EngineArgs, torch_dtype
 from membound.engine.output_processor import OutputProcessor
+from membound.engine.stats import EngineStats
 from membound.engine.tokenizer import Tokenizer
 from membound.outputs import RequestOutput
 from membound.sampling_params import SamplingParams
@@ -56,6 +57,8 @@ class LLMEngine:
             eos += [i for i in self.tokenizer.eos_token_ids if i not in eos]
         self.eos_token_ids = tuple(eos)
         self._next_id = 0
+        self._prompt_tokens_total = 0
+        self._generation_tokens_total = 0
         logger.info(
             "engine ready in %.1fs on %s (%s): weights %.3f GiB, KV cache %.3f GiB = %d blocks "
             "x %d tokens", time.perf_counter() - t0, self.device, config.dtype,
@@ -127,6 +130,7 @@ class LLMEngine:
         for cid, cparams in zip(child_ids, child_params):
             req = Request(cid, ids, cparams, self.eos_token_ids, arrival, priority)
             self.scheduler.add_request(req)
+            self._prompt_tokens_total += len(ids)
 
     @staticmethod
     def _children(request_id: str, params: SamplingParams) -> tuple[list[str], list[SamplingParams]]:
@@ -160,7 +164,24 @@ class LLMEngine:
             return []
         result = self.runner.execute(sched_out)
         core_outputs = self.scheduler.update_from_output(sched_out, result)
+        self._generation_tokens_total += sum(len(o.new_token_ids) for o in core_outputs)
         outputs, stopped = self.output_processor.process(core_outputs)
         if stopped:
             self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
         return outputs
+
+    # ---- stats -----------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        pool = self.kv_manager.pool
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_num_blocks=pool.num_blocks,
+            kv_num_free_blocks=pool.num_free_blocks,
+            kv_block_size=self.kv_manager.block_size,
+            num_preemptions=self.scheduler.num_preemptions,
+            prompt_tokens_total=self._prompt_tokens_total,
+            generation_tokens_total=self._generation_tokens_total,
+            prefix_cache_queries_total=0,
+            prefix_cache_hits_total=0,
+        )
