@@ -350,6 +350,9 @@ class CacheConfig:
     kv_cache_memory_bytes: int | None = None  # explicit KV budget (bytes); overrides utilisation
     num_kv_blocks: int | None = None  # explicit block count (tests, debugging)
     cpu_kv_cache_default_bytes: int = 2 * 1024**3
+    enable_prefix_caching: bool = True
+    prefix_cache_salt: str | None = None  # per-deployment salt for block hashes
+    swap_space: float = 4.0  # GiB of CPU memory for swapped-out KV blocks (swap preemption)
 
     def __post_init__(self) -> None:
         if not isinstance(self.block_size, int) or self.block_size <= 0:
@@ -364,6 +367,8 @@ class CacheConfig:
             )
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ConfigError(f"num_kv_blocks must be at least 1, got {self.num_kv_blocks}")
+        if not (self.swap_space >= 0 and math.isfinite(self.swap_space)):
+            raise ConfigError(f"swap_space must be a number of GiB >= 0, got {self.swap_space}")
 
 
 @dataclass(frozen=True)
@@ -374,8 +379,13 @@ class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     enable_chunked_prefill: bool = True
+    preemption_mode: str = "recompute"  # "recompute" | "swap"
 
     def __post_init__(self) -> None:
+        if self.preemption_mode not in ("recompute", "swap"):
+            raise ConfigError(
+                f"preemption_mode must be 'recompute' or 'swap', got {self.preemption_mode!r}"
+            )
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -395,10 +405,14 @@ class SchedulerConfig:
         max_num_seqs: int = 256,
         max_num_batched_tokens: int | None = None,
         enable_chunked_prefill: bool = True,
+        preemption_mode: str = "recompute",
     ) -> SchedulerConfig:
         if max_num_batched_tokens is None:
             max_num_batched_tokens = 2048 if enable_chunked_prefill else max(2048, max_model_len)
-        return cls(max_model_len, max_num_seqs, max_num_batched_tokens, enable_chunked_prefill)
+        return cls(
+            max_model_len, max_num_seqs, max_num_batched_tokens, enable_chunked_prefill,
+            preemption_mode,
+        )
 
 
 @dataclass(frozen=True)

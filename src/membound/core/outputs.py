@@ -43,6 +43,10 @@ class SchedulerOutput:
     chunks: list[ScheduledChunk] = field(default_factory=list)
     finished_req_ids: set[str] = field(default_factory=set)
     preempted_req_ids: set[str] = field(default_factory=set)
+    # KV copies the worker makes before the forward pass: (gpu block, cpu block) to save,
+    # then (cpu block, gpu block) to restore. A step never does both (see Scheduler).
+    blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)
+    blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def total_num_scheduled_tokens(self) -> int:
@@ -50,7 +54,7 @@ class SchedulerOutput:
 
     @property
     def is_empty(self) -> bool:
-        return not self.chunks
+        return not self.chunks and not self.blocks_to_swap_out and not self.blocks_to_swap_in
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     PREEMPTED = "preempted"
+    SWAPPED = "swapped"
     FINISHED_STOPPED = "stop"
     FINISHED_LENGTH = "length"
     FINISHED_ABORTED = "abort"
@@ -49,6 +50,7 @@ class Request:
         "stop_reason",
         "max_total_tokens",
         "num_preemptions",
+        "block_hashes",
     )
 
     def __init__(
@@ -72,6 +74,7 @@ class Request:
         self.stop_reason: int | str | None = None
         self.max_total_tokens = 0  # set by the scheduler when the request is admitted
         self.num_preemptions = 0
+        self.block_hashes: list[bytes] = []  # chained hashes of full blocks (prefix caching)
 
     @property
     def num_prompt_tokens(self) -> int:

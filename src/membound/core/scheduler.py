@@ -1,11 +1,14 @@
-"""Token-budget scheduler: continuous batching, chunked prefill, preemption by recompute.
+"""Token-budget scheduler: continuous batching, chunked prefill, prefix-cache hits,
+preemption by recompute or by swap.
 
 Each step spends at most ``max_num_batched_tokens`` tokens on at most ``max_num_seqs``
 sequences. Running requests go first (decodes, then unfinished prefill chunks, in arrival
 order); waiting requests join while budget and KV blocks remain. When a running request
 cannot get a block, the least important running request (highest priority value, then
-latest arrival) is preempted: its blocks are freed and it is re-queued at the head of the
-waiting queue, to recompute its KV when it resumes.
+latest arrival) is preempted: by recompute, its blocks are freed and it is re-queued at the
+head of the waiting queue to recompute its KV when it resumes; by swap (when the CPU pool has
+room), its blocks are copied to CPU memory and copied back when it resumes. A step that
+preempts admits nobody, so swap-outs and swap-ins never share a step.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class Scheduler:
         self._seen: set[str] = set()  # requests whose NewRequestData went to the runner
         self._finished_ids: set[str] = set()  # finished since the last schedule()
         self.num_preemptions = 0
+        self.num_swaps_out = 0
+        self.num_swaps_in = 0
 
     # ---- admission -------------------------------------------------------------------
     def max_total_tokens(self) -> int:
@@ -120,10 +125,16 @@ class Scheduler:
         return max(candidates, key=lambda r: (r.priority, r.arrival_time))
 
     def _preempt(self, victim: Request, out: SchedulerOutput) -> None:
-        self.kv.free(victim)
+        swap = self.config.preemption_mode == "swap" and self.kv.can_swap_out(victim)
+        if swap:
+            out.blocks_to_swap_out.extend(self.kv.swap_out(victim))
+            victim.status = RequestStatus.SWAPPED
+            self.num_swaps_out += 1
+        else:
+            self.kv.free(victim)
+            victim.num_computed_tokens = 0
+            victim.status = RequestStatus.PREEMPTED
         self.running.remove(victim)
-        victim.num_computed_tokens = 0
-        victim.status = RequestStatus.PREEMPTED
         victim.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(victim)
@@ -132,14 +143,39 @@ class Scheduler:
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0]
-            n = self._num_new_tokens(request, budget)
-            if n == 0 or not self.kv.allocate_slots(request, n):
+            n = self._admit(request, budget, out)
+            if n == 0:
                 break
             self.waiting.popleft()
             self.running.append(request)
             request.status = RequestStatus.RUNNING
             out.chunks.append(self._chunk(request, n, out))
             budget -= n
+
+    def _admit(self, request: Request, budget: int, out: SchedulerOutput) -> int:
+        """Give a waiting request its KV blocks (swapped back, or a prefix hit plus new
+        blocks); returns the tokens it runs this step, 0 if it cannot start."""
+        if request.status is RequestStatus.SWAPPED:
+            n = self._num_new_tokens(request, budget)
+            if n == 0 or not self.kv.can_swap_in(request, n):
+                return 0
+            out.blocks_to_swap_in.extend(self.kv.swap_in(request))
+            ok = self.kv.allocate_slots(request, n)
+            assert ok, "can_swap_in guaranteed room"
+            self.num_swaps_in += 1
+            return n
+        assert request.num_computed_tokens == 0
+        hits = self.kv.get_computed_blocks(request)
+        num_hit_tokens = len(hits) * self.kv.block_size
+        remaining = request.num_tokens - num_hit_tokens
+        if remaining > budget and not self.config.enable_chunked_prefill:
+            return 0
+        n = min(remaining, budget)
+        if not self.kv.allocate_slots(request, n, hits):
+            return 0
+        request.num_computed_tokens = num_hit_tokens
+        self.kv.record_prefix_lookup(request.num_tokens, num_hit_tokens)
+        return n
 
     def _chunk(self, request: Request, n: int, out: SchedulerOutput) -> ScheduledChunk:
         rid = request.request_id

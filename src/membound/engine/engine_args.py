@@ -37,6 +37,10 @@ class EngineArgs:
     kv_cache_memory_bytes: int | None = None
     num_kv_blocks: int | None = None
     skip_tokenizer_init: bool = False
+    enable_prefix_caching: bool = True
+    prefix_cache_salt: str | None = None
+    preemption_mode: str = "recompute"
+    swap_space: float = 4.0
 
     def create_engine_config(self) -> EngineConfig:
         path = resolve_model_path(self.model)
@@ -57,10 +61,13 @@ class EngineArgs:
                 gpu_memory_utilization=self.gpu_memory_utilization,
                 kv_cache_memory_bytes=self.kv_cache_memory_bytes,
                 num_kv_blocks=self.num_kv_blocks,
+                enable_prefix_caching=self.enable_prefix_caching,
+                prefix_cache_salt=self.prefix_cache_salt,
+                swap_space=self.swap_space,
             ),
             scheduler_config=SchedulerConfig.create(
                 max_len, self.max_num_seqs, self.max_num_batched_tokens,
-                self.enable_chunked_prefill,
+                self.enable_chunked_prefill, self.preemption_mode,
             ),
             tokenizer=self._tokenizer_path(path),
             device=device,
@@ -104,6 +111,14 @@ class EngineArgs:
                        help="explicit KV cache budget in bytes")
         g.add_argument("--num-kv-blocks", type=int, default=None,
                        help="explicit number of KV blocks (debugging)")
+        g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                       default=True, help="reuse the KV of shared prompt prefixes")
+        g.add_argument("--prefix-cache-salt", default=None,
+                       help="per-deployment salt mixed into block hashes")
+        g.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"],
+                       help="what happens to a request's KV when it is preempted")
+        g.add_argument("--swap-space", type=float, default=4.0,
+                       help="GiB of CPU memory for swapped-out KV blocks")
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:

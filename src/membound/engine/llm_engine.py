@@ -18,12 +18,22 @@ from membound.engine.stats import EngineStats
 from membound.engine.tokenizer import Tokenizer
 from membound.outputs import RequestOutput
 from membound.sampling_params import SamplingParams
-from membound.worker.kv_cache_alloc import KVCacheLayout, allocate_kv_cache, plan_kv_cache
+from membound.worker.kv_cache_alloc import (
+    KVCacheLayout,
+    allocate_kv_cache,
+    num_swap_blocks,
+    plan_kv_cache,
+)
+from membound.worker.kv_swap import KVSwapSpace
+from membound.worker.memory_profiler import (
+    MemoryReport,
+    profile_peak_activation_bytes,
+    weights_bytes,
+)
 from membound.worker.model_runner import ModelRunner
 from membound.worker.weight_loader import load_model
 
 logger = logging.getLogger(__name__)
-GiB = 1024**3
 
 
 class LLMEngine:
@@ -42,15 +52,23 @@ class LLMEngine:
             max_positions=config.scheduler_config.max_model_len, seed=config.seed,
             progress=progress,
         )
-        self.weights_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        self.kv_layout = self._plan_kv_cache()
+        self.weights_bytes = weights_bytes(self.model)
+        self.kv_layout, self.memory_report = self._plan_memory()
         kv_caches = allocate_kv_cache(self.kv_layout, self.device)
-        self.kv_manager = KVCacheManager(self.kv_layout.num_blocks, self.kv_layout.block_size)
-        self.scheduler = Scheduler(config.scheduler_config, self.kv_manager)
+        cc, sc = config.cache_config, config.scheduler_config
+        num_cpu_blocks = num_swap_blocks(self.kv_layout, cc, sc.preemption_mode)
+        self.kv_manager = KVCacheManager(
+            self.kv_layout.num_blocks, self.kv_layout.block_size,
+            enable_prefix_caching=cc.enable_prefix_caching,
+            prefix_cache_salt=cc.prefix_cache_salt, num_cpu_blocks=num_cpu_blocks,
+        )
+        self.scheduler = Scheduler(sc, self.kv_manager)
         self.runner = ModelRunner(
             self.model, kv_caches, self.kv_layout.block_size, mc.vocab_size, self.device,
             mc.sliding_window, config.seed,
         )
+        if num_cpu_blocks:
+            self.runner.swap_space = KVSwapSpace(kv_caches, num_cpu_blocks)
         self.output_processor = OutputProcessor(self.tokenizer)
         eos = list(mc.eos_token_ids)
         if self.tokenizer is not None:
@@ -59,36 +77,36 @@ class LLMEngine:
         self._next_id = 0
         self._prompt_tokens_total = 0
         self._generation_tokens_total = 0
-        logger.info(
-            "engine ready in %.1fs on %s (%s): weights %.3f GiB, KV cache %.3f GiB = %d blocks "
-            "x %d tokens", time.perf_counter() - t0, self.device, config.dtype,
-            self.weights_bytes / GiB, self.kv_layout.total_bytes / GiB,
-            self.kv_layout.num_blocks, self.kv_layout.block_size,
-        )
+        logger.info("engine ready in %.1fs; %s", time.perf_counter() - t0,
+                    self.memory_report.format())
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, *, progress: bool = False) -> LLMEngine:
         return cls(args.create_engine_config(), progress=progress)
 
-    def _plan_kv_cache(self) -> KVCacheLayout:
-        available = None
-        cc = self.config.cache_config
-        if self.device.type == "cuda" and cc.num_kv_blocks is None and cc.kv_cache_memory_bytes is None:
+    def _plan_memory(self) -> tuple[KVCacheLayout, MemoryReport]:
+        """Size the KV cache: explicit blocks or bytes, else on CUDA
+        gpu_memory_utilization x total minus what is in use and the measured activation
+        peak of one step, else on CPU a default budget."""
+        cc, sc, mc = self.config.cache_config, self.config.scheduler_config, self.config.model_config
+        available = activation = total = None
+        if self.device.type == "cuda":
+            activation = profile_peak_activation_bytes(
+                self.model, min(sc.max_num_batched_tokens, sc.max_model_len), sc.max_num_seqs,
+                mc.vocab_size, self.device,
+            )
             free, total = torch.cuda.mem_get_info(self.device)
-            used = total - free
-            activation_reserve = self._activation_reserve_bytes()
-            available = int(total * cc.gpu_memory_utilization) - used - activation_reserve
-        return plan_kv_cache(
-            self.config.model_config, cc, self.config.scheduler_config, self.dtype, available
+            if cc.num_kv_blocks is None and cc.kv_cache_memory_bytes is None:
+                available = int(total * cc.gpu_memory_utilization) - (total - free) - activation
+        layout = plan_kv_cache(mc, cc, sc, self.dtype, available)
+        cpu_blocks = num_swap_blocks(layout, cc, sc.preemption_mode)
+        report = MemoryReport(
+            device=str(self.device), total_bytes=total, weights_bytes=self.weights_bytes,
+            activation_bytes=activation, kv_bytes=layout.total_bytes,
+            num_blocks=layout.num_blocks, block_size=layout.block_size,
+            max_model_len=sc.max_model_len, swap_bytes=cpu_blocks * layout.bytes_per_block,
         )
-
-    def _activation_reserve_bytes(self) -> int:
-        """Rough activation bound for one step at the token budget (profiled in the KV
-        memory issue): hidden, fused QKV, gate/up and logits rows, float32, doubled."""
-        mc = self.config.model_config
-        tokens = self.config.scheduler_config.max_num_batched_tokens
-        per_token = mc.hidden_size * 4 + mc.q_size + 2 * mc.kv_size + 2 * mc.intermediate_size
-        return 2 * tokens * per_token * 4 + self.config.scheduler_config.max_num_seqs * mc.vocab_size * 4
+        return layout, report
 
     # ---- requests --------------------------------------------------------------------
     def new_request_id(self) -> str:
@@ -179,9 +197,12 @@ class LLMEngine:
             kv_num_blocks=pool.num_blocks,
             kv_num_free_blocks=pool.num_free_blocks,
             kv_block_size=self.kv_manager.block_size,
+            kv_num_cached_blocks=pool.num_cached_blocks,
             num_preemptions=self.scheduler.num_preemptions,
+            num_swaps_out=self.scheduler.num_swaps_out,
+            num_swaps_in=self.scheduler.num_swaps_in,
             prompt_tokens_total=self._prompt_tokens_total,
             generation_tokens_total=self._generation_tokens_total,
-            prefix_cache_queries_total=0,
-            prefix_cache_hits_total=0,
+            prefix_cache_queries_total=self.kv_manager.prefix_queries,
+            prefix_cache_hits_total=self.kv_manager.prefix_hits,
         )

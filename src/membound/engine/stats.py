@@ -13,7 +13,10 @@ class EngineStats:
     kv_num_blocks: int
     kv_num_free_blocks: int
     kv_block_size: int
+    kv_num_cached_blocks: int  # blocks indexed by the prefix cache (in use or evictable)
     num_preemptions: int
+    num_swaps_out: int
+    num_swaps_in: int
     prompt_tokens_total: int
     generation_tokens_total: int
     prefix_cache_queries_total: int  # prompt tokens looked up in the prefix cache

@@ -62,16 +62,28 @@ def plan_kv_cache(
         num_blocks = available_bytes // per_block
     else:
         num_blocks = min(cache.cpu_kv_cache_default_bytes // per_block, max_useful)
-    if num_blocks < 1:
-        budget = cache.kv_cache_memory_bytes or available_bytes or cache.cpu_kv_cache_default_bytes
+    budget = num_blocks * per_block
+    if cache.num_kv_blocks is None and num_blocks * cache.block_size < sched.max_model_len:
+        need = cdiv(sched.max_model_len, cache.block_size) * per_block
         raise ConfigError(
-            f"the KV cache budget ({budget / GiB:.2f} GiB) does not hold even one block of "
-            f"{per_block} bytes; raise gpu_memory_utilization or kv_cache_memory_bytes"
+            f"max_model_len={sched.max_model_len} needs {need / GiB:.2f} GiB of KV cache for "
+            f"one sequence but only {max(budget, 0) / GiB:.2f} GiB is available "
+            f"({per_block} bytes per block of {cache.block_size} tokens); lower max_model_len, "
+            "or give the KV cache more memory (gpu_memory_utilization, kv_cache_memory_bytes)"
         )
+    if num_blocks < 1:
+        raise ConfigError("num_kv_blocks must be at least 1")
     return KVCacheLayout(
         int(num_blocks), cache.block_size, model.num_hidden_layers,
         model.num_key_value_heads, model.head_dim, dtype,
     )
+
+
+def num_swap_blocks(layout: KVCacheLayout, cache: CacheConfig, preemption_mode: str) -> int:
+    """CPU blocks for swap preemption (none unless preemption_mode='swap')."""
+    if preemption_mode != "swap":
+        return 0
+    return int(cache.swap_space * GiB) // layout.bytes_per_block
 
 
 def allocate_kv_cache(layout: KVCacheLayout, device: torch.device) -> list[torch.Tensor]:

@@ -12,6 +12,7 @@ from membound.layers.attention.metadata import build_attention_metadata
 from membound.layers.sampler import Sampler, build_sampling_metadata, prompt_logprobs
 from membound.layers.sampling_metadata import make_generator
 from membound.sampling_params import SamplingParams
+from membound.worker.kv_swap import KVSwapSpace
 
 
 @dataclass(slots=True)
@@ -44,6 +45,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self.default_generator = make_generator(seed, device)
         self.states: dict[str, RunnerRequestState] = {}
+        self.swap_space: KVSwapSpace | None = None  # set by the engine for swap preemption
 
     def _add_request(self, new: NewRequestData) -> None:
         seed = new.sampling_params.seed
@@ -58,8 +60,11 @@ class ModelRunner:
             self.states.pop(rid, None)
         for new in sched.new_requests:
             self._add_request(new)
+        if self.swap_space is not None:  # before the forward pass overwrites freed blocks
+            self.swap_space.swap_out(sched.blocks_to_swap_out)
+            self.swap_space.swap_in(sched.blocks_to_swap_in)
         out = ModelRunnerOutput()
-        if sched.is_empty:
+        if not sched.chunks:
             return out
         chunks = sched.chunks
         input_ids = torch.tensor(

@@ -1,0 +1,284 @@
+"""AsyncLLMEngine: the blocking LLMEngine step loop on a dedicated thread, served to asyncio.
+
+```
+ asyncio loop (server)                      engine thread (the only caller of LLMEngine)
+ add_request() --("add", fut)--> commands --> engine.add_request  -- fut result/exception -->
+ stream.abort() --("abort")----> commands --> engine.abort_request (blocks freed at once)
+ RequestStream <-- call_soon_threadsafe(_dispatch, outputs) <-- engine.step()
+```
+
+LLMEngine is not thread-safe, so adds and aborts are queued and applied between steps. Each
+request has its own RequestStream; it keeps only the latest cumulative RequestOutput (a slow
+reader skips intermediate states instead of queueing them). If the loop dies, every in-flight
+stream fails with EngineDeadError, new requests are refused and ``is_running`` turns False.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from membound.engine.llm_engine import LLMEngine
+from membound.engine.stats import EngineStats
+from membound.outputs import RequestOutput
+from membound.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop has stopped (crashed or shut down); no request can be served."""
+
+
+class EngineObserver(Protocol):
+    """Called on the engine thread after each step (and after aborts) with the outputs it
+    produced and the time they were produced (time.monotonic())."""
+
+    def on_outputs(self, outputs: list[RequestOutput], now: float) -> None: ...
+
+
+class RequestStream:
+    """Async iterator of one request's cumulative RequestOutputs; ends after the finished one.
+
+    Call ``abort()`` (or ``aclose()``) when the consumer goes away before the end: the
+    request is aborted in the engine and its KV blocks freed. Both are no-ops once finished.
+    """
+
+    def __init__(self, request_id: str, owner: AsyncLLMEngine) -> None:
+        self.request_id = request_id
+        self._owner = owner
+        self._latest: RequestOutput | None = None
+        self._error: BaseException | None = None
+        self._event = asyncio.Event()
+        self.finished = False  # the engine is done with it (finished, failed or aborted)
+        self._ended = False  # the consumer has seen the end
+
+    # ---- producer side (event loop thread) ---------------------------------------------
+    def _put(self, output: RequestOutput) -> None:
+        self._latest = output
+        if output.finished:
+            self.finished = True
+        self._event.set()
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self.finished = True
+        self._event.set()
+
+    # ---- consumer side -----------------------------------------------------------------
+    def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._ended:
+            raise StopAsyncIteration
+        while self._latest is None and self._error is None:
+            self._event.clear()
+            await self._event.wait()
+        if self._latest is not None:
+            out, self._latest = self._latest, None
+            if out.finished:
+                self._ended = True
+            return out
+        self._ended = True
+        assert self._error is not None
+        raise self._error
+
+    def abort(self) -> None:
+        """Abort the request unless it has already finished (idempotent)."""
+        if not self.finished:
+            self.finished = True
+            self._owner._abort(self.request_id)
+
+    async def aclose(self) -> None:
+        self.abort()
+
+
+class AsyncLLMEngine:
+    """Runs ``engine``'s step loop on a thread; ``start()`` must be awaited inside the event
+    loop that will consume the streams."""
+
+    def __init__(self, engine: LLMEngine, observer: EngineObserver | None = None) -> None:
+        self.engine = engine
+        self.observer = observer
+        self._commands: queue.Queue[Any] = queue.Queue()
+        self._streams: dict[str, RequestStream] = {}  # touched on the event loop thread only
+        self._pending: set[asyncio.Future[None]] = set()  # adds the engine has not answered
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.dead_error: BaseException | None = None
+        self.latest_stats: EngineStats = engine.stats()
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("AsyncLLMEngine already started")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="membound-engine", daemon=True)
+        self._thread.start()
+
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the loop after the current step; in-flight streams fail with EngineDeadError."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._commands.put(_STOP)
+        await asyncio.to_thread(self._thread.join, timeout)
+        self._fail_all(EngineDeadError("the engine is shutting down"))
+
+    @property
+    def is_running(self) -> bool:
+        return (
+            self._thread is not None and self._thread.is_alive()
+            and self.dead_error is None and not self._stopping
+        )
+
+    @property
+    def num_waiting(self) -> int:
+        """Waiting requests (sequences) as of the last step, plus adds not yet applied."""
+        return self.latest_stats.num_waiting + self._commands.qsize()
+
+    # ---- requests (event loop thread) --------------------------------------------------
+    async def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        priority: int = 0,
+    ) -> RequestStream:
+        """Queue a request; returns its stream once the engine accepted it. Raises the
+        engine's ValueError (RequestRejectedError, ...) if it refused it, EngineDeadError if
+        the loop is not running."""
+        if not self.is_running:
+            raise EngineDeadError(self._dead_message())
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        assert self._loop is not None
+        stream = RequestStream(request_id, self)
+        accepted: asyncio.Future[None] = self._loop.create_future()
+        self._streams[request_id] = stream
+        self._pending.add(accepted)
+        accepted.add_done_callback(self._pending.discard)
+        self._commands.put(("add", request_id, prompt, params, priority, accepted))
+        try:
+            await accepted
+        except BaseException:
+            self._streams.pop(request_id, None)
+            if not accepted.done() or accepted.cancelled():
+                self._commands.put(("abort", request_id))  # cancelled while queued
+            raise
+        return stream
+
+    def _abort(self, request_id: str) -> None:
+        if self._streams.pop(request_id, None) is not None and self.is_running:
+            self._commands.put(("abort", request_id))
+
+    # ---- engine thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._apply_commands(block=not self.engine.has_unfinished_requests())
+                if self._stopping or not self.engine.has_unfinished_requests():
+                    continue
+                step_start = time.monotonic()
+                outputs = self.engine.step()
+                self._note_scheduled(outputs, step_start)
+                self._publish(outputs)
+        except BaseException as e:  # noqa: BLE001 - the loop must report any death
+            logger.exception("the engine loop died; in-flight requests fail")
+            self.dead_error = e
+            self._call_in_loop(self._fail_all, EngineDeadError(self._dead_message()))
+
+    def _apply_commands(self, block: bool) -> None:
+        commands = [self._commands.get()] if block else []
+        while True:
+            try:
+                commands.append(self._commands.get_nowait())
+            except queue.Empty:
+                break
+        aborted: list[RequestOutput] = []
+        for cmd in commands:
+            if cmd is _STOP:
+                self._stopping = True
+            elif cmd[0] == "add":
+                self._apply_add(*cmd[1:])
+            else:
+                aborted.extend(self.engine.abort_request([cmd[1]]))
+        if commands:
+            self._publish(aborted)
+
+    def _apply_add(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams, priority: int,
+        accepted: asyncio.Future[None],
+    ) -> None:
+        try:
+            self.engine.add_request(request_id, prompt, params, priority=priority)
+        except Exception as e:  # noqa: BLE001 - handed to the caller
+            self._call_in_loop(_settle, accepted, e)
+            return
+        self._call_in_loop(_settle, accepted, None)
+
+    def _note_scheduled(self, outputs: list[RequestOutput], step_start: float) -> None:
+        """Fill ``metrics.first_scheduled_time`` where the engine left it unset: a request that
+        produced output in this step was scheduled no later than the step's start."""
+        for out in outputs:
+            if out.metrics is not None and out.metrics.first_scheduled_time is None:
+                out.metrics.first_scheduled_time = max(step_start, out.metrics.arrival_time)
+
+    def _publish(self, outputs: list[RequestOutput]) -> None:
+        self.latest_stats = self.engine.stats()
+        if self.observer is not None:
+            try:
+                self.observer.on_outputs(outputs, time.monotonic())
+            except Exception:  # noqa: BLE001 - metrics must never kill the engine
+                logger.exception("engine observer failed")
+        if outputs:
+            self._call_in_loop(self._dispatch, outputs)
+
+    def _call_in_loop(self, fn: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+    # ---- back on the event loop thread -------------------------------------------------
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if stream is None:
+                continue
+            stream._put(out)
+            if out.finished:
+                del self._streams[out.request_id]
+
+    def _fail_all(self, error: BaseException) -> None:
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream._fail(error)
+        for future in list(self._pending):
+            _settle(future, error)
+
+    def _dead_message(self) -> str:
+        if self.dead_error is not None:
+            return f"the engine loop died ({type(self.dead_error).__name__}); restart the server"
+        return "the engine loop is not running"
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
