@@ -428,8 +428,11 @@ class EngineConfig:
     dtype: str = "float32"
     load_format: str = "auto"
     seed: int = 0
+    cpu_offload_gb: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (self.cpu_offload_gb >= 0 and math.isfinite(self.cpu_offload_gb)):
+            raise ConfigError(f"cpu_offload_gb must be >= 0, got {self.cpu_offload_gb}")
         if self.load_format not in ("auto", "safetensors", "dummy"):
             raise ConfigError(
                 f"load_format {self.load_format!r} is not supported; use 'auto', "

@@ -41,6 +41,7 @@ class EngineArgs:
     prefix_cache_salt: str | None = None
     preemption_mode: str = "recompute"
     swap_space: float = 4.0
+    cpu_offload_gb: float = 0.0
 
     def create_engine_config(self) -> EngineConfig:
         path = resolve_model_path(self.model)
@@ -74,6 +75,7 @@ class EngineArgs:
             dtype=dtype,
             load_format=self.load_format,
             seed=self.seed,
+            cpu_offload_gb=self.cpu_offload_gb,
         )
 
     def _tokenizer_path(self, model_path: str) -> str | None:
@@ -119,6 +121,8 @@ class EngineArgs:
                        help="what happens to a request's KV when it is preempted")
         g.add_argument("--swap-space", type=float, default=4.0,
                        help="GiB of CPU memory for swapped-out KV blocks")
+        g.add_argument("--cpu-offload-gb", type=float, default=0.0,
+                       help="GiB of layer weights kept in CPU memory, streamed to the GPU")
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:

@@ -31,6 +31,7 @@ from membound.worker.memory_profiler import (
     weights_bytes,
 )
 from membound.worker.model_runner import ModelRunner
+from membound.worker.offload import WeightOffloader, plan_offload
 from membound.worker.weight_loader import load_model
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class LLMEngine:
             max_positions=config.scheduler_config.max_model_len, seed=config.seed,
             progress=progress,
         )
+        self.offloader, _ = self._offload_weights()
         self.weights_bytes = weights_bytes(self.model)
         self.kv_layout, self.memory_report = self._plan_memory()
         kv_caches = allocate_kv_cache(self.kv_layout, self.device)
@@ -84,6 +86,26 @@ class LLMEngine:
     def from_engine_args(cls, args: EngineArgs, *, progress: bool = False) -> LLMEngine:
         return cls(args.create_engine_config(), progress=progress)
 
+    def _offload_weights(self) -> tuple[WeightOffloader | None, int]:
+        gb = self.config.cpu_offload_gb
+        self._offloaded_bytes = 0
+        if gb <= 0:
+            return None, 0
+        if self.device.type != "cuda":
+            logger.info("cpu_offload_gb=%s ignored: without a GPU the weights already live in "
+                        "CPU memory", gb)
+            return None, 0
+        layers = self.model.model.layers  # type: ignore[union-attr]
+        plan = plan_offload(layers, int(gb * 1024**3))
+        if not plan.layer_indices:
+            logger.warning("cpu_offload_gb=%s is smaller than one decoder layer; nothing "
+                           "offloaded", gb)
+            return None, 0
+        self._offloaded_bytes = plan.offloaded_bytes
+        offloader = WeightOffloader(layers, plan, self.device)
+        torch.cuda.empty_cache()
+        return offloader, plan.offloaded_bytes
+
     def _plan_memory(self) -> tuple[KVCacheLayout, MemoryReport]:
         """Size the KV cache: explicit blocks or bytes, else on CUDA
         gpu_memory_utilization x total minus what is in use and the measured activation
@@ -105,6 +127,7 @@ class LLMEngine:
             activation_bytes=activation, kv_bytes=layout.total_bytes,
             num_blocks=layout.num_blocks, block_size=layout.block_size,
             max_model_len=sc.max_model_len, swap_bytes=cpu_blocks * layout.bytes_per_block,
+            offloaded_bytes=self._offloaded_bytes,
         )
         return layout, report
 

@@ -28,6 +28,7 @@ class MemoryReport:
     block_size: int
     max_model_len: int
     swap_bytes: int
+    offloaded_bytes: int = 0  # layer weights kept in CPU memory (cpu_offload_gb)
 
     @property
     def kv_tokens(self) -> int:
@@ -44,7 +45,10 @@ class MemoryReport:
             else "not measured on CPU"
         )
         return (
-            f"memory on {self.device}: weights {self.weights_bytes / GiB:.3f} GiB, "
+            f"memory on {self.device}: weights {self.weights_bytes / GiB:.3f} GiB"
+            + (f" (+ {self.offloaded_bytes / GiB:.3f} GiB offloaded to CPU)"
+               if self.offloaded_bytes else "")
+            + ", "
             f"activations {act}, KV cache {self.kv_bytes / GiB:.3f} GiB = {self.num_blocks} "
             f"blocks = {self.kv_tokens} tokens = {self.max_concurrent_full_seqs:.2f} concurrent "
             f"sequences at max_model_len={self.max_model_len}"
@@ -53,6 +57,7 @@ class MemoryReport:
 
 
 def weights_bytes(model: nn.Module) -> int:
+    """Bytes of parameters resident on their device (offloaded layers hold empty tensors)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
