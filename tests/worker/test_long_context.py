@@ -1,0 +1,39 @@
+"""Long context: a 128K max_model_len costs memory for the KV cache only; per-step work
+follows the actual sequence lengths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tiny_models import make_checkpoint
+
+import membound.worker.model_runner as runner_module
+from membound.engine.engine_args import EngineArgs
+from membound.engine.llm_engine import LLMEngine
+from membound.sampling_params import SamplingParams
+
+
+def test_128k_context_steps_scale_with_actual_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_checkpoint(tmp_path / "long", "llama3_tied", max_position_embeddings=131072)
+    eng = LLMEngine.from_engine_args(EngineArgs(
+        model=str(folder), max_model_len=131072, kv_cache_memory_bytes=80 << 20))
+    assert eng.memory_report.kv_tokens >= 131072
+    widths: list[int] = []
+    real = runner_module.build_attention_metadata
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        md = real(*args, **kwargs)
+        if md.decode_mask is not None:
+            widths.append(md.decode_mask.shape[-1])  # keys attended per decode
+        return md
+
+    monkeypatch.setattr(runner_module, "build_attention_metadata", spy)
+    eng.add_request("a", list(range(5, 45)), SamplingParams(temperature=0, max_tokens=8,
+                                                             ignore_eos=True))
+    while eng.has_unfinished_requests():
+        eng.step()
+    assert widths and max(widths) <= 64  # 48 tokens -> 3 blocks of 16, not 131072
