@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 @dataclass
 class CompletionOutput:
+    """One generated sequence. While the request runs, ``text`` holds only text that no
+    stop string can still cut (safe to stream); once finished, the final text."""
+
     index: int
     text: str
     token_ids: list[int]

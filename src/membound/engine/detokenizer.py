@@ -175,6 +175,14 @@ class IncrementalDetokenizer:
             self._returned[:] = ["".join(self._returned)]
         return (self._returned[0] if self._returned else "") + self._pending
 
+    @property
+    def returned_text(self) -> str:
+        """The text already handed out by update()/flush(): safe to stream, since nothing a
+        later stop string could cut is in it."""
+        if len(self._returned) > 1:
+            self._returned[:] = ["".join(self._returned)]
+        return self._returned[0] if self._returned else ""
+
     def _append_text(self, text: str) -> None:
         if self._skip_chars:
             skipped = min(self._skip_chars, len(text))

@@ -200,6 +200,10 @@ class LLMEngine:
     # ---- the loop --------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         sched_out = self.scheduler.schedule()
+        if sched_out.new_requests:
+            self.output_processor.mark_scheduled(
+                [n.req_id for n in sched_out.new_requests], time.monotonic()
+            )
         if sched_out.is_empty:
             self.runner.execute(sched_out)  # still drops finished request state
             return []

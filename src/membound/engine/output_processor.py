@@ -148,12 +148,24 @@ class OutputProcessor:
             metrics=parent.metrics,
         )
 
+    def mark_scheduled(self, child_ids: list[str], now: float) -> None:
+        """Record when requests were first scheduled (queue time ends there)."""
+        for cid in child_ids:
+            parent = self.parents.get(self.child_to_parent.get(cid, ""))
+            if parent is not None and parent.metrics.first_scheduled_time is None:
+                parent.metrics.first_scheduled_time = now
+
     @staticmethod
     def _completion(child: ChildState) -> CompletionOutput:
         want_lp = child.params.logprobs is not None
+        detok = child.detokenizer
+        text = ""
+        if detok is not None:
+            # while running, only text no stop string can still cut (safe to stream)
+            text = detok.output_text if child.finish_reason is not None else detok.returned_text
         return CompletionOutput(
             index=child.index,
-            text=child.detokenizer.output_text if child.detokenizer is not None else "",
+            text=text,
             token_ids=list(child.token_ids),
             cumulative_logprob=child.cumulative_logprob if want_lp else None,
             logprobs=list(child.logprobs) if want_lp else None,

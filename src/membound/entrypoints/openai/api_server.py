@@ -1,0 +1,234 @@
+"""The FastAPI app: ``build_app(engine, args)``.
+
+```
+request -> APIKeyMiddleware (401) -> BodySizeLimitMiddleware (413) -> ErrorMiddleware (500,
+           no traceback) -> routes (OpenAIError -> its status; bad JSON/types -> 400)
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from membound.engine.async_engine import AsyncLLMEngine
+from membound.engine.llm_engine import LLMEngine
+from membound.entrypoints.openai import serving_chat, serving_completions
+from membound.entrypoints.openai.errors import (
+    OpenAIError,
+    bad_request,
+    error_body,
+    internal_error,
+    send_error,
+    status_phrase,
+)
+from membound.entrypoints.openai.limits import BodySizeLimitMiddleware, ServerLimits
+from membound.entrypoints.openai.metrics import CONTENT_TYPE, ServerMetrics
+from membound.entrypoints.openai.protocol import (
+    DetokenizeRequest,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+)
+from membound.entrypoints.openai.serving_base import (
+    ClientDisconnected,
+    ServerState,
+    parse_body,
+    prompt_token_ids,
+)
+
+logger = logging.getLogger("membound.server")
+
+API_KEY_ENV = "MEMBOUND_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    served_model_names: tuple[str, ...] = ()  # empty: the model path's folder name
+    api_key: str | None = None
+    limits: ServerLimits = field(default_factory=ServerLimits)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
+        names = getattr(args, "served_model_name", None) or ()
+        key = getattr(args, "api_key", None) or os.environ.get(API_KEY_ENV) or None
+        return cls(tuple(names), key, ServerLimits.from_cli_args(args))
+
+
+def build_app(engine: AsyncLLMEngine | LLMEngine, args: ServerArgs | argparse.Namespace) -> FastAPI:
+    """The OpenAI-compatible app around ``engine``; the app's lifespan starts and stops the
+    engine loop."""
+    server_args = args if isinstance(args, ServerArgs) else ServerArgs.from_cli_args(args)
+    async_engine = engine if isinstance(engine, AsyncLLMEngine) else AsyncLLMEngine(engine)
+    state = _make_state(async_engine, server_args)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await async_engine.start()
+        try:
+            yield
+        finally:
+            await async_engine.shutdown()
+
+    app = FastAPI(title="membound", lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None)
+    app.state.membound = state
+    _add_routes(app, state)
+    _add_exception_handlers(app)
+    app.add_middleware(ErrorMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=server_args.limits.max_body_bytes)
+    if server_args.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=server_args.api_key)
+    return app
+
+
+def _make_state(async_engine: AsyncLLMEngine, args: ServerArgs) -> ServerState:
+    engine = async_engine.engine
+    path = engine.config.model
+    names = list(args.served_model_names) or [os.path.basename(os.path.normpath(path))]
+    metrics = ServerMetrics(names[0], lambda: async_engine.latest_stats)
+    async_engine.observer = metrics
+    return ServerState(
+        engine=async_engine, model_names=names, model_path=path,
+        max_model_len=engine.config.scheduler_config.max_model_len,
+        vocab_size=engine.config.model_config.vocab_size, tokenizer=engine.tokenizer,
+        limits=args.limits, metrics=metrics,
+    )
+
+
+def _add_routes(app: FastAPI, state: ServerState) -> None:
+    @app.get("/health")
+    async def health() -> Response:
+        if state.engine.is_running:
+            return Response(status_code=200)
+        err = OpenAIError(503, "the engine loop is not running", code="engine_dead")
+        return JSONResponse(err.body(), status_code=503)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        cards = [ModelCard(id=n, root=state.model_path, max_model_len=state.max_model_len)
+                 for n in state.model_names]
+        return JSONResponse(ModelList(data=cards).model_dump())
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/v1/completions")
+    async def completions(raw: Request) -> Response:
+        return await serving_completions.create_completion(state, raw)
+
+    @app.post("/v1/chat/completions")
+    async def chat(raw: Request) -> Response:
+        return await serving_chat.create_chat_completion(state, raw)
+
+    @app.post("/tokenize")
+    async def tokenize(raw: Request) -> Response:
+        return JSONResponse(await _tokenize(state, raw))
+
+    @app.post("/detokenize")
+    async def detokenize(raw: Request) -> Response:
+        req = await parse_body(raw, DetokenizeRequest)
+        state.check_model(req.model)
+        tok = state.need_tokenizer("detokenize")
+        ids = prompt_token_ids(state, req.tokens, param="tokens") if req.tokens else []
+        return JSONResponse({"prompt": tok.decode(ids, skip_special_tokens=False)})
+
+
+async def _tokenize(state: ServerState, raw: Request) -> dict[str, Any]:
+    req = await parse_body(raw, TokenizeRequest)
+    state.check_model(req.model)
+    tok = state.need_tokenizer("tokenize")
+    if (req.prompt is None) == (req.messages is None):
+        raise bad_request("send exactly one of prompt or messages", param="prompt")
+    if req.prompt is not None:
+        ids = tok.encode(req.prompt, add_special_tokens=req.add_special_tokens)
+    else:
+        ids = serving_chat.encode_messages(state, req.messages or [], req.add_generation_prompt)
+    return {"count": len(ids), "max_model_len": state.max_model_len, "tokens": ids}
+
+
+def _add_exception_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OpenAIError)
+    async def openai_error(request: Request, exc: OpenAIError) -> Response:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnected)
+    async def disconnected(request: Request, exc: ClientDisconnected) -> Response:
+        return JSONResponse(error_body("client disconnected", "invalid_request_error"), 499)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(request: Request, exc: RequestValidationError) -> Response:
+        return JSONResponse(bad_request(f"invalid request: {exc.errors()[:1]}").body(), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else status_phrase(exc.status_code)
+        if exc.status_code in (404, 405):
+            message = f"{message}: {request.method} {request.url.path}"
+        err = OpenAIError(exc.status_code, message)
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+class APIKeyMiddleware:
+    """401 unless ``Authorization: Bearer <key>`` matches (constant-time); /health is open."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self._key = api_key.encode("utf-8")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/health":
+            await self.app(scope, receive, send)
+            return
+        auth = b""
+        for key, value in scope.get("headers", []):
+            if key == b"authorization":
+                auth = value
+                break
+        scheme, _, token = auth.partition(b" ")
+        if not (scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key)):
+            await send_error(send, OpenAIError(
+                401, "invalid or missing API key; send Authorization: Bearer <key>",
+                code="invalid_api_key",
+            ))
+            return
+        await self.app(scope, receive, send)
+
+
+class ErrorMiddleware:
+    """Turns an unexpected exception into a 500 without a traceback (logged instead)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:  # noqa: BLE001 - the client gets a plain 500
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await send_error(send, internal_error())
