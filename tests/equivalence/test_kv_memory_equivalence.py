@@ -55,19 +55,7 @@ def test_swap_preserves_seeded_sampling(tiny_llama: Path) -> None:
               for i in range(6)]
 
     def go(**kw: object) -> list[list[int]]:
-        eng = engine(tiny_llama, **kw)
-        ids = []
-        for p, sp in zip(shared_prefix_prompts(), params):
-            rid = eng.new_request_id()
-            ids.append(rid)
-            eng.add_request(rid, p, sp)
-        done = {}
-        while eng.has_unfinished_requests():
-            for out in eng.step():
-                if out.finished:
-                    done[out.request_id] = out.outputs[0].token_ids
-            eng.scheduler.check_integrity()
-        return [done[r] for r in ids]
+        return run(engine(tiny_llama, **kw), shared_prefix_prompts(), params)
 
     assert go(num_kv_blocks=40, max_num_batched_tokens=48, preemption_mode="swap",
               swap_space=0.01) == go()

@@ -26,12 +26,19 @@ def engine(folder: Path, **kw: Any) -> LLMEngine:
     return LLMEngine.from_engine_args(EngineArgs(model=str(folder), block_size=4, **kw))
 
 
-def run(eng: LLMEngine, batch: list[list[int]], params: SamplingParams = GREEDY) -> list[list[int]]:
+def run(
+    eng: LLMEngine,
+    batch: list[list[int]],
+    params: SamplingParams | list[SamplingParams] = GREEDY,
+) -> list[list[int]]:
+    """Run a batch to the end, checking integrity after every step; every block must be
+    free at the end. ``params``: one for all prompts, or one per prompt."""
+    per_prompt = params if isinstance(params, list) else [params] * len(batch)
     ids = []
-    for p in batch:
+    for p, sp in zip(batch, per_prompt):
         rid = eng.new_request_id()
         ids.append(rid)
-        eng.add_request(rid, p, params)
+        eng.add_request(rid, p, sp)
     done: dict[str, list[int]] = {}
     steps = 0
     while eng.has_unfinished_requests():
@@ -73,20 +80,7 @@ def test_seeded_sampling_survives_preemption(tiny_llama: Path) -> None:
     params = [SamplingParams(temperature=1.0, top_k=50, seed=i, max_tokens=24, ignore_eos=True)
               for i in range(6)]
 
-    def go(eng: LLMEngine) -> list[list[int]]:
-        ids = []
-        for p, sp in zip(prompts(), params):
-            rid = eng.new_request_id()
-            ids.append(rid)
-            eng.add_request(rid, p, sp)
-        done = {}
-        while eng.has_unfinished_requests():
-            for out in eng.step():
-                if out.finished:
-                    done[out.request_id] = out.outputs[0].token_ids
-        return [done[r] for r in ids]
-
-    roomy = go(engine(tiny_llama))
+    roomy = run(engine(tiny_llama), prompts(), params)
     tight_engine = engine(tiny_llama, num_kv_blocks=28, max_num_batched_tokens=32)
-    assert go(tight_engine) == roomy
+    assert run(tight_engine, prompts(), params) == roomy
     assert tight_engine.scheduler.num_preemptions > 0
