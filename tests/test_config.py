@@ -65,7 +65,7 @@ def test_rope_spellings_and_lengths() -> None:
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8}}, "original_max_position_embeddings"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
     ({"num_key_value_heads": 5}, "multiple of num_key_value_heads"),
-    ({"quantization_config": {"quant_method": "awq"}}, "quantized.*'awq'"),
+    ({"quantization_config": {"quant_method": "bitsandbytes"}}, "quantized.*'bitsandbytes'"),
     ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
     ({"torch_dtype": "int8"}, "dtype 'int8'"),
     ({"architectures": ["Qwen2ForCausalLM"], "use_sliding_window": True}, "use_sliding_window"),

@@ -4,6 +4,7 @@
  asyncio loop (server)                      engine thread (the only caller of LLMEngine)
  add_request() --("add", fut)--> commands --> engine.add_request  -- fut result/exception -->
  stream.abort() --("abort")----> commands --> engine.abort_request (blocks freed at once)
+ call_on_engine_thread(fn) -("call")-> commands --> fn(engine), between steps -- fut result -->
  RequestStream <-- call_soon_threadsafe(_dispatch, outputs) <-- engine.step()
 ```
 
@@ -20,8 +21,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypeVar
 
 from membound.engine.llm_engine import LLMEngine
 from membound.engine.stats import EngineStats
@@ -31,6 +32,7 @@ from membound.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+_T = TypeVar("_T")
 
 
 class EngineDeadError(RuntimeError):
@@ -110,7 +112,7 @@ class AsyncLLMEngine:
         self.observer = observer
         self._commands: queue.Queue[Any] = queue.Queue()
         self._streams: dict[str, RequestStream] = {}  # touched on the event loop thread only
-        self._pending: set[asyncio.Future[None]] = set()  # adds the engine has not answered
+        self._pending: set[asyncio.Future[Any]] = set()  # adds/calls not answered yet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -177,6 +179,20 @@ class AsyncLLMEngine:
             raise
         return stream
 
+    async def call_on_engine_thread(self, fn: Callable[[LLMEngine], _T]) -> _T:
+        """Run ``fn(engine)`` on the engine thread between two steps and return its result:
+        the thread-safe way to read engine state (a dashboard snapshot). ``fn`` must be quick
+        and must not change the engine; the next step waits for it. Raises what ``fn`` raised,
+        or EngineDeadError if the loop is not running."""
+        if not self.is_running:
+            raise EngineDeadError(self._dead_message())
+        assert self._loop is not None
+        done: asyncio.Future[Any] = self._loop.create_future()
+        self._pending.add(done)
+        done.add_done_callback(self._pending.discard)
+        self._commands.put(("call", fn, done))
+        return await done  # type: ignore[no-any-return]
+
     def _abort(self, request_id: str) -> None:
         if self._streams.pop(request_id, None) is not None and self.is_running:
             self._commands.put(("abort", request_id))
@@ -210,6 +226,8 @@ class AsyncLLMEngine:
                 self._stopping = True
             elif cmd[0] == "add":
                 self._apply_add(*cmd[1:])
+            elif cmd[0] == "call":
+                self._apply_call(*cmd[1:])
             else:
                 aborted.extend(self.engine.abort_request([cmd[1]]))
         if commands:
@@ -225,6 +243,14 @@ class AsyncLLMEngine:
             self._call_in_loop(_settle, accepted, e)
             return
         self._call_in_loop(_settle, accepted, None)
+
+    def _apply_call(self, fn: Callable[[LLMEngine], Any], done: asyncio.Future[Any]) -> None:
+        try:
+            value = fn(self.engine)
+        except Exception as e:  # noqa: BLE001 - handed to the caller
+            self._call_in_loop(_settle, done, e)
+            return
+        self._call_in_loop(_settle, done, None, value)
 
     def _note_scheduled(self, outputs: list[RequestOutput], step_start: float) -> None:
         """Fill ``metrics.first_scheduled_time`` where the engine left it unset: a request that
@@ -275,10 +301,10 @@ class AsyncLLMEngine:
         return "the engine loop is not running"
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[Any], error: BaseException | None, value: Any = None) -> None:
     if future.done():
         return
     if error is None:
-        future.set_result(None)
+        future.set_result(value)
     else:
         future.set_exception(error)

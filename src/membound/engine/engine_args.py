@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -13,9 +13,11 @@ from membound.config import (
     CacheConfig,
     ConfigError,
     EngineConfig,
+    KernelConfig,
     ModelConfig,
     SchedulerConfig,
     normalize_dtype_name,
+    resolve_quantization,
 )
 from membound.model_source import resolve_model_path
 
@@ -42,10 +44,17 @@ class EngineArgs:
     preemption_mode: str = "recompute"
     swap_space: float = 4.0
     cpu_offload_gb: float = 0.0
+    kernel_backend: str = "auto"
+    enforce_eager: bool = False
+    cuda_graph_sizes: list[int] | None = None
+    quantization: str | None = None  # None: the checkpoint's; else fp8|int8|int4|awq|gptq|...
+    kv_cache_dtype: str = "auto"
 
     def create_engine_config(self) -> EngineConfig:
         path = resolve_model_path(self.model)
         model_config = ModelConfig.from_hf(path)
+        quant = resolve_quantization(model_config.quantization, self.quantization)
+        model_config = replace(model_config, quantization=quant)
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype, model_config, device)
         max_len = self.max_model_len or model_config.max_supported_len
@@ -65,6 +74,7 @@ class EngineArgs:
                 enable_prefix_caching=self.enable_prefix_caching,
                 prefix_cache_salt=self.prefix_cache_salt,
                 swap_space=self.swap_space,
+                kv_cache_dtype=self.kv_cache_dtype,
             ),
             scheduler_config=SchedulerConfig.create(
                 max_len, self.max_num_seqs, self.max_num_batched_tokens,
@@ -76,6 +86,12 @@ class EngineArgs:
             load_format=self.load_format,
             seed=self.seed,
             cpu_offload_gb=self.cpu_offload_gb,
+            kernel_config=KernelConfig(
+                backend=self.kernel_backend,
+                enforce_eager=self.enforce_eager,
+                cuda_graph_sizes=tuple(self.cuda_graph_sizes) if self.cuda_graph_sizes else None,
+            ),
+            quantization=quant.method if quant is not None else None,
         )
 
     def _tokenizer_path(self, model_path: str) -> str | None:
@@ -98,6 +114,12 @@ class EngineArgs:
         g.add_argument("--max-model-len", type=int, default=None,
                        help="context length limit (default: the model's)")
         g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+        g.add_argument("--kernel-backend", default="auto", choices=["auto", "torch", "triton"],
+                       help="auto: Triton kernels on CUDA, torch references on CPU")
+        g.add_argument("--enforce-eager", action="store_true",
+                       help="never capture CUDA graphs for decode steps")
+        g.add_argument("--cuda-graph-sizes", type=int, nargs="+", default=None,
+                       help="decode batch sizes to capture (default 1 2 4 8 16 ... 256)")
         g.add_argument("--max-num-seqs", type=int, default=256, help="sequences per step")
         g.add_argument("--max-num-batched-tokens", type=int, default=None,
                        help="token budget per step (default 2048)")
@@ -121,6 +143,12 @@ class EngineArgs:
                        help="what happens to a request's KV when it is preempted")
         g.add_argument("--swap-space", type=float, default=4.0,
                        help="GiB of CPU memory for swapped-out KV blocks")
+        g.add_argument("--quantization", default=None, type=str.lower,
+                       choices=["fp8", "int8", "int4", "awq", "gptq", "mxfp4", "nvfp4"],
+                       help="weight quantization (default: the checkpoint's own, if any); "
+                       "fp8/int8/int4/mxfp4/nvfp4 quantize a float checkpoint while loading")
+        g.add_argument("--kv-cache-dtype", default="auto",
+                       help="KV cache dtype: auto (the model dtype); fp8 is not supported yet")
         g.add_argument("--cpu-offload-gb", type=float, default=0.0,
                        help="GiB of layer weights kept in CPU memory, streamed to the GPU")
 

@@ -71,6 +71,12 @@ class LLMEngine:
         )
         if num_cpu_blocks:
             self.runner.swap_space = KVSwapSpace(kv_caches, num_cpu_blocks)
+        kc = config.kernel_config
+        if self.offloader is not None and not kc.enforce_eager:
+            # streamed weights change buffers between steps: a captured graph would not see it
+            logger.info("cpu_offload_gb is set: decode CUDA graphs disabled")
+            kc = replace(kc, enforce_eager=True)
+        self.runner.init_data_plane(kc, sc.max_num_seqs, sc.max_model_len)
         self.output_processor = OutputProcessor(self.tokenizer)
         eos = list(mc.eos_token_ids)
         if self.tokenizer is not None:

@@ -132,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(sub)
     _add_info(sub)
-    for module in ("membound.entrypoints.openai.cli", "membound.bench.cli", "membound.planner.cli"):
+    for module in (
+        "membound.entrypoints.openai.cli",
+        "membound.bench.cli",
+        "membound.entrypoints.eval",
+        "membound.planner.cli",
+    ):
         _add_optional(sub, module)
     return parser
 

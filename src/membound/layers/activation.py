@@ -1,18 +1,24 @@
-"""Gated activations."""
+"""Gated activations (math in kernels/activation.py; backend chosen at start-up)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from membound.kernels.activation import silu_and_mul_ref
+from membound.layers.attention.backend import KernelBackend, KernelOps, kernel_ops
 
-def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
-    """x: [..., 2 * d] holding gate then up -> silu(gate) * up: [..., d]."""
-    d = x.shape[-1] // 2
-    return F.silu(x[..., :d]) * x[..., d:]
+__all__ = ["SiluAndMul", "silu_and_mul_ref"]
 
 
 class SiluAndMul(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: KernelOps = kernel_ops(KernelBackend.TORCH)
+
+    def set_kernel_backend(self, backend: KernelBackend) -> None:
+        self.ops = kernel_ops(backend)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return silu_and_mul_ref(x)
+        """x: [..., 2 * d] holding gate then up -> [..., d]."""
+        return self.ops.silu_and_mul(x)

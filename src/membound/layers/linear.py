@@ -1,9 +1,10 @@
 """Linear layers that own their weight loading.
 
-Fused projections (QKV, gate/up) are one parameter; each checkpoint shard is copied into its
-slice by the parameter's ``weight_loader``. Shape mismatches raise a ``WeightShapeError``
-naming the checkpoint tensor, before anything is served. Tensor parallelism and quantization
-plug in here later (a quant method per layer), so models stay declarative.
+Fused projections (QKV, gate/up) are one layer; each checkpoint shard is copied into its
+output rows by ``load_checkpoint_tensor``. Shape mismatches raise a ``WeightShapeError``
+naming the checkpoint tensor, before anything is served. How the weight is stored and
+multiplied is the layer's quantization method (layers/quantization/): unquantized by default,
+so models stay declarative. Tensor parallelism plugs in here later.
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from membound.layers.quantization import (
+    QuantizationMethod,
+    TensorSpec,
+    UnquantizedLinearMethod,
+    WeightShapeError,
+)
 
-class WeightShapeError(ValueError):
-    """A checkpoint tensor whose shape does not match the parameter it loads into."""
+__all__ = ["Linear", "MergedLinear", "QKVLinear", "WeightShapeError", "default_weight_loader"]
 
 
 def _check_shape(name: str, expected: torch.Size, got: torch.Size) -> None:
@@ -40,14 +45,30 @@ def _set_loader(param: nn.Parameter, loader: Callable[..., None]) -> None:
 
 
 class Linear(nn.Module):
-    """y = x W^T (+ b). Weight [output_size, input_size]."""
+    """y = x W^T (+ b). Weight [output_size, input_size], stored as ``quant_method`` says.
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = False) -> None:
+    ``prefix`` is the checkpoint module name (errors name it); the bias is never quantized.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = False,
+        quant_method: QuantizationMethod | None = None,
+        prefix: str = "",
+        output_sizes: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         self.input_size = input_size
         self.output_size = output_size
-        self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
-        _set_loader(self.weight, default_weight_loader)
+        self.prefix = prefix
+        self.kernel_backend = "torch"  # set by set_kernel_backend (install_kernel_backend)
+        self.quant_method = quant_method or UnquantizedLinearMethod()
+        sizes = tuple(output_sizes) if output_sizes is not None else (output_size,)
+        self.quant_method.create_weights(self, input_size, sizes, torch.get_default_dtype())
+        if isinstance(self.quant_method, UnquantizedLinearMethod):
+            _set_loader(self.weight, default_weight_loader)
         if bias:
             self.bias: nn.Parameter | None = nn.Parameter(
                 torch.empty(output_size), requires_grad=False
@@ -57,7 +78,41 @@ class Linear(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.quant_method.apply(self, x, self.bias)
+
+    def set_kernel_backend(self, backend: object) -> None:
+        self.kernel_backend = str(getattr(backend, "value", backend))
+
+    # ---- loading: checkpoint tensors of one shard (None: the whole layer) -------------------
+    def shard_ids(self) -> tuple[object, ...]:
+        return (None,)
+
+    def shard_rows(self, shard_id: object, name: str = "?") -> tuple[int, int]:
+        """(first output row, rows) of a shard."""
+        return 0, self.output_size
+
+    def checkpoint_specs(self, shard_id: object = None) -> dict[str, TensorSpec]:
+        """Checkpoint tensor suffix -> what the checkpoint must (or may) hold for a shard."""
+        _, size = self.shard_rows(shard_id)
+        specs = dict(self.quant_method.checkpoint_specs(self.input_size, size))
+        if self.bias is not None:
+            specs["bias"] = TensorSpec(((size,),))
+        return specs
+
+    def load_checkpoint_tensor(
+        self, suffix: str, loaded: torch.Tensor, shard_id: object = None, name: str = "?"
+    ) -> None:
+        start, size = self.shard_rows(shard_id, name)
+        if suffix == "bias" and self.bias is not None:
+            target = self.bias.narrow(0, start, size)
+            _check_shape(name, target.shape, loaded.shape)
+            with torch.no_grad():
+                target.copy_(loaded)
+            return
+        self.quant_method.load(self, suffix, loaded, (start, size), name)
+
+    def process_weights_after_loading(self) -> None:
+        self.quant_method.process_weights_after_loading(self)
 
 
 class MergedLinear(Linear):
@@ -72,40 +127,56 @@ class MergedLinear(Linear):
         output_sizes: Sequence[int],
         shard_ids: Sequence[object],
         bias: bool = False,
+        quant_method: QuantizationMethod | None = None,
+        prefix: str = "",
     ) -> None:
-        super().__init__(input_size, sum(output_sizes), bias)
+        super().__init__(
+            input_size, sum(output_sizes), bias, quant_method, prefix, output_sizes
+        )
         assert len(output_sizes) == len(shard_ids)
         self.output_sizes = tuple(output_sizes)
         offsets, start = {}, 0
-        for sid, size in zip(shard_ids, output_sizes):
+        for sid, size in zip(shard_ids, output_sizes, strict=True):
             offsets[sid] = (start, size)
             start += size
         self.shard_offsets: dict[object, tuple[int, int]] = offsets
-        _set_loader(self.weight, self._load_shard)
-        if self.bias is not None:
-            _set_loader(self.bias, self._load_shard)
+        for param in (getattr(self, "weight", None), self.bias):
+            if getattr(param, "weight_loader", None) is not None:  # float params keep theirs
+                _set_loader(param, self._load_shard)
+
+    def shard_ids(self) -> tuple[object, ...]:
+        return tuple(self.shard_offsets)
+
+    def shard_rows(self, shard_id: object, name: str = "?") -> tuple[int, int]:
+        if shard_id is None:  # an already-fused checkpoint tensor
+            return 0, self.output_size
+        if shard_id not in self.shard_offsets:
+            raise KeyError(f"unknown shard {shard_id!r} for tensor {name!r}")
+        return self.shard_offsets[shard_id]
 
     def _load_shard(
         self, param: torch.Tensor, loaded: torch.Tensor, shard_id: object = None, name: str = "?"
     ) -> None:
-        if shard_id is None:  # an already-fused checkpoint tensor
-            default_weight_loader(param, loaded, None, name)
-            return
-        if shard_id not in self.shard_offsets:
-            raise KeyError(f"unknown shard {shard_id!r} for tensor {name!r}")
-        start, size = self.shard_offsets[shard_id]
-        target = param.narrow(0, start, size)
-        _check_shape(name, target.shape, loaded.shape)
-        with torch.no_grad():
-            target.copy_(loaded)
+        suffix = "bias" if param is self.bias else "weight"
+        self.load_checkpoint_tensor(suffix, loaded, shard_id, name)
 
 
 class QKVLinear(MergedLinear):
     """Fused q/k/v projection: output [q_size | kv_size | kv_size]."""
 
     def __init__(
-        self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool
+        self,
+        hidden_size: int,
+        head_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        bias: bool,
+        quant_method: QuantizationMethod | None = None,
+        prefix: str = "",
     ) -> None:
         self.q_size = num_heads * head_dim
         self.kv_size = num_kv_heads * head_dim
-        super().__init__(hidden_size, [self.q_size, self.kv_size, self.kv_size], "qkv", bias)
+        super().__init__(
+            hidden_size, [self.q_size, self.kv_size, self.kv_size], "qkv", bias, quant_method,
+            prefix,
+        )

@@ -1,17 +1,16 @@
-"""RMSNorm, optionally fused with the residual add (plain torch; the CPU path and the oracle)."""
+"""RMSNorm, optionally fused with the residual add. The math lives in kernels/rms_norm.py:
+the torch reference is the CPU path, the Triton kernel the CUDA path (backend chosen at
+start-up by ``install_kernel_backend``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from membound.kernels.rms_norm import rms_norm_ref
+from membound.layers.attention.backend import KernelBackend, KernelOps, kernel_ops
 
-def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HF semantics: normalise in float32, multiply by the weight in the input dtype."""
-    dtype = x.dtype
-    xf = x.to(torch.float32)
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(dtype)
+__all__ = ["RMSNorm", "rms_norm_ref"]
 
 
 class RMSNorm(nn.Module):
@@ -19,12 +18,15 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
+        self.ops: KernelOps = kernel_ops(KernelBackend.TORCH)
+
+    def set_kernel_backend(self, backend: KernelBackend) -> None:
+        self.ops = kernel_ops(backend)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Without ``residual``: norm(x). With it: (norm(x + residual), x + residual)."""
         if residual is None:
-            return rms_norm_ref(x, self.weight, self.eps)
-        x = x + residual
-        return rms_norm_ref(x, self.weight, self.eps), x
+            return self.ops.rms_norm(x, self.weight, self.eps)
+        return self.ops.fused_add_rms_norm(x, residual, self.weight, self.eps)

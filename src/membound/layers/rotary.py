@@ -1,5 +1,7 @@
 """Rotary position embedding (NeoX / HF "rotate_half" layout) with linear, dynamic-NTK and
-llama3 frequency scaling, matching transformers' definitions."""
+llama3 frequency scaling, matching transformers' definitions. The scaling lives in the
+cos/sin rows; applying them is kernels/rotary.py (torch reference on CPU, in place with
+Triton on CUDA)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,11 @@ import torch
 from torch import nn
 
 from membound.config import RopeScaling
+from membound.kernels.rotary import rotary_embedding
+from membound.kernels.rotary import rotate_ref as apply_rotary_ref
+from membound.layers.attention.backend import KernelBackend
+
+__all__ = ["RotaryEmbedding", "apply_rotary_ref"]
 
 
 def base_inv_freq(head_dim: int, base: float) -> torch.Tensor:
@@ -42,15 +49,6 @@ def dynamic_ntk_base(base: float, head_dim: int, scaling: RopeScaling, seq_len: 
     )
 
 
-def apply_rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [num_tokens, num_heads, head_dim]; cos/sin: [num_tokens, head_dim // 2]."""
-    half = x.shape[-1] // 2
-    cos = cos.unsqueeze(1).to(x.dtype)
-    sin = sin.unsqueeze(1).to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-
 class RotaryEmbedding(nn.Module):
     """Holds a float32 cos/sin table for every position up to ``max_positions``."""
 
@@ -75,6 +73,10 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self._table(inv_freq, max_positions)
         self.register_buffer("cos_cache", cos, persistent=False)  # [max_positions, head_dim // 2]
         self.register_buffer("sin_cache", sin, persistent=False)
+        self.kernel_backend = KernelBackend.TORCH
+
+    def set_kernel_backend(self, backend: KernelBackend) -> None:
+        self.kernel_backend = backend
 
     @staticmethod
     def _table(inv_freq: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,6 +125,10 @@ class RotaryEmbedding(nn.Module):
         k: torch.Tensor,
         seq_lens_per_token: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [num_tokens, num_heads, head_dim], k: [num_tokens, num_kv_heads, head_dim]."""
-        cos, sin = self.cos_sin(positions, seq_lens_per_token)
+        """q: [num_tokens, num_heads, head_dim], k: [num_tokens, num_kv_heads, head_dim].
+        The torch path returns rotated copies; the Triton path rotates q and k in place."""
+        cos, sin = self.cos_sin(positions, seq_lens_per_token)  # [num_tokens, head_dim // 2]
+        if self.kernel_backend is KernelBackend.TRITON:
+            rotary_embedding(q, k, cos, sin)
+            return q, k
         return apply_rotary_ref(q, cos, sin), apply_rotary_ref(k, cos, sin)

@@ -2,7 +2,9 @@
 
 Variants are explicit flags of ModelConfig (``qkv_bias``, ``qk_norm``, ``sliding_window``,
 ``tie_word_embeddings``); there is one implementation. Checkpoint tensors map onto fused
-parameters through ``packed_modules_mapping``.
+parameters through ``packed_modules_mapping``. With ``config.quantization`` the decoder's
+linears get a quantization method each (by checkpoint module name); embeddings and lm_head
+stay in the model dtype.
 """
 
 from __future__ import annotations
@@ -18,20 +20,30 @@ from membound.layers.attention.layer import Attention
 from membound.layers.attention.metadata import AttentionMetadata
 from membound.layers.linear import Linear, MergedLinear, QKVLinear, default_weight_loader
 from membound.layers.norm import RMSNorm
+from membound.layers.quantization import QuantizationMethod, get_linear_method
 from membound.layers.rotary import RotaryEmbedding
 from membound.layers.vocab_embedding import LMHead, VocabEmbedding
 
 
+def _quant(config: ModelConfig, prefix: str, *pieces: str) -> QuantizationMethod | None:
+    """The quantization method of the linear fusing checkpoint modules prefix.<piece>."""
+    return get_linear_method(config.quantization, [f"{prefix}.{p}" for p in pieces])
+
+
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, prefix: str = "") -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.qkv_proj = QKVLinear(
-            config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, config.qkv_bias
+            config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, config.qkv_bias,
+            _quant(config, prefix, "q_proj", "k_proj", "v_proj"), f"{prefix}.qkv_proj",
         )
-        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, config.o_bias)
+        self.o_proj = Linear(
+            self.num_heads * self.head_dim, config.hidden_size, config.o_bias,
+            _quant(config, prefix, "o_proj"), f"{prefix}.o_proj",
+        )
         self.qk_norm = config.qk_norm
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -61,24 +73,30 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, prefix: str = "") -> None:
         super().__init__()
         inter = config.intermediate_size
-        self.gate_up_proj = MergedLinear(config.hidden_size, [inter, inter], [0, 1], config.mlp_bias)
+        self.gate_up_proj = MergedLinear(
+            config.hidden_size, [inter, inter], [0, 1], config.mlp_bias,
+            _quant(config, prefix, "gate_proj", "up_proj"), f"{prefix}.gate_up_proj",
+        )
         self.act = SiluAndMul()
-        self.down_proj = Linear(inter, config.hidden_size, config.mlp_bias)
+        self.down_proj = Linear(
+            inter, config.hidden_size, config.mlp_bias, _quant(config, prefix, "down_proj"),
+            f"{prefix}.down_proj",
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, prefix: str = "") -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config, rotary)
+        self.self_attn = LlamaAttention(config, rotary, f"{prefix}.self_attn")
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = LlamaMLP(config)
+        self.mlp = LlamaMLP(config, f"{prefix}.mlp")
 
     def forward(
         self,
@@ -108,7 +126,8 @@ class LlamaModel(nn.Module):
         # Registered once here; layers hold a plain reference (see LlamaAttention).
         self.rotary_emb = rotary
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, rotary) for _ in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, rotary, f"model.layers.{i}")
+            for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -137,8 +156,11 @@ class LlamaForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", 0),
         "up_proj": ("gate_up_proj", 1),
     }
-    # checkpoint tensors that carry no weights we need
-    ignored_checkpoint_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
+    # checkpoint tensors that carry no weights we need (FP8 KV-cache scales: the KV cache
+    # runs in the model dtype until kv_cache_dtype="fp8" lands)
+    ignored_checkpoint_suffixes: tuple[str, ...] = (
+        "rotary_emb.inv_freq", ".k_scale", ".v_scale", ".kv_scale",
+    )
 
     def __init__(self, config: ModelConfig, max_positions: int | None = None) -> None:
         super().__init__()
@@ -179,17 +201,22 @@ class LlamaForCausalLM(nn.Module):
         every parameter was filled (see worker/weight_loader.py).
         """
         params = dict(self.named_parameters())
+        linears = {n: m for n, m in self.named_modules() if isinstance(m, Linear)}
         filled: set[str] = set()
         for ckpt_name, tensor in weights:
             target = self.checkpoint_to_param(ckpt_name)
             if target is None:
                 continue
             name, shard = target
-            if name not in params:
+            module_name, _, suffix = name.rpartition(".")
+            if module_name in linears:  # the layer's quantization method decides the layout
+                linears[module_name].load_checkpoint_tensor(suffix, tensor, shard, ckpt_name)
+            elif name in params:
+                param = params[name]
+                loader = getattr(param, "weight_loader", default_weight_loader)
+                loader(param, tensor, shard, name=ckpt_name)
+            else:
                 raise KeyError(ckpt_name)
-            param = params[name]
-            loader = getattr(param, "weight_loader", default_weight_loader)
-            loader(param, tensor, shard, name=ckpt_name)
             filled.add(name if shard is None else f"{name}#{shard}")
         return filled
 
@@ -197,12 +224,13 @@ class LlamaForCausalLM(nn.Module):
         """What ``load_weights`` must fill for the model to be complete."""
         expected: set[str] = set()
         for name, module in self.named_modules():
-            if isinstance(module, MergedLinear):
-                for p in ("weight", "bias"):
-                    if getattr(module, p) is not None:
-                        expected |= {f"{name}.{p}#{s}" for s in module.shard_offsets}
+            if isinstance(module, Linear):  # per shard, the tensors its method requires
+                for shard in module.shard_ids():
+                    tag = "" if shard is None else f"#{shard}"
+                    specs = module.checkpoint_specs(shard).items()
+                    expected |= {f"{name}.{s}{tag}" for s, spec in specs if spec.required}
         for name, _ in self.named_parameters():
             module_name = name.rsplit(".", 1)[0]
-            if not isinstance(self.get_submodule(module_name), MergedLinear):
+            if not isinstance(self.get_submodule(module_name), Linear):
                 expected.add(name)
         return expected

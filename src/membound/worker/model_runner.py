@@ -7,11 +7,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from membound.config import KernelConfig
 from membound.core.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
-from membound.layers.attention.metadata import build_attention_metadata
+from membound.layers.attention.backend import (
+    KernelBackend,
+    install_kernel_backend,
+    select_kernel_backend,
+)
+from membound.layers.attention.metadata import AttentionMetadata, build_attention_metadata
 from membound.layers.sampler import Sampler, build_sampling_metadata, prompt_logprobs
 from membound.layers.sampling_metadata import make_generator
 from membound.sampling_params import SamplingParams
+from membound.worker.cuda_graph import CUDAGraphRunner, maybe_capture_decode_graphs
 from membound.worker.kv_swap import KVSwapSpace
 
 
@@ -46,6 +53,26 @@ class ModelRunner:
         self.default_generator = make_generator(seed, device)
         self.states: dict[str, RunnerRequestState] = {}
         self.swap_space: KVSwapSpace | None = None  # set by the engine for swap preemption
+        self.kernel_backend = KernelBackend.TORCH  # until init_data_plane picks one
+        self.cuda_graphs: CUDAGraphRunner | None = None
+
+    def init_data_plane(self, config: KernelConfig, max_num_seqs: int, max_model_len: int) -> None:
+        """Start-up, once: pick the kernel backend, install it into the model's layers, and
+        capture decode CUDA graphs where they apply (CUDA + Triton, not enforce_eager)."""
+        self.kernel_backend = select_kernel_backend(self.device, config.backend)
+        install_kernel_backend(self.model, self.kernel_backend)
+        self.cuda_graphs = maybe_capture_decode_graphs(
+            self.model, self.kv_caches, config, self.kernel_backend, max_num_seqs,
+            max_model_len, self.block_size, self.sliding_window, self.device,
+        )
+
+    def _forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata
+    ) -> torch.Tensor:
+        """[num_tokens, hidden]: a CUDA graph replay for pure decode steps, else eager."""
+        if self.cuda_graphs is not None and self.cuda_graphs.can_run(md):
+            return self.cuda_graphs.run(input_ids, positions, md)
+        return self.model(input_ids, positions, self.kv_caches, md)
 
     def _add_request(self, new: NewRequestData) -> None:
         seed = new.sampling_params.seed
@@ -80,7 +107,7 @@ class ModelRunner:
             query_lens, seq_lens, [c.block_table for c in chunks], self.block_size,
             self.device, self.sliding_window,
         )
-        hidden = self.model(input_ids, positions, self.kv_caches, md)  # [num_tokens, hidden]
+        hidden = self._forward(input_ids, positions, md)  # [num_tokens, hidden]
         self._prompt_logprobs(sched, hidden, md.query_start_loc, out)
         self._sample(sched, hidden, md.query_start_loc, out)
         return out

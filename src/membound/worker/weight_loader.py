@@ -1,9 +1,12 @@
 """Checkpoint loading: safetensors (one file or shards), streamed tensor by tensor.
 
-Every tensor name and shape is validated from the safetensors headers BEFORE any data is
-copied, so a bad checkpoint fails with the offending tensors named and never half-loads.
-Peak host memory stays near one tensor: each is read, converted and copied into its
-(already on-device) parameter, then dropped.
+Every tensor name, shape and (for quantized layouts) dtype is validated from the safetensors
+headers BEFORE any data is copied, so a bad checkpoint fails with the offending tensors named
+and never half-loads. Peak host memory stays near one tensor: each is read, converted and
+copied into its (already on-device) parameter, then dropped. Linear layers take their
+tensors through their quantization method, which also quantizes float weights shard by shard
+while loading (quantization="fp8"/"int8"/"int4"/...), so the float model never exists whole;
+``process_weights_after_loading`` runs once everything is in.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch
 from torch import nn
 
 from membound.config import ModelConfig
-from membound.layers.linear import MergedLinear
+from membound.layers.linear import Linear
+from membound.layers.quantization import TensorSpec, UnquantizedLinearMethod
 from membound.models.registry import build_model
 
 _PICKLE_EXTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -55,44 +59,53 @@ def find_safetensors_files(path: str) -> list[str]:
     raise CheckpointError(f"no *.safetensors weights found in {path}")
 
 
-def _headers(files: list[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
+# name -> (file, shape, safetensors dtype such as "BF16", "F8_E4M3", "I32")
+Headers = dict[str, tuple[str, tuple[int, ...], str]]
+
+
+def _headers(files: list[str]) -> Headers:
     from safetensors import safe_open
 
-    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    out: Headers = {}
     for file in files:
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
-                out[name] = (file, tuple(f.get_slice(name).get_shape()))
+                sl = f.get_slice(name)
+                out[name] = (file, tuple(sl.get_shape()), str(sl.get_dtype()))
     return out
 
 
-def _expected_shapes(model: nn.Module) -> dict[tuple[str, object], tuple[int, ...]]:
-    """(parameter name, shard id) -> the shape a checkpoint tensor must have."""
-    shapes: dict[tuple[str, object], tuple[int, ...]] = {}
+def _expected_specs(model: nn.Module) -> dict[tuple[str, object], TensorSpec]:
+    """(parameter or checkpoint-tensor name, shard id) -> what a checkpoint tensor must be.
+    Linear layers answer through their quantization method (per shard, and whole)."""
+    specs: dict[tuple[str, object], TensorSpec] = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, Linear):
+            for shard in {None, *module.shard_ids()}:
+                for suffix, spec in module.checkpoint_specs(shard).items():
+                    specs[(f"{module_name}.{suffix}", shard)] = spec
     for name, param in model.named_parameters():
-        module = model.get_submodule(name.rsplit(".", 1)[0])
-        if isinstance(module, MergedLinear):
-            for shard, (_, size) in module.shard_offsets.items():
-                shapes[(name, shard)] = (size, *param.shape[1:])
-            shapes[(name, None)] = tuple(param.shape)
-        else:
-            shapes[(name, None)] = tuple(param.shape)
-    return shapes
+        if not isinstance(model.get_submodule(name.rsplit(".", 1)[0]), Linear):
+            specs[(name, None)] = TensorSpec((tuple(param.shape),), ("float",))
+    return specs
 
 
-def validate_checkpoint(model: nn.Module, headers: dict[str, tuple[str, tuple[int, ...]]]) -> None:
-    """Raise CheckpointError naming unexpected, mis-shaped and missing tensors."""
-    shapes = _expected_shapes(model)
-    unexpected, misshaped, filled = [], [], set()
-    for ckpt_name, (_, shape) in sorted(headers.items()):
+def validate_checkpoint(model: nn.Module, headers: Headers) -> None:
+    """Raise CheckpointError naming unexpected, mis-shaped, mistyped and missing tensors."""
+    specs = _expected_specs(model)
+    unexpected, misshaped, mistyped, filled = [], [], [], set()
+    for ckpt_name, (_, shape, dtype) in sorted(headers.items()):
         target = model.checkpoint_to_param(ckpt_name)  # type: ignore[operator]
         if target is None:
             continue
-        if target not in shapes:
+        if target not in specs:
             unexpected.append(ckpt_name)
             continue
-        if shapes[target] != shape:
-            misshaped.append(f"{ckpt_name} {shape} (expected {shapes[target]})")
+        spec = specs[target]
+        if not spec.accepts(shape):
+            misshaped.append(f"{ckpt_name} {shape} (expected {spec.describe()})")
+        elif not spec.accepts_dtype(dtype):
+            mistyped.append(f"{ckpt_name} {dtype} (expected {' or '.join(spec.kinds)})")
         name, shard = target
         filled.add(name if shard is None else f"{name}#{shard}")
     fused_whole = {n for n in filled if "#" not in n}
@@ -107,6 +120,8 @@ def validate_checkpoint(model: nn.Module, headers: dict[str, tuple[str, tuple[in
         problems.append(f"unexpected tensors: {', '.join(unexpected[:20])}")
     if misshaped:
         problems.append(f"wrong shapes: {'; '.join(misshaped[:20])}")
+    if mistyped:
+        problems.append(f"wrong dtypes: {'; '.join(mistyped[:20])}")
     if problems:
         raise CheckpointError(
             "checkpoint does not match its config.json (" + " | ".join(problems) + "); "
@@ -114,13 +129,11 @@ def validate_checkpoint(model: nn.Module, headers: dict[str, tuple[str, tuple[in
         )
 
 
-def iterate_tensors(
-    headers: dict[str, tuple[str, tuple[int, ...]]], progress: bool
-) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_tensors(headers: Headers, progress: bool) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import safe_open
 
     by_file: dict[str, list[str]] = {}
-    for name, (file, _) in headers.items():
+    for name, (file, *_) in headers.items():
         by_file.setdefault(file, []).append(name)
     bar = _progress(len(headers), progress)
     for file, names in sorted(by_file.items()):
@@ -147,11 +160,26 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
+def _quantized_linears(model: nn.Module) -> list[Linear]:
+    return [
+        m for m in model.modules()
+        if isinstance(m, Linear) and not isinstance(m.quant_method, UnquantizedLinearMethod)
+    ]
+
+
 def init_dummy_weights(model: nn.Module, seed: int) -> None:
-    """Random weights for any config: N(0, 0.02) matrices, unit norms, zero biases."""
+    """Random weights for any config: N(0, 0.02) matrices, unit norms, zero biases.
+    Quantized linears quantize their random float weight (one layer in memory at a time)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    quantized = _quantized_linears(model)
+    skip = {id(p) for m in quantized for n, p in m.named_parameters() if n != "bias"}
     with torch.no_grad():
+        for layer in quantized:
+            noise = torch.randn(layer.output_size, layer.input_size, generator=gen) * 0.02
+            layer.quant_method.quantize_rows(layer, noise, (0, layer.output_size))
         for name, param in model.named_parameters():
+            if id(param) in skip:
+                continue
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
             elif name.endswith(".bias"):
@@ -185,4 +213,7 @@ def load_model(
     else:
         validate_checkpoint(model, headers)
         model.load_weights(iterate_tensors(headers, progress))  # type: ignore[operator]
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.process_weights_after_loading()
     return model.eval()

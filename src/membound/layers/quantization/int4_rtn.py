@@ -1,0 +1,153 @@
+"""INT4 weight-only, membound's one in-memory layout (shared by AWQ, GPTQ and RTN), and
+quantization="int4": round-to-nearest, asymmetric, group-wise quantization of a float
+checkpoint while it loads.
+
+Stored per layer (see kernels/int4_gemm.py for the layout):
+
+    qweight [in // 8, out] int32     4-bit values packed along the input dim, 8 per word
+    scales  [in // G, out]           the model dtype
+    zeros   [in // G, out] uint8     W[k, n] = (q[k, n] - zeros[k // G, n]) * scales[k // G, n]
+    perm    [in] int32 buffer        act-order only: weight row k multiplies x[:, perm[k]]
+
+Compute: the Triton dequantize-in-the-GEMM kernel for up to ``SMALL_BATCH`` rows when the
+layer's kernel backend is Triton (decode is memory-bound: 4-bit weights are the win);
+otherwise, and for large batches, dequantize to the activation dtype and use the BLAS GEMM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from membound.kernels.int4_gemm import (
+    int4_gemm,
+    int4_gemm_ref,
+    kernel_supports,
+    pack_int4,
+    unpack_int4,
+)
+from membound.layers.quantization.base import (
+    QuantizationMethod,
+    TensorSpec,
+    check_kind,
+    copy_slice,
+    flatten_tokens,
+    new_param,
+    on_device,
+    register_method,
+    require_multiple,
+    spec,
+)
+
+SMALL_BATCH = 16  # rows up to which the fused kernel beats dequantize + GEMM (tune on a GPU)
+QMAX = 15
+
+
+def quantize_int4_rtn(
+    w: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float ``[rows, in]`` -> (q uint8 [rows, in], scales [rows, in // G] float32,
+    zeros uint8 [rows, in // G]); asymmetric min/max per group, as AutoAWQ computes it."""
+    rows, k = w.shape
+    g = w.to(torch.float32).reshape(rows, k // group_size, group_size)
+    wmax, wmin = g.amax(dim=-1), g.amin(dim=-1)
+    scales = ((wmax - wmin) / QMAX).clamp(min=1e-5)
+    zeros = torch.round(-wmin / scales).clamp(0, QMAX)
+    q = torch.round(g / scales[..., None]) + zeros[..., None]
+    q = q.clamp(0, QMAX).to(torch.uint8).reshape(rows, k)
+    return q, scales, zeros.to(torch.uint8)
+
+
+class Int4LinearMethod(QuantizationMethod):
+    """The stored layout and compute of every 4-bit weight-only method."""
+
+    def group_size(self, input_size: int) -> int:
+        assert self.config is not None
+        return self.config.group_size or input_size  # None: one group (per channel)
+
+    def create_weights(
+        self, layer: nn.Module, input_size: int, output_sizes: Sequence[int], dtype: torch.dtype
+    ) -> None:
+        g = self.group_size(input_size)
+        require_multiple(layer, "in_features", input_size, g, "the group size")
+        require_multiple(layer, "in_features", input_size, 8, "8 int4 values per int32")
+        out = sum(output_sizes)
+        new_param(layer, "qweight", (input_size // 8, out), torch.int32)
+        new_param(layer, "scales", (input_size // g, out), dtype)
+        new_param(layer, "zeros", (input_size // g, out), torch.uint8)
+        layer.register_buffer("perm", None, persistent=False)
+        layer.group_size = g
+
+    def checkpoint_specs(self, input_size: int, output_size: int) -> dict[str, TensorSpec]:
+        return {"weight": spec((output_size, input_size))}
+
+    def load(
+        self, layer: nn.Module, suffix: str, loaded: torch.Tensor, rows: tuple[int, int], name: str
+    ) -> None:
+        if suffix != "weight":
+            raise KeyError(name)
+        check_kind(loaded, ("float",), name)
+        self.quantize_rows(layer, on_device(layer, loaded, "qweight"), rows)
+
+    def quantize_rows(self, layer: nn.Module, weight: torch.Tensor, rows: tuple[int, int]) -> None:
+        q, s, z = quantize_int4_rtn(weight.to(layer.qweight.device), layer.group_size)
+        self.store_columns(layer, rows, q=q.t(), scales=s.t(), zeros=z.t())
+
+    @staticmethod
+    def store_columns(
+        layer: nn.Module, rows: tuple[int, int], *, q: torch.Tensor | None = None,
+        scales: torch.Tensor | None = None, zeros: torch.Tensor | None = None, name: str = "?",
+    ) -> None:
+        """Write output columns ``[start, start+size)``: q [in, size] values 0..15 (packed
+        here), scales / zeros [in // G, size]."""
+        start, size = rows
+        if q is not None:
+            copy_slice(layer.qweight, pack_int4(q, 0), 1, start, size, name)
+        if scales is not None:
+            copy_slice(layer.scales, scales, 1, start, size, name)
+        if zeros is not None:
+            copy_slice(layer.zeros, zeros.to(torch.uint8), 1, start, size, name)
+
+    def apply(
+        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        x2, lead = flatten_tokens(x)  # [M, K]
+        args = (layer.qweight, layer.scales, layer.zeros, layer.group_size, layer.perm)
+        fused = (
+            getattr(layer, "kernel_backend", "torch") == "triton"
+            and x2.shape[0] <= SMALL_BATCH
+            and kernel_supports(layer.group_size)
+            and x2.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        )
+        y = int4_gemm(x2.contiguous(), *args) if fused else int4_gemm_ref(x2, *args)
+        if bias is not None:
+            y = y + bias
+        return y.reshape(*lead, -1)
+
+    def dequantize(self, layer: nn.Module) -> torch.Tensor:
+        from membound.kernels.int4_gemm import dequantize_int4_ref
+
+        w = dequantize_int4_ref(layer.qweight, layer.scales, layer.zeros, layer.group_size)
+        if layer.perm is not None:  # weight row k belongs to input column perm[k]
+            w = torch.empty_like(w).index_copy_(0, layer.perm.to(torch.int64), w)
+        return w.t().contiguous()  # [out, in]
+
+    # ---- shared by the checkpoint formats -------------------------------------------------
+
+    @staticmethod
+    def check_int32(loaded: torch.Tensor, name: str) -> None:
+        check_kind(loaded, ("int32",), name)
+
+    @staticmethod
+    def unpack_columns(
+        loaded: torch.Tensor, order: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
+        """int32 words packed along the output dim -> uint8 [rows, out]."""
+        return unpack_int4(loaded, 1, order)
+
+
+@register_method("int4")
+class Int4RTNLinearMethod(Int4LinearMethod):
+    name = "int4"

@@ -1,0 +1,104 @@
+"""The attention layer's dispatch: metadata split into a decode batch and a varlen prefill
+batch (contiguous or gathered tokens), backend selection, and the Triton layer against the
+torch layer on a step that interleaves decodes and prefill chunks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from membound.layers.attention.backend import (
+    KernelBackend,
+    install_kernel_backend,
+    select_kernel_backend,
+)
+from membound.layers.attention.layer import Attention
+from membound.layers.attention.metadata import build_attention_metadata
+from membound.layers.norm import RMSNorm
+
+CPU = torch.device("cpu")
+
+
+def test_metadata_splits_decodes_and_prefills() -> None:
+    #   tokens: | prefill A (3) | decode | prefill B (2) | decode |
+    md = build_attention_metadata([3, 1, 2, 1], [3, 9, 6, 5], [[0], [1, 2, 3], [4, 5], [6, 7]],
+                                  4, CPU, sliding_window=4)  # fmt: skip
+    assert md.decode is not None and md.prefill is not None
+    assert md.decode.token_idx.tolist() == [3, 6] and md.decode.token_range is None
+    assert md.decode.seq_lens.tolist() == [9, 5]
+    assert md.decode.block_tables.tolist() == [[1, 2, 3], [6, 7, 0]]
+    assert md.prefill.token_idx.tolist() == [0, 1, 2, 4, 5] and md.prefill.token_range is None
+    assert md.prefill.query_start_loc.tolist() == [0, 3, 5]
+    assert md.prefill.seq_lens.tolist() == [3, 6] and md.prefill.max_query_len == 3
+    assert md.num_decodes == 2 and [p.token_start for p in md.prefills] == [0, 4]
+    # masks are still there for readers that want them
+    assert md.decode_mask is not None and md.decode_mask.shape == (2, 1, 1, 12)
+    assert md.decode_mask[0, 0, 0].tolist() == [False] * 5 + [True] * 4 + [False] * 3
+    assert md.prefills[1].mask.tolist() == [[False, True, True, True, True, False],
+                                            [False, False, True, True, True, True]]
+
+
+def test_metadata_contiguous_ranges_and_no_cache() -> None:
+    md = build_attention_metadata([1, 1, 4], [5, 2, 4], [[0, 1], [2], [3]], 4, CPU)
+    assert md.decode is not None and md.decode.token_range == (0, 2)
+    assert md.prefill is not None and md.prefill.token_range == (2, 6)
+    md = build_attention_metadata([2, 1], [2, 1], None, 16, CPU)  # no KV cache: all prefill
+    assert md.decode is None and md.prefill is not None and md.prefill.block_tables is None
+    assert md.prefill.token_range == (0, 3) and md.prefills[0].mask.shape == (2, 2)
+
+
+def test_backend_selection() -> None:
+    assert select_kernel_backend(CPU) is KernelBackend.TORCH
+    assert select_kernel_backend(CPU, "torch") is KernelBackend.TORCH
+    with pytest.raises(ValueError, match="not one of"):
+        select_kernel_backend(CPU, "cuda")
+    model = torch.nn.Sequential(RMSNorm(8), Attention(4, 2, 16, 0.25))
+    assert install_kernel_backend(model, KernelBackend.TORCH) == 2
+
+
+@pytest.mark.parametrize("with_cache", [True, False])
+def test_triton_layer_matches_torch_layer_on_a_mixed_step(with_cache: bool) -> None:
+    pytest.importorskip("triton")
+    assert select_kernel_backend(CPU, "triton") is KernelBackend.TRITON
+    gen = torch.Generator().manual_seed(0)
+    h, kvh, d, bs = 4, 2, 32, 4
+    query_lens, seq_lens = [3, 1, 2, 1, 5], [7, 9, 2, 5, 5]
+    tables = [[0, 1], [2, 3, 4], [5], [6, 7], [8, 9]]
+    md = build_attention_metadata(query_lens, seq_lens, tables if with_cache else None, bs, CPU)
+    t = sum(query_lens)
+    q, k, v = (torch.randn(t, n, d, generator=gen) for n in (h, kvh, kvh))
+    outs = []
+    for backend in (KernelBackend.TORCH, KernelBackend.TRITON):
+        layer = Attention(h, kvh, d, d**-0.5)
+        layer.set_kernel_backend(backend)
+        cache = torch.randn(2, 10, bs, kvh, d, generator=torch.Generator().manual_seed(1))
+        outs.append(layer(q, k, v, cache if with_cache else None, md))  # [T, H * D]
+    torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=2e-5)
+
+
+def test_kernels_import_and_refs_run_without_triton() -> None:
+    """CPU users without triton: every kernel module imports, the references run, the
+    launchers say what is missing."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["triton"] = None  # import triton -> ImportError
+import torch
+from membound.kernels import activation, kv_store, paged_attention, prefill_attention, rms_norm, rotary
+from membound.layers.attention.backend import KernelBackend, select_kernel_backend
+x = torch.randn(2, 8)
+assert activation.silu_and_mul_ref(x).shape == (2, 4)
+assert select_kernel_backend(torch.device("cpu")) is KernelBackend.TORCH
+try:
+    activation.silu_and_mul(x)
+except RuntimeError as e:
+    assert "pip install triton" in str(e)
+else:
+    raise AssertionError("no error without triton")
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
