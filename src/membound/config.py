@@ -26,7 +26,13 @@ _FAMILY_FLAGS: dict[str, dict[str, Any]] = {
     "MistralForCausalLM": {"qkv_bias": False, "qk_norm": False},
     "Qwen2ForCausalLM": {"qkv_bias": True, "qk_norm": False},
     "Qwen3ForCausalLM": {"qkv_bias": None, "qk_norm": True},
+    # Mixture of Experts: the same decoder with a sparse MLP (MoEConfig)
+    "MixtralForCausalLM": {"qkv_bias": False, "qk_norm": False},
+    "Qwen2MoeForCausalLM": {"qkv_bias": True, "qk_norm": False},  # or config.json's qkv_bias
+    "Qwen3MoeForCausalLM": {"qkv_bias": None, "qk_norm": True},
 }
+_QWEN_FAMILIES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen2MoeForCausalLM",
+                  "Qwen3MoeForCausalLM")
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_FAMILY_FLAGS)
 
@@ -341,6 +347,64 @@ def _parse_compressed_tensors(raw: dict[str, Any]) -> QuantizationConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """The sparse MLP of a Mixture-of-Experts decoder (Mixtral, Qwen2-MoE, Qwen3-MoE).
+
+    Each token goes to ``num_experts_per_tok`` of ``num_experts`` experts chosen by a softmax
+    router; ``renormalize`` rescales the chosen weights to sum to 1 (Mixtral always, which is
+    a softmax over the top-k logits; Qwen when ``norm_topk_prob``). Layers not listed in
+    ``moe_layers`` keep a dense MLP of ``ModelConfig.intermediate_size``. Qwen2-MoE adds a
+    shared expert to every sparse layer, scaled by ``sigmoid(shared_expert_gate(x))``.
+    """
+
+    num_experts: int
+    num_experts_per_tok: int
+    moe_intermediate_size: int
+    renormalize: bool
+    moe_layers: tuple[int, ...]
+    shared_expert_intermediate_size: int = 0  # 0: no shared expert
+    shared_expert_gate: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.num_experts_per_tok <= self.num_experts:
+            raise ConfigError(
+                f"num_experts_per_tok ({self.num_experts_per_tok}) must be in "
+                f"[1, num_experts={self.num_experts}]"
+            )
+        if self.moe_intermediate_size <= 0:
+            raise ConfigError(
+                f"moe_intermediate_size must be positive, got {self.moe_intermediate_size}"
+            )
+        if self.shared_expert_intermediate_size < 0:
+            raise ConfigError("shared_expert_intermediate_size must be >= 0")
+
+    @classmethod
+    def from_hf(cls, arch: str, raw: dict[str, Any], num_layers: int) -> MoEConfig | None:
+        """None for dense architectures; HF's defaults where Qwen configs leave keys out."""
+        if arch == "MixtralForCausalLM":
+            return cls(_req(raw, "num_local_experts"), _req(raw, "num_experts_per_tok"),
+                       _req(raw, "intermediate_size"), True, tuple(range(num_layers)))
+        if arch not in ("Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"):
+            return None
+        experts = raw.get("num_experts", raw.get("num_local_experts"))
+        if experts is None:
+            raise ConfigError(f"{arch} config.json has no num_experts")
+        step = int(raw.get("decoder_sparse_step") or 1)
+        dense = set(raw.get("mlp_only_layers") or ())
+        layers = tuple(i for i in range(num_layers) if i not in dense and (i + 1) % step == 0)
+        shared = _req(raw, "shared_expert_intermediate_size") if "Qwen2" in arch else 0
+        return cls(int(experts), _req(raw, "num_experts_per_tok"),
+                   _req(raw, "moe_intermediate_size"), bool(raw.get("norm_topk_prob", False)),
+                   layers, shared, shared > 0)
+
+
+def _req(raw: dict[str, Any], key: str) -> int:
+    if raw.get(key) is None:
+        raise ConfigError(f"config.json has no {key}, which this architecture needs")
+    return int(raw[key])
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Shapes and flags of one Llama-family checkpoint."""
 
@@ -368,6 +432,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     model_type: str = "llama"
     quantization: QuantizationConfig | None = None  # the checkpoint's (or the requested) one
+    moe: MoEConfig | None = None  # Mixture-of-Experts MLPs (None: dense)
 
     def __post_init__(self) -> None:
         if self.architecture not in _FAMILY_FLAGS:
@@ -506,6 +571,8 @@ class ModelConfig:
         qkv_bias = flags["qkv_bias"]
         if qkv_bias is None:
             qkv_bias = bool(raw.get("attention_bias", False))
+        elif arch == "Qwen2MoeForCausalLM":
+            qkv_bias = bool(raw.get("qkv_bias", True))
         o_bias = bool(raw.get("attention_bias", False)) if arch == "LlamaForCausalLM" else False
         sliding_window = cls._sliding_window(arch, raw)
         dtype = raw.get("torch_dtype") or raw.get("dtype") or "float32"
@@ -536,12 +603,13 @@ class ModelConfig:
             eos_token_ids=eos,
             model_type=str(raw.get("model_type", "llama")),
             quantization=quantization,
+            moe=MoEConfig.from_hf(arch, raw, int(raw["num_hidden_layers"])),
         )
 
     @staticmethod
     def _sliding_window(arch: str, raw: dict[str, Any]) -> int | None:
         window = raw.get("sliding_window")
-        if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
+        if arch in _QWEN_FAMILIES:
             # Qwen configs carry a sliding_window value that only applies when
             # use_sliding_window is true, and then only to some layers.
             if raw.get("use_sliding_window", False):
@@ -680,6 +748,75 @@ class KernelConfig:
         object.__setattr__(self, "cuda_graph_sizes", tuple(sorted(set(sizes))))
 
 
+def check_head_sharding(tp: int, num_attention_heads: int, num_key_value_heads: int) -> None:
+    """Attention heads split evenly over ``tp`` ranks; KV heads too, or each replicated on
+    ``tp / num_key_value_heads`` ranks once TP exceeds them. Shared with the planner."""
+    if num_attention_heads % tp:
+        raise ConfigError(
+            f"tensor_parallel_size={tp} must divide num_attention_heads={num_attention_heads}"
+        )
+    kv = num_key_value_heads
+    if (tp <= kv and kv % tp) or (tp > kv and tp % kv):
+        raise ConfigError(
+            f"tensor_parallel_size={tp} must divide num_key_value_heads={kv} or be a multiple "
+            "of it (KV heads are then replicated)"
+        )
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Tensor parallelism (and expert parallelism under it). See docs/parallelism.md.
+
+    ``distributed_timeout_s`` bounds every collective of a step (a rank that hangs makes the
+    others fail after it); a rank that dies is noticed at once (its sockets close).
+    """
+
+    tensor_parallel_size: int = 1
+    enable_expert_parallel: bool = False  # MoE: whole experts per rank instead of slices
+    distributed_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        tp = self.tensor_parallel_size
+        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+            raise ConfigError(f"tensor_parallel_size must be a positive integer, got {tp!r}")
+        if not (self.distributed_timeout_s > 0 and math.isfinite(self.distributed_timeout_s)):
+            raise ConfigError(
+                f"distributed_timeout_s must be a positive number, got {self.distributed_timeout_s}"
+            )
+
+    def verify_with_model(self, model: ModelConfig) -> None:
+        """Raise a ConfigError naming the values when ``model`` cannot be split this way."""
+        tp = self.tensor_parallel_size
+        moe = model.moe
+        if self.enable_expert_parallel and moe is None:
+            raise ConfigError(
+                f"enable_expert_parallel needs a Mixture-of-Experts model; {model.architecture} "
+                "is dense"
+            )
+        if tp == 1:
+            return
+        check_head_sharding(tp, model.num_attention_heads, model.num_key_value_heads)
+        widths = {"intermediate_size": model.intermediate_size}
+        if moe is not None:
+            if len(moe.moe_layers) == model.num_hidden_layers:
+                widths = {}  # no dense MLP anywhere
+            if moe.shared_expert_intermediate_size:
+                widths["shared_expert_intermediate_size"] = moe.shared_expert_intermediate_size
+            if self.enable_expert_parallel:
+                widths["num_experts (expert parallel)"] = moe.num_experts
+            else:
+                widths["moe_intermediate_size"] = moe.moe_intermediate_size
+        for name, value in widths.items():
+            if value % tp:
+                raise ConfigError(f"tensor_parallel_size={tp} must divide {name}={value}")
+        if model.quantization is not None:
+            raise ConfigError(
+                f"tensor parallelism of quantized models ({model.quantization.method}) is not "
+                "supported yet; run the float checkpoint with tensor_parallel_size > 1, or the "
+                "quantized one with tensor_parallel_size=1"
+            )
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything the engine needs, validated together."""
@@ -696,8 +833,10 @@ class EngineConfig:
     cpu_offload_gb: float = 0.0
     kernel_config: KernelConfig = field(default_factory=KernelConfig)
     quantization: str | None = None  # the method running (model_config.quantization's)
+    parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
+        self.parallel_config.verify_with_model(self.model_config)
         mq = self.model_config.quantization
         if self.quantization is None and mq is not None:
             object.__setattr__(self, "quantization", mq.method)
@@ -721,3 +860,23 @@ class EngineConfig:
                 f"max_position_embeddings ({self.model_config.max_supported_len}); lower "
                 "max_model_len"
             )
+
+
+_GENERATION_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def read_generation_defaults(path: str | os.PathLike[str]) -> dict[str, float | int]:
+    """Sampling defaults a checkpoint recommends in generation_config.json (temperature,
+    top_p, top_k, min_p, repetition_penalty), as SamplingParams keywords. ``do_sample``
+    false means greedy."""
+    file = os.path.join(os.fspath(path), "generation_config.json")
+    if not os.path.isfile(file):
+        return {}
+    with open(file, encoding="utf-8") as f:
+        try:
+            raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{file} is not valid JSON: {e}") from e
+    if raw.get("do_sample") is False:
+        return {"temperature": 0.0}
+    return {k: raw[k] for k in _GENERATION_DEFAULT_KEYS if isinstance(raw.get(k), (int, float))}

@@ -25,11 +25,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("args", nargs="+", metavar="[MODEL] PROMPT", help="optional model, then prompts")
     p.add_argument("--model", default=None, help="checkpoint folder or hub id")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate per prompt")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0 disables")
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 means greedy (default: the model's generation_config, else 1.0)")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None, help="0 disables")
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None)
     p.add_argument("--seed", dest="sampling_seed", type=int, default=None,
                    help="per-request sampling seed (reproducible output)")
     p.add_argument("--n", type=int, default=1, help="completions per prompt")
@@ -60,21 +61,20 @@ def split_model_and_prompts(
 def _run_generate(args: argparse.Namespace) -> int:
     from membound.engine.engine_args import EngineArgs
     from membound.entrypoints.llm import LLM
-    from membound.sampling_params import SamplingParams
 
     model, prompts = split_model_and_prompts(args.args, args.model)
     if not prompts:
         print("error: no prompt given; usage: membound generate [MODEL] PROMPT...",
               file=sys.stderr)
         return 2
-    params = SamplingParams(
+    engine_args = EngineArgs.from_cli_args(args)
+    kwargs = {k: v for k, v in vars(engine_args).items() if k != "model"}
+    llm = LLM(model, **kwargs)
+    params = llm.get_default_sampling_params(
         n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.sampling_seed,
         max_tokens=args.max_tokens, stop=args.stop, ignore_eos=args.ignore_eos,
     )
-    engine_args = EngineArgs.from_cli_args(args)
-    kwargs = {k: v for k, v in vars(engine_args).items() if k != "model"}
-    llm = LLM(model, **kwargs)
     t0 = time.perf_counter()
     if args.chat:
         outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)

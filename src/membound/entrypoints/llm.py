@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any, Union
 
+from membound.config import read_generation_defaults
 from membound.engine.engine_args import EngineArgs
 from membound.engine.llm_engine import LLMEngine
 from membound.engine.tokenizer import Tokenizer
@@ -34,6 +35,14 @@ class LLM:
             )
         self.engine_args = EngineArgs(model=model, **kwargs)
         self.llm_engine = LLMEngine.from_engine_args(self.engine_args, progress=True)
+        self._generation_defaults = read_generation_defaults(self.llm_engine.config.model)
+
+    def get_default_sampling_params(self, **overrides: Any) -> SamplingParams:
+        """SamplingParams with the checkpoint's generation_config.json defaults (temperature,
+        top_p, top_k, min_p, repetition_penalty), then ``overrides`` (None values ignored)."""
+        kwargs = dict(self._generation_defaults)
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        return SamplingParams(**kwargs)
 
     def get_tokenizer(self) -> Tokenizer | None:
         return self.llm_engine.tokenizer
@@ -48,7 +57,8 @@ class LLM:
         """Generate for each prompt (a str, a list of token ids, or {"prompt": str} /
         {"prompt_token_ids": [...]}); returns one RequestOutput per prompt, in order."""
         items = _normalize_prompts(prompts)
-        params = _per_prompt_params(sampling_params, len(items))
+        params = _per_prompt_params(sampling_params or self.get_default_sampling_params(),
+                                    len(items))
         return self._run(items, params, use_tqdm, priority)
 
     def chat(
@@ -69,7 +79,8 @@ class LLM:
                 conv, add_generation_prompt=add_generation_prompt, chat_template=chat_template)}
             for conv in conversations  # type: ignore[arg-type]
         ]
-        params = _per_prompt_params(sampling_params, len(items))
+        params = _per_prompt_params(sampling_params or self.get_default_sampling_params(),
+                                    len(items))
         return self._run(items, params, use_tqdm, None)
 
     def _run(
