@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tiny_models import add_tokenizer, make_checkpoint
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_models import FAMILIES, hf_generate_cached, hf_greedy, load_hf, make_checkpoint
 
 from membound import LLM, SamplingParams
+from tiny_models import FAMILIES, hf_generate_cached, hf_greedy, load_hf, make_checkpoint
 
 PROMPTS = [
     [5, 17, 42, 99, 7, 3, 250, 11],

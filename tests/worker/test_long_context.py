@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_models import make_checkpoint
 
 import membound.worker.model_runner as runner_module
 from membound.engine.engine_args import EngineArgs
 from membound.engine.llm_engine import LLMEngine
 from membound.sampling_params import SamplingParams
+from tiny_models import make_checkpoint
 
 
 def test_128k_context_steps_scale_with_actual_length(

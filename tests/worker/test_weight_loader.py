@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import make_checkpoint
 
 from membound import LLM
 from membound.config import ConfigError, ModelConfig
 from membound.worker.weight_loader import CheckpointError, load_model
+from tiny_models import make_checkpoint
 
 
 @pytest.fixture
