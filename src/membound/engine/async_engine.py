@@ -191,7 +191,7 @@ class AsyncLLMEngine:
         self._pending.add(done)
         done.add_done_callback(self._pending.discard)
         self._commands.put(("call", fn, done))
-        return await done  # type: ignore[no-any-return]
+        return await done
 
     def _abort(self, request_id: str) -> None:
         if self._streams.pop(request_id, None) is not None and self.is_running:

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from membound.engine.async_engine import AsyncLLMEngine
 from membound.engine.llm_engine import LLMEngine
 from membound.entrypoints.openai import serving_chat, serving_completions
+from membound.entrypoints.openai.console import mount_console
 from membound.entrypoints.openai.errors import (
     OpenAIError,
     bad_request,
@@ -91,6 +92,7 @@ def build_app(engine: AsyncLLMEngine | LLMEngine, args: ServerArgs | argparse.Na
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=server_args.limits.max_body_bytes)
     if server_args.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=server_args.api_key)
+    mount_console(app, state)  # last: its public pages wrap the API-key check
     return app
 
 
