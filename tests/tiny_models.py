@@ -131,3 +131,21 @@ def hf_generate_cached(model: Any, prompt: list[int], n: int) -> list[int]:
     out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n,
                          do_sample=False)
     return out[0, len(prompt):].tolist()
+
+
+# Mixture-of-Experts families (tests/models/test_moe.py; also matched by test_hf_equivalence)
+FAMILIES.update({
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", {
+        "num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 48,
+        "sliding_window": None,
+    }),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", {
+        "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 48, "norm_topk_prob": False,
+        "decoder_sparse_step": 1, "mlp_only_layers": [1], "tie_word_embeddings": False,
+    }),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {
+        "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+        "norm_topk_prob": True, "head_dim": 32,
+    }),
+})

@@ -471,6 +471,11 @@ class ModelConfig:
         if not (self.rope_theta > 0):
             raise ConfigError(f"rope_theta must be positive, got {self.rope_theta}")
         normalize_dtype_name(self.torch_dtype)
+        if self.moe is not None and self.quantization is not None:
+            raise ConfigError(
+                f"quantization ({self.quantization.method}) of Mixture-of-Experts models is not "
+                f"supported yet ({self.architecture}: the experts load float weights only)"
+            )
 
     # ---- derived sizes -------------------------------------------------------------
     @property
@@ -748,9 +753,12 @@ class KernelConfig:
         object.__setattr__(self, "cuda_graph_sizes", tuple(sorted(set(sizes))))
 
 
-def check_head_sharding(tp: int, num_attention_heads: int, num_key_value_heads: int) -> None:
-    """Attention heads split evenly over ``tp`` ranks; KV heads too, or each replicated on
-    ``tp / num_key_value_heads`` ranks once TP exceeds them. Shared with the planner."""
+def check_tensor_parallel(
+    tp: int, num_attention_heads: int, num_key_value_heads: int, widths: dict[str, int]
+) -> None:
+    """Raise a ConfigError naming the value ``tp`` ranks cannot split evenly: attention heads;
+    KV heads (or, once TP exceeds them, TP must be a multiple of them: each is then replicated
+    on TP / KV heads ranks); and each MLP width in ``widths``. The planner asks the same."""
     if num_attention_heads % tp:
         raise ConfigError(
             f"tensor_parallel_size={tp} must divide num_attention_heads={num_attention_heads}"
@@ -761,6 +769,9 @@ def check_head_sharding(tp: int, num_attention_heads: int, num_key_value_heads: 
             f"tensor_parallel_size={tp} must divide num_key_value_heads={kv} or be a multiple "
             "of it (KV heads are then replicated)"
         )
+    for name, value in widths.items():
+        if value % tp:
+            raise ConfigError(f"tensor_parallel_size={tp} must divide {name}={value}")
 
 
 @dataclass(frozen=True)
@@ -795,7 +806,6 @@ class ParallelConfig:
             )
         if tp == 1:
             return
-        check_head_sharding(tp, model.num_attention_heads, model.num_key_value_heads)
         widths = {"intermediate_size": model.intermediate_size}
         if moe is not None:
             if len(moe.moe_layers) == model.num_hidden_layers:
@@ -806,9 +816,7 @@ class ParallelConfig:
                 widths["num_experts (expert parallel)"] = moe.num_experts
             else:
                 widths["moe_intermediate_size"] = moe.moe_intermediate_size
-        for name, value in widths.items():
-            if value % tp:
-                raise ConfigError(f"tensor_parallel_size={tp} must divide {name}={value}")
+        check_tensor_parallel(tp, model.num_attention_heads, model.num_key_value_heads, widths)
         if model.quantization is not None:
             raise ConfigError(
                 f"tensor parallelism of quantized models ({model.quantization.method}) is not "

@@ -15,6 +15,7 @@ from membound.config import (
     EngineConfig,
     KernelConfig,
     ModelConfig,
+    ParallelConfig,
     SchedulerConfig,
     normalize_dtype_name,
     resolve_quantization,
@@ -49,6 +50,9 @@ class EngineArgs:
     cuda_graph_sizes: list[int] | None = None
     quantization: str | None = None  # None: the checkpoint's; else fp8|int8|int4|awq|gptq|...
     kv_cache_dtype: str = "auto"
+    tensor_parallel_size: int = 1  # ranks (GPUs) the model is split over; docs/parallelism.md
+    enable_expert_parallel: bool = False  # MoE under TP: whole experts per rank
+    distributed_timeout_s: float = 300.0
 
     def create_engine_config(self) -> EngineConfig:
         path = resolve_model_path(self.model)
@@ -92,6 +96,11 @@ class EngineArgs:
                 cuda_graph_sizes=tuple(self.cuda_graph_sizes) if self.cuda_graph_sizes else None,
             ),
             quantization=quant.method if quant is not None else None,
+            parallel_config=ParallelConfig(
+                tensor_parallel_size=self.tensor_parallel_size,
+                enable_expert_parallel=self.enable_expert_parallel,
+                distributed_timeout_s=self.distributed_timeout_s,
+            ),
         )
 
     def _tokenizer_path(self, model_path: str) -> str | None:
@@ -151,6 +160,13 @@ class EngineArgs:
                        help="KV cache dtype: auto (the model dtype); fp8 is not supported yet")
         g.add_argument("--cpu-offload-gb", type=float, default=0.0,
                        help="GiB of layer weights kept in CPU memory, streamed to the GPU")
+        g.add_argument("--tensor-parallel-size", type=int, default=1,
+                       help="split the model over this many GPUs (ranks spawned here, or "
+                       "started by torchrun)")
+        g.add_argument("--enable-expert-parallel", action="store_true",
+                       help="MoE under tensor parallelism: whole experts per rank")
+        g.add_argument("--distributed-timeout-s", type=float, default=300.0,
+                       help="seconds a tensor-parallel collective may wait on another rank")
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:

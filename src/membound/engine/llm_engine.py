@@ -18,21 +18,11 @@ from membound.engine.stats import EngineStats
 from membound.engine.tokenizer import Tokenizer
 from membound.outputs import RequestOutput
 from membound.sampling_params import SamplingParams
-from membound.worker.kv_cache_alloc import (
-    KVCacheLayout,
-    allocate_kv_cache,
-    num_swap_blocks,
-    plan_kv_cache,
-)
-from membound.worker.kv_swap import KVSwapSpace
-from membound.worker.memory_profiler import (
-    MemoryReport,
-    profile_peak_activation_bytes,
-    weights_bytes,
-)
+from membound.worker.executor import Executor
+from membound.worker.kv_cache_alloc import KVCacheLayout
+from membound.worker.memory_profiler import MemoryReport
 from membound.worker.model_runner import ModelRunner
-from membound.worker.offload import WeightOffloader, plan_offload
-from membound.worker.weight_loader import load_model
+from membound.worker.offload import WeightOffloader
 
 logger = logging.getLogger(__name__)
 
@@ -40,43 +30,24 @@ logger = logging.getLogger(__name__)
 class LLMEngine:
     def __init__(self, config: EngineConfig, *, progress: bool = False) -> None:
         self.config = config
-        self.device = torch.device(config.device)
-        self.dtype = torch_dtype(config.dtype)
         mc = config.model_config
+        t0 = time.perf_counter()
+        # every tensor-parallel rank loads its shard and allocates its KV cache; from here
+        # on this process is rank 0 (under torchrun, other ranks never return from this)
+        self.executor = Executor(config, progress=progress)
+        self.device = self.executor.driver.device
+        self.dtype = torch_dtype(config.dtype)
         self.tokenizer: Tokenizer | None = (
             Tokenizer.from_pretrained(config.tokenizer) if config.tokenizer else None
         )
-        t0 = time.perf_counter()
-        self.model = load_model(
-            mc, config.model, dtype=self.dtype, device=self.device,
-            load_format=config.load_format,
-            max_positions=config.scheduler_config.max_model_len, seed=config.seed,
-            progress=progress,
-        )
-        self.offloader, _ = self._offload_weights()
-        self.weights_bytes = weights_bytes(self.model)
-        self.kv_layout, self.memory_report = self._plan_memory()
-        kv_caches = allocate_kv_cache(self.kv_layout, self.device)
         cc, sc = config.cache_config, config.scheduler_config
-        num_cpu_blocks = num_swap_blocks(self.kv_layout, cc, sc.preemption_mode)
         self.kv_manager = KVCacheManager(
             self.kv_layout.num_blocks, self.kv_layout.block_size,
             enable_prefix_caching=cc.enable_prefix_caching,
-            prefix_cache_salt=cc.prefix_cache_salt, num_cpu_blocks=num_cpu_blocks,
+            prefix_cache_salt=cc.prefix_cache_salt,
+            num_cpu_blocks=self.executor.driver.num_cpu_blocks,
         )
         self.scheduler = Scheduler(sc, self.kv_manager)
-        self.runner = ModelRunner(
-            self.model, kv_caches, self.kv_layout.block_size, mc.vocab_size, self.device,
-            mc.sliding_window, config.seed,
-        )
-        if num_cpu_blocks:
-            self.runner.swap_space = KVSwapSpace(kv_caches, num_cpu_blocks)
-        kc = config.kernel_config
-        if self.offloader is not None and not kc.enforce_eager:
-            # streamed weights change buffers between steps: a captured graph would not see it
-            logger.info("cpu_offload_gb is set: decode CUDA graphs disabled")
-            kc = replace(kc, enforce_eager=True)
-        self.runner.init_data_plane(kc, sc.max_num_seqs, sc.max_model_len)
         self.output_processor = OutputProcessor(self.tokenizer)
         eos = list(mc.eos_token_ids)
         if self.tokenizer is not None:
@@ -85,57 +56,43 @@ class LLMEngine:
         self._next_id = 0
         self._prompt_tokens_total = 0
         self._generation_tokens_total = 0
-        logger.info("engine ready in %.1fs; %s", time.perf_counter() - t0,
-                    self.memory_report.format())
+        tp = config.parallel_config.tensor_parallel_size
+        logger.info("engine ready in %.1fs; %s%s", time.perf_counter() - t0,
+                    self.memory_report.format(), f" (per rank, TP={tp})" if tp > 1 else "")
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, *, progress: bool = False) -> LLMEngine:
         return cls(args.create_engine_config(), progress=progress)
 
-    def _offload_weights(self) -> tuple[WeightOffloader | None, int]:
-        gb = self.config.cpu_offload_gb
-        self._offloaded_bytes = 0
-        if gb <= 0:
-            return None, 0
-        if self.device.type != "cuda":
-            logger.info("cpu_offload_gb=%s ignored: without a GPU the weights already live in "
-                        "CPU memory", gb)
-            return None, 0
-        layers = self.model.model.layers  # type: ignore[union-attr]
-        plan = plan_offload(layers, int(gb * 1024**3))
-        if not plan.layer_indices:
-            logger.warning("cpu_offload_gb=%s is smaller than one decoder layer; nothing "
-                           "offloaded", gb)
-            return None, 0
-        self._offloaded_bytes = plan.offloaded_bytes
-        offloader = WeightOffloader(layers, plan, self.device)
-        torch.cuda.empty_cache()
-        return offloader, plan.offloaded_bytes
+    # rank 0's worker: its model shard, runner and memory figures
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.executor.driver.model
 
-    def _plan_memory(self) -> tuple[KVCacheLayout, MemoryReport]:
-        """Size the KV cache: explicit blocks or bytes, else on CUDA
-        gpu_memory_utilization x total minus what is in use and the measured activation
-        peak of one step, else on CPU a default budget."""
-        cc, sc, mc = self.config.cache_config, self.config.scheduler_config, self.config.model_config
-        available = activation = total = None
-        if self.device.type == "cuda":
-            activation = profile_peak_activation_bytes(
-                self.model, min(sc.max_num_batched_tokens, sc.max_model_len), sc.max_num_seqs,
-                mc.vocab_size, self.device,
-            )
-            free, total = torch.cuda.mem_get_info(self.device)
-            if cc.num_kv_blocks is None and cc.kv_cache_memory_bytes is None:
-                available = int(total * cc.gpu_memory_utilization) - (total - free) - activation
-        layout = plan_kv_cache(mc, cc, sc, self.dtype, available)
-        cpu_blocks = num_swap_blocks(layout, cc, sc.preemption_mode)
-        report = MemoryReport(
-            device=str(self.device), total_bytes=total, weights_bytes=self.weights_bytes,
-            activation_bytes=activation, kv_bytes=layout.total_bytes,
-            num_blocks=layout.num_blocks, block_size=layout.block_size,
-            max_model_len=sc.max_model_len, swap_bytes=cpu_blocks * layout.bytes_per_block,
-            offloaded_bytes=self._offloaded_bytes,
-        )
-        return layout, report
+    @property
+    def runner(self) -> ModelRunner:
+        return self.executor.driver.runner
+
+    @property
+    def kv_layout(self) -> KVCacheLayout:
+        return self.executor.driver.kv_layout
+
+    @property
+    def memory_report(self) -> MemoryReport:
+        return self.executor.driver.memory_report
+
+    @property
+    def offloader(self) -> WeightOffloader | None:
+        return self.executor.driver.offloader
+
+    @property
+    def weights_bytes(self) -> int:
+        return self.executor.driver.weights_bytes
+
+    def shutdown(self) -> None:
+        """Stop the other tensor-parallel ranks (nothing to do at TP=1). Idempotent; also
+        runs when the engine is garbage-collected or the interpreter exits."""
+        self.executor.shutdown()
 
     # ---- requests --------------------------------------------------------------------
     def new_request_id(self) -> str:
@@ -211,9 +168,9 @@ class LLMEngine:
                 [n.req_id for n in sched_out.new_requests], time.monotonic()
             )
         if sched_out.is_empty:
-            self.runner.execute(sched_out)  # still drops finished request state
+            self.executor.execute(sched_out)  # still drops finished request state
             return []
-        result = self.runner.execute(sched_out)
+        result = self.executor.execute(sched_out)
         core_outputs = self.scheduler.update_from_output(sched_out, result)
         self._generation_tokens_total += sum(len(o.new_token_ids) for o in core_outputs)
         outputs, stopped = self.output_processor.process(core_outputs)

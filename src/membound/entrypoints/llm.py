@@ -22,7 +22,9 @@ class LLM:
     ``model`` is a checkpoint folder or a hub id (None: the bundled default model). Every
     EngineArgs field is accepted as a keyword (dtype, device, max_model_len, block_size,
     max_num_seqs, max_num_batched_tokens, load_format, seed, enable_chunked_prefill,
-    gpu_memory_utilization, kv_cache_memory_bytes, num_kv_blocks, tokenizer...).
+    gpu_memory_utilization, kv_cache_memory_bytes, num_kv_blocks, tokenizer,
+    tensor_parallel_size...). With ``tensor_parallel_size`` > 1 the other ranks run in
+    their own processes until ``shutdown()`` (or exit); see docs/parallelism.md.
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
@@ -46,6 +48,10 @@ class LLM:
 
     def get_tokenizer(self) -> Tokenizer | None:
         return self.llm_engine.tokenizer
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel ranks this LLM started (a no-op at TP=1)."""
+        self.llm_engine.shutdown()
 
     def generate(
         self,

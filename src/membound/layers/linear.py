@@ -4,7 +4,8 @@ Fused projections (QKV, gate/up) are one layer; each checkpoint shard is copied 
 output rows by ``load_checkpoint_tensor``. Shape mismatches raise a ``WeightShapeError``
 naming the checkpoint tensor, before anything is served. How the weight is stored and
 multiplied is the layer's quantization method (layers/quantization/): unquantized by default,
-so models stay declarative. Tensor parallelism plugs in here later.
+so models stay declarative. Tensor-parallel layers (parallel_linear.py) keep a slice of each
+checkpoint tensor: ``checkpoint_slice`` names it and only that part is read from the file.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from membound.layers.checkpoint_tensor import LazyTensor, materialize
 from membound.layers.quantization import (
     QuantizationMethod,
     TensorSpec,
@@ -33,11 +35,12 @@ def _check_shape(name: str, expected: torch.Size, got: torch.Size) -> None:
 
 
 def default_weight_loader(
-    param: torch.Tensor, loaded: torch.Tensor, shard_id: object = None, name: str = "?"
+    param: torch.Tensor, loaded: torch.Tensor | LazyTensor, shard_id: object = None,
+    name: str = "?",
 ) -> None:
     _check_shape(name, param.shape, loaded.shape)
     with torch.no_grad():
-        param.copy_(loaded)
+        param.copy_(materialize(loaded))
 
 
 def _set_loader(param: nn.Parameter, loader: Callable[..., None]) -> None:
@@ -60,8 +63,9 @@ class Linear(nn.Module):
         output_sizes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = input_size
+        self.input_size = input_size  # this rank's (the whole layer's without TP)
         self.output_size = output_size
+        self.checkpoint_input_size = input_size  # in the checkpoint (row-parallel: larger)
         self.prefix = prefix
         self.kernel_backend = "torch"  # set by set_kernel_backend (install_kernel_backend)
         self.quant_method = quant_method or UnquantizedLinearMethod()
@@ -91,17 +95,31 @@ class Linear(nn.Module):
         """(first output row, rows) of a shard."""
         return 0, self.output_size
 
+    def checkpoint_rows(self, shard_id: object = None) -> int:
+        """Output rows of a shard in the checkpoint (all ranks' rows under TP)."""
+        return self.shard_rows(shard_id)[1]
+
+    def checkpoint_slice(self, suffix: str, shard_id: object) -> tuple[int, int, int] | None:
+        """(dim, start, length) of a checkpoint tensor this rank keeps; None: all of it."""
+        return None
+
     def checkpoint_specs(self, shard_id: object = None) -> dict[str, TensorSpec]:
         """Checkpoint tensor suffix -> what the checkpoint must (or may) hold for a shard."""
-        _, size = self.shard_rows(shard_id)
-        specs = dict(self.quant_method.checkpoint_specs(self.input_size, size))
+        size = self.checkpoint_rows(shard_id)
+        specs = dict(self.quant_method.checkpoint_specs(self.checkpoint_input_size, size))
         if self.bias is not None:
             specs["bias"] = TensorSpec(((size,),))
         return specs
 
     def load_checkpoint_tensor(
-        self, suffix: str, loaded: torch.Tensor, shard_id: object = None, name: str = "?"
+        self, suffix: str, loaded: torch.Tensor | LazyTensor, shard_id: object = None,
+        name: str = "?",
     ) -> None:
+        cut = self.checkpoint_slice(suffix, shard_id)
+        if cut is not None:
+            _check_shape(name, self._checkpoint_shape(suffix, shard_id), loaded.shape)
+            loaded = loaded.narrow(*cut)
+        loaded = materialize(loaded)
         start, size = self.shard_rows(shard_id, name)
         if suffix == "bias" and self.bias is not None:
             target = self.bias.narrow(0, start, size)
@@ -110,6 +128,10 @@ class Linear(nn.Module):
                 target.copy_(loaded)
             return
         self.quant_method.load(self, suffix, loaded, (start, size), name)
+
+    def _checkpoint_shape(self, suffix: str, shard_id: object) -> tuple[int, ...]:
+        rows = self.checkpoint_rows(shard_id)
+        return (rows,) if suffix == "bias" else (rows, self.checkpoint_input_size)
 
     def process_weights_after_loading(self) -> None:
         self.quant_method.process_weights_after_loading(self)
@@ -155,7 +177,8 @@ class MergedLinear(Linear):
         return self.shard_offsets[shard_id]
 
     def _load_shard(
-        self, param: torch.Tensor, loaded: torch.Tensor, shard_id: object = None, name: str = "?"
+        self, param: torch.Tensor, loaded: torch.Tensor | LazyTensor, shard_id: object = None,
+        name: str = "?",
     ) -> None:
         suffix = "bias" if param is self.bias else "weight"
         self.load_checkpoint_tensor(suffix, loaded, shard_id, name)

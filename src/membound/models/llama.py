@@ -4,25 +4,37 @@ Variants are explicit flags of ModelConfig (``qkv_bias``, ``qk_norm``, ``sliding
 ``tie_word_embeddings``); there is one implementation. Checkpoint tensors map onto fused
 parameters through ``packed_modules_mapping``. With ``config.quantization`` the decoder's
 linears get a quantization method each (by checkpoint module name); embeddings and lm_head
-stay in the model dtype.
+stay in the model dtype. Under tensor parallelism (``parallel``) the layers hold their
+rank's heads and slices (layers/parallel_linear.py); Mixture-of-Experts families reuse
+this decoder and replace ``make_mlp`` (models/mixtral.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 from membound.config import ModelConfig
+from membound.distributed.context import ParallelContext
 from membound.layers.activation import SiluAndMul
 from membound.layers.attention.layer import Attention
 from membound.layers.attention.metadata import AttentionMetadata
-from membound.layers.linear import Linear, MergedLinear, QKVLinear, default_weight_loader
+from membound.layers.checkpoint_tensor import LazyTensor, owns_checkpoint_loading
+from membound.layers.linear import default_weight_loader
 from membound.layers.norm import RMSNorm
+from membound.layers.parallel_linear import (
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from membound.layers.quantization import QuantizationMethod, get_linear_method
 from membound.layers.rotary import RotaryEmbedding
 from membound.layers.vocab_embedding import LMHead, VocabEmbedding
+
+_EXPERT_TENSOR = re.compile(r"\.experts\.(?P<e>\d+)\.(?P<proj>\w+)\.weight$")
 
 
 def _quant(config: ModelConfig, prefix: str, *pieces: str) -> QuantizationMethod | None:
@@ -31,18 +43,25 @@ def _quant(config: ModelConfig, prefix: str, *pieces: str) -> QuantizationMethod
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, prefix: str = "") -> None:
+    """This rank's query heads (and KV heads, replicated past TP = KV heads); o_proj sums
+    the ranks' outputs with one all-reduce."""
+
+    def __init__(
+        self, config: ModelConfig, rotary: RotaryEmbedding, prefix: str = "",
+        parallel: ParallelContext | None = None,
+    ) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        self.qkv_proj = QKVLinear(
-            config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, config.qkv_bias,
-            _quant(config, prefix, "q_proj", "k_proj", "v_proj"), f"{prefix}.qkv_proj",
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size, self.head_dim, config.num_attention_heads,
+            config.num_key_value_heads, config.qkv_bias,
+            _quant(config, prefix, "q_proj", "k_proj", "v_proj"), f"{prefix}.qkv_proj", parallel,
         )
-        self.o_proj = Linear(
-            self.num_heads * self.head_dim, config.hidden_size, config.o_bias,
-            _quant(config, prefix, "o_proj"), f"{prefix}.o_proj",
+        self.num_heads = self.qkv_proj.num_heads  # per rank
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
+        self.o_proj = RowParallelLinear(
+            config.q_size, config.hidden_size, config.o_bias,
+            _quant(config, prefix, "o_proj"), f"{prefix}.o_proj", parallel,
         )
         self.qk_norm = config.qk_norm
         if config.qk_norm:
@@ -73,30 +92,44 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig, prefix: str = "") -> None:
+    """gate/up column-parallel, down row-parallel: one all-reduce (``reduce_results=False``
+    leaves it to the caller, e.g. a MoE block adding this shared expert to its experts)."""
+
+    def __init__(
+        self, config: ModelConfig, prefix: str = "", parallel: ParallelContext | None = None,
+        intermediate_size: int | None = None, reduce_results: bool = True,
+    ) -> None:
         super().__init__()
-        inter = config.intermediate_size
-        self.gate_up_proj = MergedLinear(
+        inter = intermediate_size or config.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(
             config.hidden_size, [inter, inter], [0, 1], config.mlp_bias,
-            _quant(config, prefix, "gate_proj", "up_proj"), f"{prefix}.gate_up_proj",
+            _quant(config, prefix, "gate_proj", "up_proj"), f"{prefix}.gate_up_proj", parallel,
         )
         self.act = SiluAndMul()
-        self.down_proj = Linear(
+        self.down_proj = RowParallelLinear(
             inter, config.hidden_size, config.mlp_bias, _quant(config, prefix, "down_proj"),
-            f"{prefix}.down_proj",
+            f"{prefix}.down_proj", parallel, reduce_results,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
+MLPFactory = Callable[[int, str], nn.Module]  # (layer index, prefix) -> the layer's MLP
+
+
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, prefix: str = "") -> None:
+    def __init__(
+        self, config: ModelConfig, rotary: RotaryEmbedding, layer_idx: int,
+        make_mlp: MLPFactory, parallel: ParallelContext | None = None,
+    ) -> None:
         super().__init__()
+        prefix = f"model.layers.{layer_idx}"
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config, rotary, f"{prefix}.self_attn")
+        self.self_attn = LlamaAttention(config, rotary, f"{prefix}.self_attn", parallel)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = LlamaMLP(config, f"{prefix}.mlp")
+        # [num_tokens, hidden] -> [num_tokens, hidden], reduced over the ranks
+        self.mlp = make_mlp(layer_idx, f"{prefix}.mlp")
 
     def forward(
         self,
@@ -117,16 +150,19 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, max_positions: int) -> None:
+    def __init__(
+        self, config: ModelConfig, max_positions: int, make_mlp: MLPFactory,
+        parallel: ParallelContext | None = None,
+    ) -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, parallel)
         rotary = RotaryEmbedding(
             config.head_dim, max_positions, config.rope_theta, config.rope_scaling
         )
         # Registered once here; layers hold a plain reference (see LlamaAttention).
         self.rotary_emb = rotary
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, rotary, f"model.layers.{i}")
+            LlamaDecoderLayer(config, rotary, i, make_mlp, parallel)
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -162,12 +198,31 @@ class LlamaForCausalLM(nn.Module):
         "rotary_emb.inv_freq", ".k_scale", ".v_scale", ".kv_scale",
     )
 
-    def __init__(self, config: ModelConfig, max_positions: int | None = None) -> None:
+    # checkpoint module-name pieces spelled differently from ours (Mixtral: block_sparse_moe)
+    checkpoint_renames: dict[str, str] = {}
+    # per-expert checkpoint projection -> FusedMoE piece (MoE families)
+    expert_params_mapping: dict[str, str] = {}
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        max_positions: int | None = None,
+        parallel: ParallelContext | None = None,
+        expert_parallel: bool = False,
+    ) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, max_positions or config.max_supported_len)
+        self.parallel = parallel or ParallelContext.single()
+        self.expert_parallel = expert_parallel
+        self.model = LlamaModel(
+            config, max_positions or config.max_supported_len, self.make_mlp, self.parallel
+        )
         tied = self.model.embed_tokens if config.tie_word_embeddings else None
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size, tied)
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size, tied, self.parallel)
+
+    def make_mlp(self, layer_idx: int, prefix: str) -> nn.Module:
+        """The MLP of decoder layer ``layer_idx`` (dense here; MoE families override)."""
+        return LlamaMLP(self.config, prefix, self.parallel)
 
     def forward(
         self,
@@ -179,8 +234,9 @@ class LlamaForCausalLM(nn.Module):
         """input_ids/positions [num_tokens] -> final hidden states [num_tokens, hidden_size]."""
         return self.model(input_ids, positions, kv_caches, md)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)  # [num_rows, vocab_size]
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """[num_rows, vocab_size] on rank 0 (every rank calls it: it gathers); None elsewhere."""
+        return self.lm_head(hidden)
 
     def checkpoint_to_param(self, name: str) -> tuple[str, object] | None:
         """Map a checkpoint tensor name to (parameter name, shard id), or None to skip it."""
@@ -188,20 +244,30 @@ class LlamaForCausalLM(nn.Module):
             return None
         if name == "lm_head.weight" and self.config.tie_word_embeddings:
             return None
+        for theirs, ours in self.checkpoint_renames.items():
+            name = name.replace(theirs, ours)
+        expert = _EXPERT_TENSOR.search(name)
+        if expert is not None and expert["proj"] in self.expert_params_mapping:
+            piece = self.expert_params_mapping[expert["proj"]]
+            param = "w2_weight" if piece == "down" else "w13_weight"
+            return f"{name[: expert.start()]}.experts.{param}", (int(expert["e"]), piece)
         for piece, (fused, shard) in self.packed_modules_mapping.items():
             token = f".{piece}."
             if token in name:
                 return name.replace(token, f".{fused}."), shard
         return name, None
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+    def load_weights(
+        self, weights: Iterable[tuple[str, torch.Tensor | LazyTensor]]
+    ) -> set[str]:
         """Copy checkpoint tensors into parameters; returns the parameter names filled.
 
         Unknown names and shape mismatches raise, naming the tensor. The caller checks that
-        every parameter was filled (see worker/weight_loader.py).
+        every parameter was filled (see worker/weight_loader.py). Layers read only what
+        this rank keeps of a ``LazyTensor``.
         """
         params = dict(self.named_parameters())
-        linears = {n: m for n, m in self.named_modules() if isinstance(m, Linear)}
+        linears = {n: m for n, m in self.named_modules() if owns_checkpoint_loading(m)}
         filled: set[str] = set()
         for ckpt_name, tensor in weights:
             target = self.checkpoint_to_param(ckpt_name)
@@ -224,13 +290,13 @@ class LlamaForCausalLM(nn.Module):
         """What ``load_weights`` must fill for the model to be complete."""
         expected: set[str] = set()
         for name, module in self.named_modules():
-            if isinstance(module, Linear):  # per shard, the tensors its method requires
+            if owns_checkpoint_loading(module):  # per shard, the tensors it requires
                 for shard in module.shard_ids():
                     tag = "" if shard is None else f"#{shard}"
                     specs = module.checkpoint_specs(shard).items()
                     expected |= {f"{name}.{s}{tag}" for s, spec in specs if spec.required}
         for name, _ in self.named_parameters():
             module_name = name.rsplit(".", 1)[0]
-            if not isinstance(self.get_submodule(module_name), Linear):
+            if not owns_checkpoint_loading(self.get_submodule(module_name)):
                 expected.add(name)
         return expected

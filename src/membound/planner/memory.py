@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from membound.config import ConfigError, check_tensor_parallel
 from membound.planner.errors import PlannerError
 from membound.planner.hardware import GIB, GPUSpec
 from membound.planner.model_cost import ModelCost, model_cost
@@ -57,12 +58,29 @@ def activation_bytes(cost: ModelCost, limits: EngineLimits) -> int:
     return limits.max_num_batched_tokens * per_token + logits
 
 
+def tp_problem(shape: ModelShape, tp: int) -> str | None:
+    """Why the engine would refuse to split ``shape`` over ``tp`` ranks (None: it would not):
+    the engine's own rule (config.check_tensor_parallel), on heads, KV heads and MLP widths."""
+    widths = {}
+    if shape.num_dense_layers:
+        widths["intermediate_size"] = shape.intermediate_size
+    if shape.is_moe:
+        widths["moe_intermediate_size"] = shape.moe_intermediate_size
+    if shape.shared_expert_intermediate_size:
+        widths["shared_expert_intermediate_size"] = shape.shared_expert_intermediate_size
+    try:
+        check_tensor_parallel(tp, shape.num_attention_heads, shape.num_kv_heads, widths)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 def valid_tps(shape: ModelShape, gpu: GPUSpec) -> tuple[int, ...]:
-    """Powers of two up to the GPU's node size that divide the attention heads."""
+    """Powers of two up to the GPU's node size that the engine can split the model over."""
     return tuple(
         tp
         for tp in (1, 2, 4, 8, 16, 32, 64)
-        if tp <= gpu.max_tp and shape.num_attention_heads % tp == 0
+        if tp <= gpu.max_tp and tp_problem(shape, tp) is None
     )
 
 
@@ -80,6 +98,12 @@ def check_tp(shape: ModelShape, gpu: GPUSpec, tp: int) -> None:
             f"--tp {tp} does not divide {shape.name}'s {shape.num_attention_heads} attention "
             f"heads; valid choices on {gpu.name}: {', '.join(map(str, valid_tps(shape, gpu)))}"
         )
+    problem = tp_problem(shape, tp)
+    if problem is not None:
+        raise PlannerError(
+            f"--tp {tp} cannot split {shape.name}: {problem}; valid choices on {gpu.name}: "
+            f"{', '.join(map(str, valid_tps(shape, gpu)))}"
+        )
 
 
 def plan_memory(
@@ -90,6 +114,7 @@ def plan_memory(
     acts = activation_bytes(cost, limits)
     free = budget - cost.weight_bytes_per_gpu - limits.runtime_overhead_bytes - acts
     per_token = cost.kv_bytes_per_token_per_gpu
+    block = limits.block_size
     per_seq = cost.kv_bytes_for_context(workload.context_len, limits.block_size)
     usable = max(free, 0)
     fits = free >= per_seq
@@ -119,7 +144,7 @@ def plan_memory(
         kv_budget_bytes=free,
         kv_bytes_per_token_per_gpu=per_token,
         kv_bytes_per_seq=per_seq,
-        max_kv_tokens=usable // per_token,
+        max_kv_tokens=usable // (per_token * block) * block,  # whole blocks, as the engine
         max_concurrent_seqs=usable // per_seq,
         fits=fits,
         reason=reason,

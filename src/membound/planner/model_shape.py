@@ -193,7 +193,23 @@ def _from_model_config(raw: dict[str, Any], name: str, arch: str) -> ModelShape 
         sliding_window=cfg.sliding_window,
         num_sliding_layers=cfg.num_hidden_layers if cfg.sliding_window else 0,
         max_position_embeddings=cfg.max_position_embeddings,
+        **_engine_moe_fields(cfg),
     )
+
+
+def _engine_moe_fields(cfg: ModelConfig) -> dict[str, Any]:
+    """The engine's MoEConfig in the planner's terms (Mixtral, Qwen2-MoE, Qwen3-MoE)."""
+    moe = cfg.moe
+    if moe is None:
+        return {}
+    return {
+        "num_experts": moe.num_experts,
+        "num_experts_per_tok": moe.num_experts_per_tok,
+        "moe_intermediate_size": moe.moe_intermediate_size,
+        "num_moe_layers": len(moe.moe_layers),
+        "shared_expert_intermediate_size": moe.shared_expert_intermediate_size,
+        "shared_expert_gate": moe.shared_expert_gate,
+    }
 
 
 def _get(raw: dict[str, Any], name: str, *keys: str, default: Any = None) -> Any:

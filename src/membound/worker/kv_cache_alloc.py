@@ -1,12 +1,14 @@
 """KV cache sizing and allocation.
 
 How many blocks fit is derived at start-up and lives in ``KVCacheLayout``; it is never
-patched into CacheConfig.
+patched into CacheConfig. Under tensor parallelism the layout is one rank's: it holds
+``ceil(num_key_value_heads / TP)`` heads (a KV head replicated past TP = KV heads is stored
+on each rank that uses it), and byte budgets are per rank (per GPU), as the planner's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -39,19 +41,24 @@ class KVCacheLayout:
         return self.num_blocks * self.block_size
 
 
+def kv_heads_per_rank(model: ModelConfig, tensor_parallel_size: int = 1) -> int:
+    return -(-model.num_key_value_heads // tensor_parallel_size)
+
+
 def plan_kv_cache(
     model: ModelConfig,
     cache: CacheConfig,
     sched: SchedulerConfig,
     dtype: torch.dtype,
     available_bytes: int | None,
+    tensor_parallel_size: int = 1,
 ) -> KVCacheLayout:
-    """Pick the number of blocks: an explicit count, an explicit byte budget, the measured
-    free memory (GPU), or on CPU a default budget capped at what the scheduler could use."""
-    layout = KVCacheLayout(
-        1, cache.block_size, model.num_hidden_layers, model.num_key_value_heads,
-        model.head_dim, dtype,
-    )
+    """Pick the number of blocks of one rank: an explicit count, an explicit byte budget,
+    the measured free memory (GPU), or on CPU a default budget capped at what the scheduler
+    could use."""
+    heads = kv_heads_per_rank(model, tensor_parallel_size)
+    layout = KVCacheLayout(1, cache.block_size, model.num_hidden_layers, heads, model.head_dim,
+                           dtype)
     per_block = layout.bytes_per_block
     max_useful = sched.max_num_seqs * cdiv(sched.max_model_len, cache.block_size)
     if cache.num_kv_blocks is not None:
@@ -73,10 +80,7 @@ def plan_kv_cache(
         )
     if num_blocks < 1:
         raise ConfigError("num_kv_blocks must be at least 1")
-    return KVCacheLayout(
-        int(num_blocks), cache.block_size, model.num_hidden_layers,
-        model.num_key_value_heads, model.head_dim, dtype,
-    )
+    return replace(layout, num_blocks=int(num_blocks))
 
 
 def num_swap_blocks(layout: KVCacheLayout, cache: CacheConfig, preemption_mode: str) -> int:

@@ -76,8 +76,9 @@ def profile_peak_activation_bytes(
     md = build_attention_metadata([num_tokens], [num_tokens], None, 16, device)
     hidden = model(ids, positions, None, md)  # [num_tokens, hidden]
     rows = hidden[-min(num_sample_rows, num_tokens) :]
-    logits = model.compute_logits(rows)
-    torch.softmax(logits.float(), dim=-1)
+    logits = model.compute_logits(rows)  # None on tensor-parallel ranks other than 0
+    if logits is not None:
+        torch.softmax(logits.float(), dim=-1)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before
     del hidden, logits, rows

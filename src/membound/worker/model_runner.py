@@ -1,4 +1,9 @@
-"""ModelRunner: SchedulerOutput -> tensors -> forward -> sample -> ModelRunnerOutput."""
+"""ModelRunner: SchedulerOutput -> tensors -> forward -> sample -> ModelRunnerOutput.
+
+Under tensor parallelism every rank runs the same steps (the forward pass and each
+``compute_logits`` call are collectives); only rank 0 gets logits back, so only rank 0
+samples and fills its ModelRunnerOutput. The other ranks return an empty one.
+"""
 
 from __future__ import annotations
 
@@ -120,6 +125,8 @@ class ModelRunner:
             return
         last = torch.tensor([qsl[i + 1] - 1 for i in rows], device=self.device)
         logits = self.model.compute_logits(hidden[last])  # [num_rows, vocab]
+        if logits is None:  # a tensor-parallel rank other than 0: rank 0 samples
+            return
         states = [self.states[sched.chunks[i].req_id] for i in rows]
         md = build_sampling_metadata(
             [s.params for s in states],
@@ -164,8 +171,10 @@ class ModelRunner:
             if hi > lo:
                 offset = qsl[i] - s
                 logits = self.model.compute_logits(hidden[lo - 1 + offset : hi - 1 + offset])
+                state.prompt_logprobs_done = hi
+                if logits is None:  # not rank 0
+                    continue
                 targets = torch.tensor(state.prompt_token_ids[lo:hi], device=self.device)
                 entries.extend(prompt_logprobs(logits, targets, k, vocab_size=self.vocab_size))
-                state.prompt_logprobs_done = hi
             if entries:
                 out.prompt_logprobs[chunk.req_id] = entries

@@ -6,7 +6,8 @@ and never half-loads. Peak host memory stays near one tensor: each is read, conv
 copied into its (already on-device) parameter, then dropped. Linear layers take their
 tensors through their quantization method, which also quantizes float weights shard by shard
 while loading (quantization="fp8"/"int8"/"int4"/...), so the float model never exists whole;
-``process_weights_after_loading`` runs once everything is in.
+``process_weights_after_loading`` runs once everything is in. Tensors reach the layers as
+``LazyTensor``s: under tensor parallelism each rank reads only its slice of each.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 from torch import nn
 
 from membound.config import ModelConfig
+from membound.distributed.context import ParallelContext
+from membound.layers.checkpoint_tensor import LazyTensor, owns_checkpoint_loading
 from membound.layers.linear import Linear
 from membound.layers.quantization import TensorSpec, UnquantizedLinearMethod
 from membound.models.registry import build_model
@@ -80,13 +83,14 @@ def _expected_specs(model: nn.Module) -> dict[tuple[str, object], TensorSpec]:
     Linear layers answer through their quantization method (per shard, and whole)."""
     specs: dict[tuple[str, object], TensorSpec] = {}
     for module_name, module in model.named_modules():
-        if isinstance(module, Linear):
-            for shard in {None, *module.shard_ids()}:
-                for suffix, spec in module.checkpoint_specs(shard).items():
+        if owns_checkpoint_loading(module):
+            for shard in {None, *module.shard_ids()}:  # type: ignore[operator]
+                for suffix, spec in module.checkpoint_specs(shard).items():  # type: ignore[operator]
                     specs[(f"{module_name}.{suffix}", shard)] = spec
     for name, param in model.named_parameters():
-        if not isinstance(model.get_submodule(name.rsplit(".", 1)[0]), Linear):
-            specs[(name, None)] = TensorSpec((tuple(param.shape),), ("float",))
+        if not owns_checkpoint_loading(model.get_submodule(name.rsplit(".", 1)[0])):
+            shape = getattr(param, "checkpoint_shape", tuple(param.shape))  # vocab-parallel
+            specs[(name, None)] = TensorSpec((tuple(shape),), ("float",))
     return specs
 
 
@@ -129,7 +133,8 @@ def validate_checkpoint(model: nn.Module, headers: Headers) -> None:
         )
 
 
-def iterate_tensors(headers: Headers, progress: bool) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_tensors(headers: Headers, progress: bool) -> Iterator[tuple[str, LazyTensor]]:
+    """(name, LazyTensor) for every tensor; each is readable until the next one is yielded."""
     from safetensors import safe_open
 
     by_file: dict[str, list[str]] = {}
@@ -139,9 +144,18 @@ def iterate_tensors(headers: Headers, progress: bool) -> Iterator[tuple[str, tor
     for file, names in sorted(by_file.items()):
         with safe_open(file, framework="pt") as f:
             for name in names:
-                yield name, f.get_tensor(name)
+                yield name, LazyTensor(_reader(f, name), headers[name][1])
                 bar.update(1)
     bar.close()
+
+
+def _reader(f, name: str):  # type: ignore[no-untyped-def]
+    """Whole tensor (None) or only the requested slices, straight from the file."""
+
+    def read(slices: tuple[slice, ...] | None) -> torch.Tensor:
+        return f.get_tensor(name) if slices is None else f.get_slice(name)[slices]
+
+    return read
 
 
 def _progress(total: int, enabled: bool):  # type: ignore[no-untyped-def]
@@ -199,21 +213,24 @@ def load_model(
     max_positions: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    parallel: ParallelContext | None = None,
+    expert_parallel: bool = False,
 ) -> nn.Module:
-    """Build the model directly on ``device`` in ``dtype`` and fill its weights."""
+    """Build the model (this rank's shard of it under ``parallel``) directly on ``device`` in
+    ``dtype`` and fill its weights."""
     headers = None
     if load_format != "dummy":
         if path is None:
             raise CheckpointError("a checkpoint path is needed unless load_format='dummy'")
         headers = _headers(find_safetensors_files(path))
     with _default_dtype(dtype), torch.device(device):
-        model = build_model(config, max_positions)
+        model = build_model(config, max_positions, parallel, expert_parallel)
     if headers is None:
         init_dummy_weights(model, seed)
     else:
         validate_checkpoint(model, headers)
         model.load_weights(iterate_tensors(headers, progress))  # type: ignore[operator]
     for module in model.modules():
-        if isinstance(module, Linear):
-            module.process_weights_after_loading()
+        if owns_checkpoint_loading(module):
+            module.process_weights_after_loading()  # type: ignore[operator]
     return model.eval()

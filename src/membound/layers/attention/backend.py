@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from membound.kernels import activation, kv_store, paged_attention, prefill_attention, rms_norm
+from membound.kernels import (
+    activation,
+    kv_store,
+    moe_gemm,
+    paged_attention,
+    prefill_attention,
+    rms_norm,
+)
 from membound.kernels import rotary as rotary_kernels
 from membound.kernels.triton_utils import HAS_TRITON
 
@@ -42,6 +49,7 @@ class KernelOps:
     fused_add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     silu_and_mul: Callable[..., torch.Tensor]
     rotary_embedding: Callable[..., None]
+    moe_gemm: Callable[..., torch.Tensor]
 
 
 TORCH_OPS = KernelOps(
@@ -53,6 +61,7 @@ TORCH_OPS = KernelOps(
     fused_add_rms_norm=rms_norm.fused_add_rms_norm_ref,
     silu_and_mul=activation.silu_and_mul_ref,
     rotary_embedding=rotary_kernels.rotary_embedding_ref,
+    moe_gemm=moe_gemm.moe_gemm_ref,
 )
 
 TRITON_OPS = KernelOps(
@@ -64,6 +73,7 @@ TRITON_OPS = KernelOps(
     fused_add_rms_norm=rms_norm.fused_add_rms_norm,
     silu_and_mul=activation.silu_and_mul,
     rotary_embedding=rotary_kernels.rotary_embedding,
+    moe_gemm=moe_gemm.moe_gemm,
 )
 
 

@@ -1,0 +1,128 @@
+"""Worker: one rank's model shard, KV cache and ModelRunner.
+
+Every rank builds the same Worker from the same EngineConfig: it loads its shard of the
+weights, sizes its KV cache (the ranks agree on the smallest block count any of them can
+hold, so one block table addresses all of them), allocates ``ceil(kv_heads / TP)`` heads per
+block, and executes each SchedulerOutput. Rank 0's worker lives in the engine's process;
+the others in their own (worker/executor.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import cast
+
+import torch
+from torch import nn
+
+from membound.config import EngineConfig, normalize_dtype_name
+from membound.core.outputs import ModelRunnerOutput, SchedulerOutput
+from membound.distributed.context import ParallelContext
+from membound.worker.kv_cache_alloc import (
+    KVCacheLayout,
+    allocate_kv_cache,
+    num_swap_blocks,
+    plan_kv_cache,
+)
+from membound.worker.kv_swap import KVSwapSpace
+from membound.worker.memory_profiler import (
+    MemoryReport,
+    profile_peak_activation_bytes,
+    weights_bytes,
+)
+from membound.worker.model_runner import ModelRunner
+from membound.worker.offload import WeightOffloader, plan_offload
+from membound.worker.weight_loader import load_model
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(
+        self, config: EngineConfig, parallel: ParallelContext, *, progress: bool = False
+    ) -> None:
+        self.config = config
+        self.parallel = parallel
+        self.device = parallel.device
+        self.dtype: torch.dtype = getattr(torch, normalize_dtype_name(config.dtype))
+        mc, cc, sc = config.model_config, config.cache_config, config.scheduler_config
+        self.model = load_model(
+            mc, config.model, dtype=self.dtype, device=self.device,
+            load_format=config.load_format, max_positions=sc.max_model_len, seed=config.seed,
+            progress=progress and parallel.is_driver, parallel=parallel,
+            expert_parallel=config.parallel_config.enable_expert_parallel,
+        )
+        self.offloader = self._offload_weights()
+        self.weights_bytes = weights_bytes(self.model)
+        self.kv_layout, self.memory_report = self._plan_memory()
+        kv_caches = allocate_kv_cache(self.kv_layout, self.device)
+        self.num_cpu_blocks = num_swap_blocks(self.kv_layout, cc, sc.preemption_mode)
+        self.runner = ModelRunner(
+            self.model, kv_caches, self.kv_layout.block_size, mc.vocab_size, self.device,
+            mc.sliding_window, config.seed,
+        )
+        if self.num_cpu_blocks:
+            self.runner.swap_space = KVSwapSpace(kv_caches, self.num_cpu_blocks)
+        kc = config.kernel_config
+        if self.offloader is not None and not kc.enforce_eager:
+            # streamed weights change buffers between steps: a captured graph would not see it
+            logger.info("cpu_offload_gb is set: decode CUDA graphs disabled")
+            kc = replace(kc, enforce_eager=True)
+        if parallel.world_size > 1 and not kc.enforce_eager:
+            # capturing NCCL all-reduces in graphs has not been tried on GPUs yet
+            logger.info("tensor_parallel_size > 1: decode CUDA graphs disabled (not tested yet)")
+            kc = replace(kc, enforce_eager=True)
+        self.runner.init_data_plane(kc, sc.max_num_seqs, sc.max_model_len)
+
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        return self.runner.execute(sched)
+
+    def _offload_weights(self) -> WeightOffloader | None:
+        gb = self.config.cpu_offload_gb
+        self.offloaded_bytes = 0
+        if gb <= 0:
+            return None
+        if self.device.type != "cuda":
+            logger.info("cpu_offload_gb=%s ignored: without a GPU the weights already live in "
+                        "CPU memory", gb)
+            return None
+        layers = cast(nn.ModuleList, self.model.model.layers)  # type: ignore[union-attr]
+        plan = plan_offload(layers, int(gb * 1024**3))
+        if not plan.layer_indices:
+            logger.warning("cpu_offload_gb=%s is smaller than one decoder layer; nothing "
+                           "offloaded", gb)
+            return None
+        self.offloaded_bytes = plan.offloaded_bytes
+        offloader = WeightOffloader(layers, plan, self.device)
+        torch.cuda.empty_cache()
+        return offloader
+
+    def _plan_memory(self) -> tuple[KVCacheLayout, MemoryReport]:
+        """Size the KV cache: explicit blocks or bytes (per rank), else on CUDA
+        gpu_memory_utilization x total minus what is in use and the measured activation
+        peak of one step, else on CPU a default budget. Ranks take the smallest count."""
+        cfg = self.config
+        cc, sc, mc = cfg.cache_config, cfg.scheduler_config, cfg.model_config
+        tp = cfg.parallel_config.tensor_parallel_size
+        available = activation = total = None
+        if self.device.type == "cuda":
+            activation = profile_peak_activation_bytes(
+                self.model, min(sc.max_num_batched_tokens, sc.max_model_len), sc.max_num_seqs,
+                mc.vocab_size, self.device,
+            )
+            free, total = torch.cuda.mem_get_info(self.device)
+            if cc.num_kv_blocks is None and cc.kv_cache_memory_bytes is None:
+                available = int(total * cc.gpu_memory_utilization) - (total - free) - activation
+        layout = plan_kv_cache(mc, cc, sc, self.dtype, available, tp)
+        agreed = self.parallel.all_reduce_min(layout.num_blocks)
+        layout = replace(layout, num_blocks=agreed)
+        cpu_blocks = num_swap_blocks(layout, cc, sc.preemption_mode)
+        report = MemoryReport(
+            device=str(self.device), total_bytes=total, weights_bytes=self.weights_bytes,
+            activation_bytes=activation, kv_bytes=layout.total_bytes,
+            num_blocks=layout.num_blocks, block_size=layout.block_size,
+            max_model_len=sc.max_model_len, swap_bytes=cpu_blocks * layout.bytes_per_block,
+            offloaded_bytes=self.offloaded_bytes,
+        )
+        return layout, report
