@@ -100,6 +100,7 @@ class LLMEngine:
         return str(self._next_id - 1)
 
     def tokenize_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
+        """(prompt text or None, validated token ids)."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("this engine has no tokenizer; pass token ids instead of text")
@@ -111,8 +112,7 @@ class LLMEngine:
             raise RequestRejectedError(
                 f"prompt token ids must be integers in [0, {vocab}); got {bad[:5]}"
             )
-        text = self.tokenizer.decode(ids, skip_special_tokens=False) if self.tokenizer else None
-        return text, ids
+        return None, ids  # token-id prompts carry no text (vLLM's convention)
 
     def add_request(
         self,

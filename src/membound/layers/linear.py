@@ -23,7 +23,7 @@ from membound.layers.quantization import (
     WeightShapeError,
 )
 
-__all__ = ["Linear", "MergedLinear", "QKVLinear", "WeightShapeError", "default_weight_loader"]
+__all__ = ["Linear", "MergedLinear", "WeightShapeError", "default_weight_loader"]
 
 
 def _check_shape(name: str, expected: torch.Size, got: torch.Size) -> None:
@@ -182,24 +182,3 @@ class MergedLinear(Linear):
     ) -> None:
         suffix = "bias" if param is self.bias else "weight"
         self.load_checkpoint_tensor(suffix, loaded, shard_id, name)
-
-
-class QKVLinear(MergedLinear):
-    """Fused q/k/v projection: output [q_size | kv_size | kv_size]."""
-
-    def __init__(
-        self,
-        hidden_size: int,
-        head_dim: int,
-        num_heads: int,
-        num_kv_heads: int,
-        bias: bool,
-        quant_method: QuantizationMethod | None = None,
-        prefix: str = "",
-    ) -> None:
-        self.q_size = num_heads * head_dim
-        self.kv_size = num_kv_heads * head_dim
-        super().__init__(
-            hidden_size, [self.q_size, self.kv_size, self.kv_size], "qkv", bias, quant_method,
-            prefix,
-        )
