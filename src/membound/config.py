@@ -732,15 +732,17 @@ class SchedulerConfig:
 class KernelConfig:
     """Data plane: which kernels run, and CUDA graphs for decode steps."""
 
-    backend: str = "auto"  # "auto" (Triton on CUDA, torch references on CPU) | "torch" | "triton"
+    # "auto" (Triton on CUDA, "cpu" elsewhere) | "cpu" | "torch" (the references) | "triton"
+    backend: str = "auto"
     enforce_eager: bool = False  # never capture CUDA graphs
     # decode batch sizes captured as CUDA graphs; None = 1, 2, 4, 8, 16, ..., 256 (<= max_num_seqs)
     cuda_graph_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in ("auto", "torch", "triton"):
+        if self.backend not in ("auto", "cpu", "torch", "triton"):
             raise ConfigError(
-                f"kernel backend {self.backend!r} is not supported; use 'auto', 'torch' or 'triton'"
+                f"kernel backend {self.backend!r} is not supported; use 'auto', 'cpu', 'torch' "
+                "or 'triton'"
             )
         if self.cuda_graph_sizes is None:
             return

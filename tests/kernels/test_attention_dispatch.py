@@ -48,7 +48,8 @@ def test_metadata_contiguous_ranges_and_no_cache() -> None:
 
 
 def test_backend_selection() -> None:
-    assert select_kernel_backend(CPU) is KernelBackend.TORCH
+    assert select_kernel_backend(CPU) is KernelBackend.CPU
+    assert select_kernel_backend(CPU, "cpu") is KernelBackend.CPU
     assert select_kernel_backend(CPU, "torch") is KernelBackend.TORCH
     with pytest.raises(ValueError, match="not one of"):
         select_kernel_backend(CPU, "cuda")
@@ -86,11 +87,11 @@ def test_kernels_import_and_refs_run_without_triton() -> None:
 import sys
 sys.modules["triton"] = None  # import triton -> ImportError
 import torch
-from membound.kernels import activation, kv_store, paged_attention, prefill_attention, rms_norm, rotary
+from membound.kernels import activation, cpu_attention, kv_store, paged_attention, prefill_attention, rms_norm, rotary
 from membound.layers.attention.backend import KernelBackend, select_kernel_backend
 x = torch.randn(2, 8)
 assert activation.silu_and_mul_ref(x).shape == (2, 4)
-assert select_kernel_backend(torch.device("cpu")) is KernelBackend.TORCH
+assert select_kernel_backend(torch.device("cpu")) is KernelBackend.CPU
 try:
     activation.silu_and_mul(x)
 except RuntimeError as e:

@@ -123,8 +123,10 @@ class EngineArgs:
         g.add_argument("--max-model-len", type=int, default=None,
                        help="context length limit (default: the model's)")
         g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
-        g.add_argument("--kernel-backend", default="auto", choices=["auto", "torch", "triton"],
-                       help="auto: Triton kernels on CUDA, torch references on CPU")
+        g.add_argument("--kernel-backend", default="auto",
+                       choices=["auto", "cpu", "torch", "triton"],
+                       help="auto: Triton kernels on CUDA, the CPU torch kernels elsewhere; "
+                            "torch: the simple references (debugging)")
         g.add_argument("--enforce-eager", action="store_true",
                        help="never capture CUDA graphs for decode steps")
         g.add_argument("--cuda-graph-sizes", type=int, nargs="+", default=None,

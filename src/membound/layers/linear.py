@@ -86,6 +86,7 @@ class Linear(nn.Module):
 
     def set_kernel_backend(self, backend: object) -> None:
         self.kernel_backend = str(getattr(backend, "value", backend))
+        self.quant_method.adapt_to_backend(self, self.kernel_backend)
 
     # ---- loading: checkpoint tensors of one shard (None: the whole layer) -------------------
     def shard_ids(self) -> tuple[object, ...]:

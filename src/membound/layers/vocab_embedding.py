@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from membound.distributed.context import ParallelContext
+from membound.kernels.cpu_linear import prefers_column_major, to_column_major
 from membound.layers.checkpoint_tensor import LazyTensor, materialize
 from membound.layers.linear import WeightShapeError
 
@@ -84,6 +85,13 @@ class LMHead(nn.Module):
             table = VocabEmbedding(vocab_size, hidden_size, parallel)
             self.parallel = table.parallel
             self.weight = table.weight  # same sharding and loader as an embedding table
+
+    def set_kernel_backend(self, backend: object) -> None:
+        """The CPU backend keeps an untied (wide) head column-major: faster logits for few
+        rows. A tied head stays row-major: the embedding looks its rows up."""
+        if str(getattr(backend, "value", backend)) == "cpu" and not self.tied:
+            if prefers_column_major(self.weight):
+                to_column_major(self.weight)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """[num_rows, vocab_size] logits; None on ranks other than 0 under TP."""

@@ -1,12 +1,15 @@
 """Kernel backend: chosen once at start-up, installed into the model's layers.
 
-Triton on CUDA, the plain-torch references on CPU. "triton" can be forced on CPU (kernels
-then run in Triton's interpreter: tests only) and "torch" on CUDA (debugging). The choice is
+Triton on CUDA; on CPU the "cpu" backend: plain torch written for CPUs (attention bucketed by
+length, kernels/cpu_attention.py), the references elsewhere. "torch" runs the simple
+references everywhere (the oracles; debugging). "triton" can be forced on CPU (kernels then
+run in Triton's interpreter: tests only). The choice is
 an explicit value handed to each layer by ``install_kernel_backend``; there is no global.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections.abc import Callable
@@ -18,6 +21,7 @@ from torch import nn
 
 from membound.kernels import (
     activation,
+    cpu_attention,
     kv_store,
     moe_gemm,
     paged_attention,
@@ -29,11 +33,12 @@ from membound.kernels.triton_utils import HAS_TRITON
 
 logger = logging.getLogger(__name__)
 
-BACKEND_CHOICES = ("auto", "torch", "triton")
+BACKEND_CHOICES = ("auto", "cpu", "torch", "triton")
 
 
 class KernelBackend(enum.Enum):
-    TORCH = "torch"
+    TORCH = "torch"  # the references
+    CPU = "cpu"  # plain torch tuned for CPUs
     TRITON = "triton"
 
 
@@ -50,6 +55,9 @@ class KernelOps:
     silu_and_mul: Callable[..., torch.Tensor]
     rotary_embedding: Callable[..., None]
     moe_gemm: Callable[..., torch.Tensor]
+    # optional: (block_tables, seq_lens, block_size, sliding_window, bytes_per_token) -> a plan
+    # of the step's decode batch that every layer hands to decode_attention(plan=...)
+    plan_decode: Callable[..., object] | None = None
 
 
 TORCH_OPS = KernelOps(
@@ -62,6 +70,14 @@ TORCH_OPS = KernelOps(
     silu_and_mul=activation.silu_and_mul_ref,
     rotary_embedding=rotary_kernels.rotary_embedding_ref,
     moe_gemm=moe_gemm.moe_gemm_ref,
+)
+
+CPU_OPS = dataclasses.replace(
+    TORCH_OPS,
+    decode_attention=cpu_attention.paged_decode_attention_cpu,
+    prefill_attention=cpu_attention.prefill_attention_cpu,
+    varlen_attention=cpu_attention.varlen_attention_cpu,
+    plan_decode=cpu_attention.plan_decode,
 )
 
 TRITON_OPS = KernelOps(
@@ -78,16 +94,18 @@ TRITON_OPS = KernelOps(
 
 
 def kernel_ops(backend: KernelBackend) -> KernelOps:
-    return TRITON_OPS if backend is KernelBackend.TRITON else TORCH_OPS
+    return {KernelBackend.TRITON: TRITON_OPS, KernelBackend.CPU: CPU_OPS}.get(backend, TORCH_OPS)
 
 
 def select_kernel_backend(device: torch.device, requested: str = "auto") -> KernelBackend:
-    """"auto": Triton on CUDA when triton is installed, else torch. "triton" on a CPU device
+    """"auto": Triton on CUDA when triton is installed, else "cpu". "triton" on a CPU device
     runs the kernels in Triton's interpreter (slow; for tests)."""
     if requested not in BACKEND_CHOICES:
         raise ValueError(f"kernel backend {requested!r} is not one of {', '.join(BACKEND_CHOICES)}")
     if requested == "torch":
         return KernelBackend.TORCH
+    if requested == "cpu":
+        return KernelBackend.CPU
     if requested == "triton":
         if not HAS_TRITON:
             raise ValueError(
@@ -98,7 +116,8 @@ def select_kernel_backend(device: torch.device, requested: str = "auto") -> Kern
         if HAS_TRITON:
             return KernelBackend.TRITON
         logger.warning("triton is not installed: running the torch reference kernels on CUDA")
-    return KernelBackend.TORCH
+        return KernelBackend.TORCH
+    return KernelBackend.CPU
 
 
 def install_kernel_backend(model: nn.Module, backend: KernelBackend) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from membound.kernels.cpu_attention import decode_bytes_per_token
 from membound.layers.attention.backend import KernelBackend, KernelOps, kernel_ops
 from membound.layers.attention.metadata import AttentionMetadata, DecodeBatch, PrefillBatch
 
@@ -54,11 +55,19 @@ class Attention(nn.Module):
         out: torch.Tensor,
     ) -> None:
         args = (kv_cache, d.block_tables, d.seq_lens, self.scale, window, d.num_splits)
+        extra = {}
+        if self.ops.plan_decode is not None:  # layer-independent work: once per step
+            if d.plan is None:
+                d.plan = self.ops.plan_decode(
+                    d.block_tables, d.seq_lens, kv_cache.shape[2], window,
+                    decode_bytes_per_token(kv_cache),
+                )
+            extra["plan"] = d.plan
         if d.token_range is not None:
             s, e = d.token_range
-            self.ops.decode_attention(q[s:e], *args, out=out[s:e])
+            self.ops.decode_attention(q[s:e], *args, out=out[s:e], **extra)
         else:
-            out[d.token_idx] = self.ops.decode_attention(q[d.token_idx], *args)
+            out[d.token_idx] = self.ops.decode_attention(q[d.token_idx], *args, **extra)
 
     def _prefill(
         self, q: torch.Tensor, kv_cache: torch.Tensor, p: PrefillBatch, window: int | None,

@@ -50,6 +50,7 @@ class DecodeBatch:
     block_tables: torch.Tensor  # [num_decodes, max_blocks] int64 (0-padded)
     seq_lens: torch.Tensor  # [num_decodes] int32; 0 marks a padding row (CUDA graphs)
     num_splits: int | None = None  # flash-decoding split fixed by a CUDA graph; None = pick
+    plan: object | None = None  # the backend's per-step decode plan, built by the first layer
 
 
 @dataclass(slots=True)

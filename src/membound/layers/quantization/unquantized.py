@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from membound.kernels.cpu_linear import prefers_column_major, to_column_major
 from membound.layers.quantization.base import (
     QuantizationMethod,
     TensorSpec,
@@ -37,6 +38,11 @@ class UnquantizedLinearMethod(QuantizationMethod):
 
     def quantize_rows(self, layer: nn.Module, weight: torch.Tensor, rows: tuple[int, int]) -> None:
         copy_slice(layer.weight, weight, 0, rows[0], rows[1], "weight")
+
+    def adapt_to_backend(self, layer: nn.Module, backend: str) -> None:
+        """The CPU backend keeps wide weights column-major (faster GEMV; kernels/cpu_linear)."""
+        if backend == "cpu" and prefers_column_major(layer.weight):
+            to_column_major(layer.weight)
 
     def apply(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None

@@ -1,0 +1,148 @@
+"""CPU data plane: the CPU backend's kernels against the plain references, on this machine.
+
+1. Paged decode attention (kernels/cpu_attention.py, bucketed by length) against
+   ``paged_decode_attention_ref`` (padded to the longest sequence): a batch of decodes with
+   lengths uniform in the given range, block tables shuffled over the cache.
+2. Linear weight layout (kernels/cpu_linear.py): ``F.linear`` with the weight stored
+   row-major (``[out, in]`` contiguous) and column-major (the same shape over a contiguous
+   ``[in, out]``), for the shapes of the CPU benchmark model and Llama-3-8B, a few token
+   counts. Reports achieved GB/s of weight streamed at 1 token (a matrix-vector product is
+   bound by memory) and the row/col time ratio (> 1: column-major is faster).
+
+    python benchmarks/kernels/bench_cpu_kernels.py --output-json benchmarks/results/cpu_kernels.json
+
+Medians of repeated timings; the machine should be otherwise idle (2 shared cores vary 3x
+under load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from membound.kernels.cpu_attention import paged_decode_attention_cpu
+from membound.kernels.cpu_linear import prefers_column_major
+from membound.kernels.paged_attention import paged_decode_attention_ref
+
+SHAPES = [  # (out, in): the ~150M CPU benchmark model, then Llama-3-8B
+    (1280, 768), (768, 768), (5120, 768), (768, 2560), (32000, 768),
+    (6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336),
+]
+
+
+def median_ms(fn: Callable[[], Any], reps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def bench_decode(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    h, kvh, d, bs = args.heads, args.kv_heads, args.head_dim, 16
+    for batch in args.batch:
+        rng = random.Random(batch)
+        lens = [rng.randint(*args.context) for _ in range(batch)]
+        per_seq = [-(-n // bs) for n in lens]
+        num_blocks = sum(per_seq) + 64
+        perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(batch))
+        width, tables, start = max(per_seq), [], 0
+        for n in per_seq:
+            tables.append(perm[start:start + n].tolist() + [0] * (width - n))
+            start += n
+        cache = torch.randn(2, num_blocks, bs, kvh, d)
+        block_tables = torch.tensor(tables)
+        seq_lens = torch.tensor(lens, dtype=torch.int32)
+        q = torch.randn(batch, h, d)
+        inputs = (q, cache, block_tables, seq_lens, d**-0.5)
+        ref = median_ms(lambda: paged_decode_attention_ref(*inputs), args.reps)
+        cpu = median_ms(lambda: paged_decode_attention_cpu(*inputs), args.reps)
+        kv_bytes = 2 * sum(lens) * kvh * d * 4
+        row = {"batch": batch, "mean_context": sum(lens) / batch, "ref_ms": ref, "cpu_ms": cpu,
+               "speedup": ref / cpu, "cpu_kv_gbs": kv_bytes / (cpu / 1e3) / 1e9}  # fmt: skip
+        print("decode", json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def bench_linear(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for out_f, in_f in SHAPES:
+        copies = max(2, int(64e6 // (out_f * in_f * 4)))  # cycle > the caches
+        row_major = [torch.randn(out_f, in_f) for _ in range(copies)]
+        col_major = [w.t().contiguous().t() for w in row_major]
+        for tokens in args.tokens:
+            x = torch.randn(tokens, in_f)
+            reps = max(3, int(args.reps * 2e6 / (tokens * out_f * in_f)) + 3)
+            t_row = median_ms(lambda: [F.linear(x, w) for w in row_major], reps) / copies
+            t_col = median_ms(lambda: [F.linear(x, w) for w in col_major], reps) / copies
+            row = {"out": out_f, "in": in_f, "tokens": tokens, "row_major_ms": t_row,
+                   "col_major_ms": t_col, "row_over_col": t_row / t_col,
+                   "rule_picks_col_major": prefers_column_major(row_major[0])}  # fmt: skip
+            if tokens == 1:
+                size = out_f * in_f * 4
+                row["row_major_gbs"] = size / (t_row / 1e3) / 1e9
+                row["col_major_gbs"] = size / (t_col / 1e3) / 1e9
+            print("linear", json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
+    p.add_argument("--context", type=int, nargs=2, default=[16, 768])
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 64, 512])
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--output-json", default=None)
+    args = p.parse_args()
+    from membound.entrypoints.sysinfo import collect_info
+
+    decode, linear = bench_decode(args), bench_linear(args)
+    one = [r for r in linear if r["tokens"] == 1]
+    chosen = [r for r in one if r["rule_picks_col_major"]]
+    figures = {
+        "decode_speedup_batch_max": decode[-1]["speedup"],
+        "linear_1_token_speedup_where_rule_picks_col_major": (
+            statistics.geometric_mean([r["row_over_col"] for r in chosen]) if chosen else None
+        ),
+        "linear_1_token_row_over_col_where_rule_keeps_row_major": [
+            round(r["row_over_col"], 3) for r in one if not r["rule_picks_col_major"]
+        ],
+    }
+    report = {"benchmark": "cpu_kernels", "commit": _commit(), "machine": collect_info(),
+              "torch_threads": torch.get_num_threads(), "config": vars(args),
+              "figures": figures, "decode_attention": decode, "linear_layout": linear}  # fmt: skip
+    print(json.dumps(figures, indent=1))
+    if args.output_json:
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

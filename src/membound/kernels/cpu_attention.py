@@ -1,0 +1,236 @@
+"""Attention over the paged KV cache, written for CPUs in plain torch.
+
+Same contracts as ``paged_attention.paged_decode_attention`` and
+``prefill_attention.prefill_attention`` / ``varlen_attention`` (see those modules); the
+references there stay the simple oracles, these are the CPU data plane.
+
+What makes a CPU slow here is memory, not arithmetic. The reference decode gathers every
+sequence's K/V padded to the longest sequence of the batch: tens of MB per layer, which the
+allocator maps fresh (page faults on every touch) and which falls out of the caches before
+attention reads it back. This version sorts the decodes by length and cuts them into
+buckets of similar length, each gathered separately and kept small:
+
+    lengths sorted:  [ 17 19 20 | 130 141 150 | 600 610 ... ]     one gather + one SDPA each
+    a bucket grows while its padding stays under ``MAX_PADDING`` of its tokens and its
+    gathered K stays under ``MAX_BUCKET_BYTES``
+
+With a sliding window only the blocks that hold the window are gathered. GQA never repeats
+K/V: a KV head's query heads are that head's query rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from membound.kernels.paged_attention import gather_seq_kv
+
+MAX_PADDING = 0.25  # padded slots / stored tokens allowed in one decode bucket
+MAX_BUCKET_BYTES = 4 << 20  # gathered K bytes of one decode bucket (V the same again)
+
+
+def plan_decode_buckets(
+    spans: list[int], bytes_per_token: int, max_padding: float = MAX_PADDING,
+    max_bytes: int = MAX_BUCKET_BYTES,
+) -> list[list[int]]:
+    """Group sequences (by index) so that each group's padding to its longest span stays
+    under ``max_padding`` and its gathered bytes under ``max_bytes`` (a group always holds
+    at least one sequence). Spans of 0 (padding rows) are left out."""
+    order = sorted((i for i, n in enumerate(spans) if n > 0), key=spans.__getitem__)
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i in order:
+        n = spans[i]
+        if current:
+            padded = (len(current) + 1) * n  # the new sequence is the longest so far
+            fits = padded <= (1.0 + max_padding) * (total + n)
+            if fits and padded * bytes_per_token <= max_bytes:
+                current.append(i)
+                total += n
+                continue
+            buckets.append(current)
+        current, total = [i], n
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+@dataclass(frozen=True)
+class DecodeBucket:
+    rows: torch.Tensor  # [n] int64: the bucket's sequences (rows of query/out)
+    blocks: torch.Tensor  # [n * num_blocks] int64: the blocks to gather, row after row
+    mask: torch.Tensor  # [n, 1, 1, num_blocks * block_size] bool, True = attend
+    num_blocks: int
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """Everything about a decode batch that does not depend on the layer: built once per
+    step (``plan_decode``) and reused by every layer."""
+
+    buckets: tuple[DecodeBucket, ...]
+    padding_rows: torch.Tensor | None  # rows with seq_len 0 (zeros out), None if there are none
+    block_size: int
+    bytes_per_token: int
+    sliding_window: int | None
+
+
+def plan_decode(
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int,
+    sliding_window: int | None, bytes_per_token: int,
+) -> DecodePlan:
+    """Bucket a decode batch by length and precompute each bucket's block list and mask.
+    With a sliding window, blocks wholly before the window are left out."""
+    device = block_tables.device
+    lens = seq_lens.tolist()
+    # the first key each query sees, rounded down to its block: blocks before are skipped
+    first = [0 if sliding_window is None else max(0, n - sliding_window) // block_size * block_size
+             for n in lens]
+    spans = [n - f if n > 0 else 0 for n, f in zip(lens, first, strict=True)]
+    buckets = []
+    for bucket in plan_decode_buckets(spans, bytes_per_token):
+        rows = torch.tensor(bucket, dtype=torch.int64, device=device)
+        num_blocks = math.ceil(max(spans[i] for i in bucket) / block_size)
+        start = torch.tensor([first[i] // block_size for i in bucket], device=device)
+        cols = start[:, None] + torch.arange(num_blocks, device=device)[None, :]
+        cols = cols.clamp_(max=block_tables.shape[1] - 1)  # past a row's blocks: masked below
+        blocks = block_tables.index_select(0, rows).gather(1, cols).reshape(-1)
+        pos = (start * block_size)[:, None] + torch.arange(num_blocks * block_size, device=device)
+        n_keys = torch.tensor([lens[i] for i in bucket], device=device)[:, None]
+        mask = pos < n_keys
+        if sliding_window is not None:
+            mask &= pos >= n_keys - sliding_window
+        buckets.append(DecodeBucket(rows, blocks.to(torch.int64), mask[:, None, None, :], num_blocks))
+    pad = [i for i, n in enumerate(lens) if n <= 0]
+    return DecodePlan(
+        tuple(buckets), torch.tensor(pad, device=device) if pad else None, block_size,
+        bytes_per_token, sliding_window,
+    )
+
+
+def decode_bytes_per_token(kv_cache: torch.Tensor) -> int:
+    """Bytes of one token's K in ``kv_cache`` ([2, blocks, block_size, KVH, D])."""
+    return kv_cache.shape[3] * kv_cache.shape[4] * kv_cache.element_size()
+
+
+def paged_decode_attention_cpu(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+    plan: DecodePlan | None = None,
+) -> torch.Tensor:
+    """Decode attention, bucketed by length (``num_splits`` is a GPU knob and is ignored).
+    ``plan``: this batch's ``plan_decode`` result, shared by the layers of a step."""
+    num_seqs, num_heads, head_dim = query.shape
+    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    group = num_heads // num_kv_heads
+    out = torch.empty_like(query) if out is None else out
+    bytes_per_token = decode_bytes_per_token(kv_cache)
+    if plan is None:
+        plan = plan_decode(block_tables, seq_lens, block_size, sliding_window, bytes_per_token)
+    elif (plan.block_size, plan.sliding_window) != (block_size, sliding_window):
+        raise ValueError("this decode plan was built for another block size or sliding window")
+    for b in plan.buckets:
+        n, kv_len = b.rows.shape[0], b.num_blocks * block_size
+
+        def gather(cache: torch.Tensor, n: int = n, kv_len: int = kv_len,
+                   blocks: torch.Tensor = b.blocks) -> torch.Tensor:  # fmt: skip
+            x = cache.index_select(0, blocks).view(n, kv_len, num_kv_heads, head_dim)
+            return x.to(query.dtype).transpose(1, 2)  # [n, KVH, kv_len, D]
+
+        q = query.index_select(0, b.rows).view(n, num_kv_heads, group, head_dim)
+        o = F.scaled_dot_product_attention(
+            q, gather(kv_cache[0]), gather(kv_cache[1]), attn_mask=b.mask, scale=scale
+        )
+        out.index_copy_(0, b.rows, o.reshape(n, num_heads, head_dim).to(out.dtype))
+    if plan.padding_rows is not None:  # padding rows (seq_len 0) give zeros
+        out.index_fill_(0, plan.padding_rows, 0.0)
+    return out
+
+
+def _attend(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """One sequence's new tokens (the last q_len of kv_len positions): query [q_len, H, D],
+    key/value [kv_len, KVH, D] -> [q_len, H, D]. Query heads are grouped per KV head as
+    rows, so K/V are never repeated for GQA."""
+    q_len, num_heads, head_dim = query.shape
+    kv_len, num_kv_heads = key.shape[0], key.shape[1]
+    group = num_heads // num_kv_heads
+    k = key.to(query.dtype).transpose(0, 1)  # [KVH, kv_len, D]
+    v = value.to(query.dtype).transpose(0, 1)
+    if sliding_window is None and q_len == kv_len:  # no context: plain causal
+        o = F.scaled_dot_product_attention(
+            query.transpose(0, 1), k, v, is_causal=True, scale=scale, enable_gqa=group > 1
+        )
+        return o.transpose(0, 1)
+    # [KVH, q_len * group, D]: row r is token r // group, head r % group of the KV head
+    q = query.view(q_len, num_kv_heads, group, head_dim).permute(1, 0, 2, 3)
+    q = q.reshape(num_kv_heads, q_len * group, head_dim)
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
+    q_pos = q_pos.repeat_interleave(group)[:, None]
+    k_pos = torch.arange(kv_len, device=query.device)[None, :]
+    mask = k_pos <= q_pos
+    if sliding_window is not None:
+        mask &= q_pos - k_pos < sliding_window
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    o = o.view(num_kv_heads, q_len, group, head_dim).permute(1, 0, 2, 3)
+    return o.reshape(q_len, num_heads, head_dim)
+
+
+def prefill_attention_cpu(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    max_query_len: int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Prefill / extend attention over the paged cache, one sequence at a time; with a
+    sliding window only the blocks the chunk can see are gathered."""
+    out = torch.empty_like(query) if out is None else out
+    starts = query_start_loc.tolist()
+    block_size = kv_cache.shape[2]
+    for i, total in enumerate(seq_lens.tolist()):
+        s, e = starts[i], starts[i + 1]
+        if e == s:
+            continue
+        skip = 0  # whole blocks before the first key the chunk's first token sees
+        if sliding_window is not None:
+            skip = max(0, total - (e - s) - sliding_window + 1) // block_size
+        table = block_tables[i, skip:]
+        keys, values = gather_seq_kv(kv_cache, table, total - skip * block_size)
+        out[s:e] = _attend(query[s:e], keys, values, scale, sliding_window)
+    return out
+
+
+def varlen_attention_cpu(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    max_query_len: int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention of each sequence over its own tokens (no KV cache)."""
+    out = torch.empty_like(query) if out is None else out
+    starts = query_start_loc.tolist()
+    for s, e in zip(starts[:-1], starts[1:], strict=True):
+        if e > s:
+            out[s:e] = _attend(query[s:e], key[s:e], value[s:e], scale, sliding_window)
+    return out

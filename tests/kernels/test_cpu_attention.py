@@ -1,0 +1,153 @@
+"""The CPU attention kernels (kernels/cpu_attention.py) against the references: decode
+bucketed by length (many buckets, padding rows, sliding windows, GQA/MQA/MHA, a KV cache in
+another dtype), prefill/extend over cached context, varlen without a cache, and the CPU
+backend's attention layer against the reference layer on a mixed step."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from membound.kernels import cpu_attention
+from membound.kernels.cpu_attention import (
+    decode_bytes_per_token,
+    paged_decode_attention_cpu,
+    plan_decode,
+    plan_decode_buckets,
+    prefill_attention_cpu,
+    varlen_attention_cpu,
+)
+from membound.kernels.paged_attention import paged_decode_attention_ref
+from membound.kernels.prefill_attention import prefill_attention_ref, varlen_attention_ref
+from membound.layers.attention.backend import KernelBackend
+from membound.layers.attention.layer import Attention
+from membound.layers.attention.metadata import build_attention_metadata
+
+CPU = torch.device("cpu")
+HEADS = [(4, 4, 32), (8, 2, 16), (6, 1, 24)]  # (num_heads, num_kv_heads, head_dim)
+
+
+def paged_inputs(seq_lens: list[int], h: int, kvh: int, d: int, bs: int, seed: int,
+                 cache_dtype: torch.dtype = torch.float32) -> dict:  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    width = max(1, max(-(-n // bs) for n in seq_lens))
+    num_blocks = len(seq_lens) * width + 3
+    tables = torch.randperm(num_blocks, generator=gen)[: len(seq_lens) * width]
+    return {
+        "kv_cache": torch.randn(2, num_blocks, bs, kvh, d, generator=gen).to(cache_dtype),
+        "block_tables": tables.view(len(seq_lens), width),
+        "seq_lens": torch.tensor(seq_lens, dtype=torch.int32),
+        "scale": d**-0.5,
+    }
+
+
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("window", [None, 5, 40])
+@pytest.mark.parametrize("bs", [4, 16])
+def test_decode_matches_reference(heads: tuple[int, int, int], window: int | None,
+                                  bs: int) -> None:  # fmt: skip
+    h, kvh, d = heads
+    rng = random.Random(bs * 7 + (window or 0))
+    lens = [rng.randint(1, 90) for _ in range(23)] + [0, 3, 3, 3, 64]  # 0 = a padding row
+    rng.shuffle(lens)
+    inputs = paged_inputs(lens, h, kvh, d, bs, seed=len(lens) + bs)
+    query = torch.randn(len(lens), h, d, generator=torch.Generator().manual_seed(9))
+    expected = paged_decode_attention_ref(query, sliding_window=window, **inputs)
+    out = torch.full_like(query, float("nan"))
+    got = paged_decode_attention_cpu(query, sliding_window=window, out=out, **inputs)
+    assert got is out
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+    assert (got[torch.tensor(lens) == 0] == 0).all()
+    # the per-step plan, built once and handed to every layer, gives the same result
+    plan = plan_decode(inputs["block_tables"], inputs["seq_lens"], bs, window,
+                       decode_bytes_per_token(inputs["kv_cache"]))  # fmt: skip
+    again = paged_decode_attention_cpu(query, sliding_window=window, plan=plan, **inputs)
+    torch.testing.assert_close(again, expected, atol=2e-5, rtol=2e-5)
+    with pytest.raises(ValueError, match="another block size or sliding window"):
+        paged_decode_attention_cpu(query, sliding_window=7, plan=plan, **inputs)
+
+
+def test_decode_with_one_sequence_per_bucket_and_a_half_precision_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tiny buckets (each sequence alone) and an fp16 cache read by an fp32 query."""
+    monkeypatch.setattr(cpu_attention, "MAX_BUCKET_BYTES", 1)
+    lens = [9, 1, 33, 17, 16, 2]
+    inputs = paged_inputs(lens, 8, 2, 16, 4, seed=3, cache_dtype=torch.float16)
+    query = torch.randn(len(lens), 8, 16, generator=torch.Generator().manual_seed(4))
+    expected = paged_decode_attention_ref(query, **inputs)
+    got = paged_decode_attention_cpu(query, **inputs)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+
+
+def test_bucket_plan_bounds_padding_and_size() -> None:
+    rng = random.Random(0)
+    spans = [rng.randint(0, 800) for _ in range(200)]
+    buckets = plan_decode_buckets(spans, bytes_per_token=64, max_padding=0.25,
+                                  max_bytes=1 << 20)  # fmt: skip
+    flat = [i for b in buckets for i in b]
+    assert sorted(flat) == [i for i, n in enumerate(spans) if n > 0]  # each once, no padding rows
+    for b in buckets:
+        longest, total = max(spans[i] for i in b), sum(spans[i] for i in b)
+        if len(b) > 1:
+            assert len(b) * longest <= 1.25 * total
+            assert len(b) * longest * 64 <= 1 << 20
+    assert len(buckets) < len(flat) / 2  # similar lengths do share a gather
+    assert plan_decode_buckets([0, 0], 64) == []
+    assert plan_decode_buckets([5000], 1 << 20, max_bytes=1) == [[0]]  # always >= 1 sequence
+
+
+# (new tokens, cached context) per sequence: a fresh prompt, chunks after cached context,
+# a single-token chunk, an empty sequence
+SEQS = [(7, 0), (5, 13), (40, 30), (1, 6), (0, 4), (33, 0)]
+
+
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("window", [None, 9, 24])
+def test_prefill_matches_reference(heads: tuple[int, int, int], window: int | None) -> None:
+    h, kvh, d = heads
+    bs = 8
+    inputs = paged_inputs([n + c for n, c in SEQS], h, kvh, d, bs, seed=5)
+    q_lens = [n for n, _ in SEQS]
+    qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    query = torch.randn(sum(q_lens), h, d, generator=torch.Generator().manual_seed(6))
+    args = (inputs["kv_cache"], inputs["block_tables"], qsl, inputs["seq_lens"], inputs["scale"],
+            window)  # fmt: skip
+    expected = prefill_attention_ref(query, *args)
+    got = prefill_attention_cpu(query, *args, out=torch.full_like(query, float("nan")))
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("window", [None, 6])
+def test_varlen_matches_reference(heads: tuple[int, int, int], window: int | None) -> None:
+    h, kvh, d = heads
+    gen = torch.Generator().manual_seed(7)
+    q_lens = [5, 0, 19, 1, 12]
+    t = sum(q_lens)
+    q, k, v = (torch.randn(t, n, d, generator=gen) for n in (h, kvh, kvh))
+    qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    expected = varlen_attention_ref(q, k, v, qsl, d**-0.5, window)
+    got = varlen_attention_cpu(q, k, v, qsl, d**-0.5, window)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("with_cache", [True, False])
+def test_cpu_layer_matches_reference_layer_on_a_mixed_step(with_cache: bool) -> None:
+    gen = torch.Generator().manual_seed(0)
+    h, kvh, d, bs = 4, 2, 32, 4
+    query_lens, seq_lens = [3, 1, 2, 1, 5, 1], [7, 9, 2, 5, 5, 1]
+    tables = [[0, 1], [2, 3, 4], [5], [6, 7], [8, 9], [10]]
+    md = build_attention_metadata(query_lens, seq_lens, tables if with_cache else None, bs, CPU,
+                                  sliding_window=6)  # fmt: skip
+    t = sum(query_lens)
+    q, k, v = (torch.randn(t, n, d, generator=gen) for n in (h, kvh, kvh))
+    outs = []
+    for backend in (KernelBackend.TORCH, KernelBackend.CPU):
+        layer = Attention(h, kvh, d, d**-0.5)
+        layer.set_kernel_backend(backend)
+        cache = torch.randn(2, 11, bs, kvh, d, generator=torch.Generator().manual_seed(1))
+        outs.append(layer(q, k, v, cache if with_cache else None, md))  # [T, H * D]
+    torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=2e-5)

@@ -1,0 +1,68 @@
+"""The CPU backend's weight layout (kernels/cpu_linear.py): which weights go column-major,
+that the change keeps shapes, values, Parameter objects and outputs, and that a tied LM
+head stays row-major for the embedding's lookups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from membound.kernels.cpu_linear import prefers_column_major, to_column_major
+from membound.layers.attention.backend import KernelBackend, install_kernel_backend
+from membound.layers.linear import Linear
+from membound.layers.vocab_embedding import LMHead, VocabEmbedding
+
+
+def is_column_major(w: torch.Tensor) -> bool:
+    return w.stride() == (1, w.shape[0])
+
+
+def test_rule_picks_wide_float_weights_only() -> None:
+    assert prefers_column_major(torch.empty(5120, 768))  # gate_up
+    assert prefers_column_major(torch.empty(32000, 768))  # an LM head
+    assert not prefers_column_major(torch.empty(768, 768))  # o_proj
+    assert not prefers_column_major(torch.empty(768, 2560))  # down_proj
+    assert not prefers_column_major(torch.empty(5120, 768, dtype=torch.int32))  # packed ints
+    assert not prefers_column_major(torch.empty(4, 5120, 768))
+
+
+def test_to_column_major_keeps_shape_values_and_parameter() -> None:
+    w = torch.nn.Parameter(torch.randn(12, 4), requires_grad=False)
+    before = w.detach().clone()
+    assert to_column_major(w) and is_column_major(w)
+    assert w.shape == (12, 4) and torch.equal(w, before)
+    assert not to_column_major(w)  # already column-major: nothing to do
+
+
+def test_cpu_backend_relayouts_wide_linears_and_keeps_outputs() -> None:
+    wide, tall = Linear(16, 48), Linear(48, 16)
+    for layer in (wide, tall):
+        torch.nn.init.normal_(layer.weight)
+    x16, x48 = torch.randn(3, 16), torch.randn(3, 48)
+    expected = wide(x16), tall(x48)
+    install_kernel_backend(torch.nn.Sequential(wide, tall), KernelBackend.CPU)
+    assert is_column_major(wide.weight) and tall.weight.is_contiguous()
+    torch.testing.assert_close(wide(x16), expected[0])
+    torch.testing.assert_close(tall(x48), expected[1])
+
+
+def test_cpu_backend_leaves_a_tied_head_row_major() -> None:
+    table = VocabEmbedding(64, 8)
+    tied, untied = LMHead(64, 8, table), LMHead(64, 8, None)
+    for p in (table.weight, untied.weight):
+        torch.nn.init.normal_(p)
+    install_kernel_backend(torch.nn.ModuleList([table, tied, untied]), KernelBackend.CPU)
+    assert table.weight.is_contiguous() and tied.weight is table.weight
+    assert is_column_major(untied.weight)
+    h = torch.randn(2, 8)
+    torch.testing.assert_close(untied(h), h @ untied.weight.t())
+
+
+def test_engine_on_cpu_stores_wide_weights_column_major(tiny_llama: Path) -> None:
+    from membound import LLM
+
+    llm = LLM(str(tiny_llama), block_size=4)
+    weights = [m.weight for m in llm.llm_engine.runner.model.modules() if isinstance(m, Linear)]
+    assert any(is_column_major(w) for w in weights)  # gate_up at least
+    assert all(is_column_major(w) == prefers_column_major(w) for w in weights)
