@@ -22,7 +22,6 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from common import git_commit
 
 from membound.kernels.cpu_attention import (
     decode_bytes_per_token,
@@ -76,10 +76,10 @@ def bench_decode(args: argparse.Namespace) -> list[dict[str, Any]]:
         inputs = (q, cache, block_tables, seq_lens, d**-0.5)
         plan_args = (block_tables, seq_lens, bs, None, decode_bytes_per_token(cache))
         plan = plan_decode(*plan_args)
-        ref = median_ms(lambda: paged_decode_attention_ref(*inputs), args.reps)
+        ref = median_ms(lambda inputs=inputs: paged_decode_attention_ref(*inputs), args.reps)
         # as in the engine: the plan is built once per step and shared by every layer
-        cpu = median_ms(lambda: paged_decode_attention_cpu(*inputs, plan=plan), args.reps)
-        plan_ms = median_ms(lambda: plan_decode(*plan_args), args.reps)
+        cpu = median_ms(lambda i=inputs, p=plan: paged_decode_attention_cpu(*i, plan=p), args.reps)
+        plan_ms = median_ms(lambda a=plan_args: plan_decode(*a), args.reps)
         kv_bytes = 2 * sum(lens) * kvh * d * 4
         row = {"batch": batch, "mean_context": sum(lens) / batch, "ref_ms": ref, "cpu_ms": cpu,
                "plan_ms_once_per_step": plan_ms, "speedup": ref / cpu,
@@ -98,8 +98,11 @@ def bench_linear(args: argparse.Namespace) -> list[dict[str, Any]]:
         for tokens in args.tokens:
             x = torch.randn(tokens, in_f)
             reps = max(3, int(args.reps * 2e6 / (tokens * out_f * in_f)) + 3)
-            t_row = median_ms(lambda: [F.linear(x, w) for w in row_major], reps) / copies
-            t_col = median_ms(lambda: [F.linear(x, w) for w in col_major], reps) / copies
+            def run(ws: list[torch.Tensor], x: torch.Tensor = x) -> list[torch.Tensor]:
+                return [F.linear(x, w) for w in ws]
+
+            t_row = median_ms(lambda: run(row_major), reps) / copies  # noqa: B023 (called here)
+            t_col = median_ms(lambda: run(col_major), reps) / copies  # noqa: B023
             row = {"out": out_f, "in": in_f, "tokens": tokens, "row_major_ms": t_row,
                    "col_major_ms": t_col, "row_over_col": t_row / t_col,
                    "rule_picks_col_major": prefers_column_major(row_major[0])}  # fmt: skip
@@ -110,14 +113,6 @@ def bench_linear(args: argparse.Namespace) -> list[dict[str, Any]]:
             print("linear", json.dumps(row), flush=True)
             rows.append(row)
     return rows
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -145,7 +140,7 @@ def main() -> None:
             round(r["row_over_col"], 3) for r in one if not r["rule_picks_col_major"]
         ],
     }
-    report = {"benchmark": "cpu_kernels", "commit": _commit(), "machine": collect_info(),
+    report = {"benchmark": "cpu_kernels", "commit": git_commit(), "machine": collect_info(),
               "torch_threads": torch.get_num_threads(), "config": vars(args),
               "figures": figures, "decode_attention": decode, "linear_layout": linear}  # fmt: skip
     print(json.dumps(figures, indent=1))

@@ -71,6 +71,11 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+def git_commit() -> str | None:
+    """The checkout's HEAD commit, None outside git."""
+    return _git("rev-parse", "HEAD")
+
+
 def _driver() -> str | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -88,7 +93,7 @@ def environment() -> dict[str, Any]:
         triton_version: str | None = triton.__version__
     except ImportError:
         triton_version = None
-    commit = _git("rev-parse", "HEAD")
+    commit = git_commit()
     dirty = _git("status", "--porcelain")
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

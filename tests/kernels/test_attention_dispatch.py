@@ -57,22 +57,30 @@ def test_backend_selection() -> None:
     assert install_kernel_backend(model, KernelBackend.TORCH) == 2
 
 
+@pytest.mark.parametrize("window", [None, 6])
 @pytest.mark.parametrize("with_cache", [True, False])
-def test_triton_layer_matches_torch_layer_on_a_mixed_step(with_cache: bool) -> None:
-    pytest.importorskip("triton")
-    assert select_kernel_backend(CPU, "triton") is KernelBackend.TRITON
+@pytest.mark.parametrize("backend", [KernelBackend.CPU, KernelBackend.TRITON])
+def test_layer_matches_reference_layer_on_a_mixed_step(
+    backend: KernelBackend, with_cache: bool, window: int | None
+) -> None:
+    """A step mixing decodes and prefill chunks (one with cached context): the backend's
+    layer against the reference layer."""
+    if backend is KernelBackend.TRITON:
+        pytest.importorskip("triton")
+    assert select_kernel_backend(CPU, backend.value) is backend
     gen = torch.Generator().manual_seed(0)
     h, kvh, d, bs = 4, 2, 32, 4
-    query_lens, seq_lens = [3, 1, 2, 1, 5], [7, 9, 2, 5, 5]
-    tables = [[0, 1], [2, 3, 4], [5], [6, 7], [8, 9]]
-    md = build_attention_metadata(query_lens, seq_lens, tables if with_cache else None, bs, CPU)
+    query_lens, seq_lens = [3, 1, 2, 1, 5, 1], [7, 9, 2, 5, 5, 1]
+    tables = [[0, 1], [2, 3, 4], [5], [6, 7], [8, 9], [10]]
+    md = build_attention_metadata(query_lens, seq_lens, tables if with_cache else None, bs, CPU,
+                                  sliding_window=window)  # fmt: skip
     t = sum(query_lens)
     q, k, v = (torch.randn(t, n, d, generator=gen) for n in (h, kvh, kvh))
     outs = []
-    for backend in (KernelBackend.TORCH, KernelBackend.TRITON):
+    for b in (KernelBackend.TORCH, backend):
         layer = Attention(h, kvh, d, d**-0.5)
-        layer.set_kernel_backend(backend)
-        cache = torch.randn(2, 10, bs, kvh, d, generator=torch.Generator().manual_seed(1))
+        layer.set_kernel_backend(b)
+        cache = torch.randn(2, 11, bs, kvh, d, generator=torch.Generator().manual_seed(1))
         outs.append(layer(q, k, v, cache if with_cache else None, md))  # [T, H * D]
     torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=2e-5)
 

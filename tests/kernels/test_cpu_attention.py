@@ -1,7 +1,7 @@
 """The CPU attention kernels (kernels/cpu_attention.py) against the references: decode
 bucketed by length (many buckets, padding rows, sliding windows, GQA/MQA/MHA, a KV cache in
-another dtype), prefill/extend over cached context, varlen without a cache, and the CPU
-backend's attention layer against the reference layer on a mixed step."""
+another dtype), prefill/extend over cached context, varlen without a cache. The CPU
+backend's attention layer on a mixed step: tests/kernels/test_attention_dispatch.py."""
 
 from __future__ import annotations
 
@@ -21,11 +21,7 @@ from membound.kernels.cpu_attention import (
 )
 from membound.kernels.paged_attention import paged_decode_attention_ref
 from membound.kernels.prefill_attention import prefill_attention_ref, varlen_attention_ref
-from membound.layers.attention.backend import KernelBackend
-from membound.layers.attention.layer import Attention
-from membound.layers.attention.metadata import build_attention_metadata
 
-CPU = torch.device("cpu")
 HEADS = [(4, 4, 32), (8, 2, 16), (6, 1, 24)]  # (num_heads, num_kv_heads, head_dim)
 
 
@@ -132,22 +128,3 @@ def test_varlen_matches_reference(heads: tuple[int, int, int], window: int | Non
     expected = varlen_attention_ref(q, k, v, qsl, d**-0.5, window)
     got = varlen_attention_cpu(q, k, v, qsl, d**-0.5, window)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
-
-
-@pytest.mark.parametrize("with_cache", [True, False])
-def test_cpu_layer_matches_reference_layer_on_a_mixed_step(with_cache: bool) -> None:
-    gen = torch.Generator().manual_seed(0)
-    h, kvh, d, bs = 4, 2, 32, 4
-    query_lens, seq_lens = [3, 1, 2, 1, 5, 1], [7, 9, 2, 5, 5, 1]
-    tables = [[0, 1], [2, 3, 4], [5], [6, 7], [8, 9], [10]]
-    md = build_attention_metadata(query_lens, seq_lens, tables if with_cache else None, bs, CPU,
-                                  sliding_window=6)  # fmt: skip
-    t = sum(query_lens)
-    q, k, v = (torch.randn(t, n, d, generator=gen) for n in (h, kvh, kvh))
-    outs = []
-    for backend in (KernelBackend.TORCH, KernelBackend.CPU):
-        layer = Attention(h, kvh, d, d**-0.5)
-        layer.set_kernel_backend(backend)
-        cache = torch.randn(2, 11, bs, kvh, d, generator=torch.Generator().manual_seed(1))
-        outs.append(layer(q, k, v, cache if with_cache else None, md))  # [T, H * D]
-    torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=2e-5)
