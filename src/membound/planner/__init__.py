@@ -13,6 +13,8 @@ Pure Python, no torch. Depends on ``membound.config`` only. Module map:
     plan.py         every GPU option side by side, the recommendation, the JSON document
     calibrate.py    efficiency factors from membound benchmark JSON
     audit.py        claimed figures against the physical bounds
+    plan_options.py the options of a plan request (flags, hardware table, PlanRequest),
+                    shared by cli.py and the web console
     report.py, plot.py, cli.py   output and ``membound plan``
 
 See docs/planner.md.

@@ -3,92 +3,27 @@
 The engine's CLI registers this with ``add_parser(subparsers)``; for a standalone run:
 ``python -m membound.planner.cli plan --model llama-3-8b --gpu h100,h200``.
 Bad input is an error naming the problem and the valid choices, exit code 2.
+The plan options themselves (flags, hardware table, request) live in plan_options.py,
+which the web console shares.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import re
 import sys
 from collections.abc import Callable, Sequence
 
 from membound.config import ConfigError
 from membound.planner.calibrate import Calibration
 from membound.planner.errors import PlannerError
-from membound.planner.hardware import HardwareTable, load_hardware
-from membound.planner.precision import KV_DTYPES, WEIGHT_PRECISIONS, normalize_kv_dtype
-from membound.planner.roofline import Efficiency
-
-PROG = "membound plan"
-
-
-def _kv_dtype(text: str) -> str:
-    try:
-        return normalize_kv_dtype(text)
-    except PlannerError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-
-
-def _seconds(text: str) -> float:
-    """``0.2``, ``0.2s`` or ``200ms`` -> seconds."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s)?\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 0.2, 0.2s or 200ms")
-    value = float(match.group(1))
-    return value / 1e3 if match.group(2) == "ms" else value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
-def _add_plan_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="NAME|PATH", help="preset name or config.json / folder")
-    p.add_argument("--gpu", metavar="NAME[,NAME...]", help="GPUs to compare (default: all)")
-    p.add_argument(
-        "--precision",
-        choices=WEIGHT_PRECISIONS,
-        help="weight precision (default: the checkpoint's quantization, else bf16)",
-    )
-    p.add_argument(
-        "--kv-dtype",
-        type=_kv_dtype,
-        default="bf16",
-        metavar="|".join(KV_DTYPES),
-        help="KV-cache dtype (default: bf16)",
-    )
-    p.add_argument(
-        "--tp", type=_positive_int, help="tensor-parallel degree (default: smallest that fits)"
-    )
-    p.add_argument("--input-len", type=_positive_int, default=1024, help="prompt tokens (1024)")
-    p.add_argument("--output-len", type=_positive_int, default=256, help="generated tokens (256)")
-    p.add_argument("--concurrency", type=_positive_int, default=1, help="requests in flight (1)")
-    p.add_argument("--target-ttft", type=_seconds, metavar="SECONDS", help="e.g. 0.5 or 500ms")
-    p.add_argument("--target-tpot", type=_seconds, metavar="SECONDS", help="e.g. 0.05 or 50ms")
-    p.add_argument(
-        "--price-per-gpu-hour",
-        metavar="USD|NAME=USD,...",
-        help="override prices: one figure for all GPUs, or per GPU",
-    )
-    p.add_argument("--hardware-file", metavar="FILE", help="TOML or JSON adding/overriding GPUs")
-    p.add_argument("--calibration", metavar="FILE", help="output of 'membound plan calibrate'")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, metavar="FRACTION")
-    p.add_argument(
-        "--power-fraction",
-        type=float,
-        metavar="FRACTION",
-        help="average power as a share of TDP for the energy estimate (default 1.0)",
-    )
-    p.add_argument("--list", action="store_true", help="list known GPUs and model presets")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--plot", metavar="FILE.png", help="draw the roofline with each option on it")
+from membound.planner.hardware import HardwareTable
+from membound.planner.plan_options import (
+    PROG,
+    add_plan_options,
+    hardware_table,
+    plan_request,
+    with_power_fraction,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -99,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Plan a deployment from a roofline model: memory fit, TTFT, TPOT, "
         "tokens/s, $/M tokens and J/token per GPU option. See docs/planner.md.",
     )
-    _add_plan_options(plan)
+    add_plan_options(plan)
     plan.set_defaults(func=run_plan_command)
     modes = plan.add_subparsers(dest="plan_mode", metavar="{calibrate,audit}")
     cal = modes.add_parser("calibrate", help="fit efficiency factors to benchmark JSON")
@@ -132,24 +67,6 @@ def _guarded(body: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     return run
 
 
-def _hardware(args: argparse.Namespace) -> HardwareTable:
-    table = load_hardware(getattr(args, "hardware_file", None))
-    text = getattr(args, "price_per_gpu_hour", None)
-    if not text:
-        return table
-    prices: dict[str, float] = {}
-    for part in text.split(","):
-        name, _, value = part.rpartition("=")
-        try:
-            price = float(value)
-        except ValueError:
-            price = -1.0
-        if price < 0:
-            raise PlannerError(f"--price-per-gpu-hour {text!r}: {value!r} is not a price")
-        prices[table.get(name).name if name else "*"] = price
-    return table.with_prices(prices)
-
-
 def _listing(table: HardwareTable) -> str:
     from membound.planner.presets import PRESET_NAMES
 
@@ -167,12 +84,11 @@ def _listing(table: HardwareTable) -> str:
 @_guarded
 def run_plan_command(args: argparse.Namespace) -> int:
     """``membound plan --model ... --gpu ...``."""
-    from membound.planner.plan import PlanRequest, run_plan
+    from membound.planner.plan import run_plan
     from membound.planner.presets import load_model
     from membound.planner.report import plan_json, render_plan_text
-    from membound.planner.workload import EngineLimits, Workload
 
-    table = _hardware(args)
+    table = hardware_table(args)
     if args.list:
         print(_listing(table))
         return 0
@@ -181,20 +97,8 @@ def run_plan_command(args: argparse.Namespace) -> int:
     shape = load_model(args.model)
     calibration = Calibration.load(args.calibration) if args.calibration else Calibration()
     if args.power_fraction is not None:
-        calibration = _with_power(calibration, args.power_fraction)
-    request = PlanRequest(
-        shape=shape,
-        gpus=table.select(args.gpu),
-        precision=args.precision or shape.checkpoint_precision or "bf16",
-        kv_dtype=args.kv_dtype,
-        workload=Workload(
-            args.input_len, args.output_len, args.concurrency, args.target_ttft, args.target_tpot
-        ),  # fmt: skip
-        tp=args.tp,
-        limits=EngineLimits(gpu_memory_utilization=args.gpu_memory_utilization),
-        calibration=calibration,
-    )
-    result = run_plan(request)
+        calibration = with_power_fraction(calibration, args.power_fraction)
+    result = run_plan(plan_request(args, shape, table, calibration))
     print(plan_json(result) if args.json else render_plan_text(result))
     if args.plot:
         from membound.planner.plot import plot_roofline
@@ -202,17 +106,6 @@ def run_plan_command(args: argparse.Namespace) -> int:
         plot_roofline(result, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
-
-
-def _with_power(calibration: Calibration, fraction: float) -> Calibration:
-    if not 0 < fraction <= 1:
-        raise PlannerError(f"--power-fraction must be in (0, 1], got {fraction}")
-
-    def change(eff: Efficiency) -> Efficiency:
-        return dataclasses.replace(eff, power_fraction=fraction, power_measured=False)
-
-    per_gpu = tuple((name, change(eff)) for name, eff in calibration.per_gpu)
-    return Calibration(change(calibration.default), per_gpu)
 
 
 @_guarded
@@ -224,7 +117,7 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
     from membound.planner.report import render_calibration_text, render_json
 
     records = [read_benchmark(path) for path in args.files]
-    calibration, fits = calibrate(records, _hardware(args))
+    calibration, fits = calibrate(records, hardware_table(args))
     if getattr(args, "json", False):
         print(render_json(calibration.to_dict()))
     else:
@@ -245,7 +138,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
     from membound.planner.audit import audit, read_claims
     from membound.planner.report import audit_to_dict, render_audit_text, render_json
 
-    verdicts = audit(read_claims(args.claims), _hardware(args))
+    verdicts = audit(read_claims(args.claims), hardware_table(args))
     if getattr(args, "json", False):
         print(render_json(audit_to_dict(verdicts)))
     else:

@@ -2,8 +2,9 @@
 
 The JSON body holds the CLI's options under their long names with ``_`` for ``-``
 (``{"model": "llama-3-8b", "gpu": "h100,h200", "kv_dtype": "fp8", "target_tpot": "50ms"}``).
-They become an argv that the planner CLI's own option parser reads, so defaults, types and
-error messages are the CLI's; the plan is then built as ``run_plan_command`` builds it.
+They become an argv that the planner's own option parser (``plan_options.add_plan_options``)
+reads, so defaults, types and error messages are the CLI's; the plan is then built with
+``plan_options.plan_request``, as ``membound plan`` builds it.
 
 Nothing here reads the server's files: ``model`` must be a preset (a path is refused), or
 ``config`` carries a Hugging Face ``config.json`` object inline; ``--hardware-file``,
@@ -18,16 +19,21 @@ import shlex
 from typing import Any, NoReturn
 
 from membound.config import ConfigError
-from membound.planner import cli as planner_cli
 from membound.planner.calibrate import Calibration
 from membound.planner.errors import PlannerError
 from membound.planner.hardware import load_hardware
 from membound.planner.model_shape import ModelShape
-from membound.planner.plan import PlanRequest, PlanResult, plan_to_dict, run_plan
+from membound.planner.plan import PlanResult, plan_to_dict, run_plan
+from membound.planner.plan_options import (
+    PROG,
+    add_plan_options,
+    hardware_table,
+    plan_request,
+    with_power_fraction,
+)
 from membound.planner.precision import KV_DTYPES, WEIGHT_PRECISIONS
 from membound.planner.presets import PRESET_NAMES, preset_shape
 from membound.planner.roofline import linear_peak_tflops
-from membound.planner.workload import EngineLimits, Workload
 
 # JSON field -> `membound plan` flag
 FLAGS: dict[str, str] = {
@@ -55,8 +61,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    parser = _Parser(prog=planner_cli.PROG, add_help=False)
-    planner_cli._add_plan_options(parser)
+    parser = _Parser(prog=PROG, add_help=False)
+    add_plan_options(parser)
     return parser
 
 
@@ -114,22 +120,11 @@ def run_web_plan(body: dict[str, Any]) -> dict[str, Any]:
     argv = plan_argv(body)
     args = _parser().parse_args(argv)
     shape = _shape(body, args)
-    table = planner_cli._hardware(args)
+    table = hardware_table(args)
     calibration = Calibration()
     if args.power_fraction is not None:
-        calibration = planner_cli._with_power(calibration, args.power_fraction)
-    request = PlanRequest(
-        shape=shape,
-        gpus=table.select(args.gpu),
-        precision=args.precision or shape.checkpoint_precision or "bf16",
-        kv_dtype=args.kv_dtype,
-        workload=Workload(args.input_len, args.output_len, args.concurrency, args.target_ttft,
-                          args.target_tpot),
-        tp=args.tp,
-        limits=EngineLimits(gpu_memory_utilization=args.gpu_memory_utilization),
-        calibration=calibration,
-    )
-    result = run_plan(request)
+        calibration = with_power_fraction(calibration, args.power_fraction)
+    result = run_plan(plan_request(args, shape, table, calibration))
     command = "membound plan " + " ".join(shlex.quote(a) for a in argv) + " --json"
     if isinstance(body.get("config"), dict):
         command += "  # with --model CONFIG.json holding the config sent"
