@@ -132,7 +132,7 @@ def main() -> None:
     one = [r for r in linear if r["tokens"] == 1]
     chosen = [r for r in one if r["rule_picks_col_major"]]
     figures = {
-        "decode_speedup_batch_max": decode[-1]["speedup"],
+        "decode_speedup_batch_max": max(decode, key=lambda r: r["batch"])["speedup"],
         "linear_1_token_speedup_where_rule_picks_col_major": (
             statistics.geometric_mean([r["row_over_col"] for r in chosen]) if chosen else None
         ),

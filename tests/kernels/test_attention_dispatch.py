@@ -57,14 +57,15 @@ def test_backend_selection() -> None:
     assert install_kernel_backend(model, KernelBackend.TORCH) == 2
 
 
-@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("window", [None, 3, 6])
 @pytest.mark.parametrize("with_cache", [True, False])
 @pytest.mark.parametrize("backend", [KernelBackend.CPU, KernelBackend.TRITON])
 def test_layer_matches_reference_layer_on_a_mixed_step(
     backend: KernelBackend, with_cache: bool, window: int | None
 ) -> None:
-    """A step mixing decodes and prefill chunks (one with cached context): the backend's
-    layer against the reference layer."""
+    """A step mixing decodes and prefill chunks (one with cached context), run through two
+    layers sharing the step's metadata (the second reuses any per-step plan): the backend's
+    layers against the reference layer. Window 3 skips whole blocks in decode and prefill."""
     if backend is KernelBackend.TRITON:
         pytest.importorskip("triton")
     assert select_kernel_backend(CPU, backend.value) is backend
@@ -78,11 +79,15 @@ def test_layer_matches_reference_layer_on_a_mixed_step(
     q, k, v = (torch.randn(t, n, d, generator=gen) for n in (h, kvh, kvh))
     outs = []
     for b in (KernelBackend.TORCH, backend):
-        layer = Attention(h, kvh, d, d**-0.5)
-        layer.set_kernel_backend(b)
-        cache = torch.randn(2, 11, bs, kvh, d, generator=torch.Generator().manual_seed(1))
-        outs.append(layer(q, k, v, cache if with_cache else None, md))  # [T, H * D]
-    torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=2e-5)
+        for seed in (1, 2):  # two layers, each with its own cache, one metadata
+            layer = Attention(h, kvh, d, d**-0.5)
+            layer.set_kernel_backend(b)
+            cache = torch.randn(2, 11, bs, kvh, d, generator=torch.Generator().manual_seed(seed))
+            outs.append(layer(q, k, v, cache if with_cache else None, md))  # [T, H * D]
+    torch.testing.assert_close(outs[2], outs[0], atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(outs[3], outs[1], atol=2e-5, rtol=2e-5)
+    if with_cache and backend is KernelBackend.CPU:
+        assert md.decode is not None and md.decode.plan is not None
 
 
 def test_kernels_import_and_refs_run_without_triton() -> None:

@@ -69,9 +69,13 @@ def test_decode_with_one_sequence_per_bucket_and_a_half_precision_cache(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Tiny buckets (each sequence alone) and an fp16 cache read by an fp32 query."""
-    monkeypatch.setattr(cpu_attention, "MAX_BUCKET_BYTES", 1)
     lens = [9, 1, 33, 17, 16, 2]
     inputs = paged_inputs(lens, 8, 2, 16, 4, seed=3, cache_dtype=torch.float16)
+    plan_args = (inputs["block_tables"], inputs["seq_lens"], 4, None, 64)
+    assert len(plan_decode(*plan_args).buckets) < len(lens)  # 16 and 17 share one by default
+    monkeypatch.setattr(cpu_attention, "MAX_BUCKET_BYTES", 1)
+    plan = plan_decode(*plan_args)
+    assert sorted(b.rows.tolist() for b in plan.buckets) == [[i] for i in range(len(lens))]
     query = torch.randn(len(lens), 8, 16, generator=torch.Generator().manual_seed(4))
     expected = paged_decode_attention_ref(query, **inputs)
     got = paged_decode_attention_cpu(query, **inputs)

@@ -24,6 +24,9 @@ def test_rule_picks_wide_float_weights_only() -> None:
     assert not prefers_column_major(torch.empty(768, 768))  # o_proj
     assert not prefers_column_major(torch.empty(768, 2560))  # down_proj
     assert not prefers_column_major(torch.empty(5120, 768, dtype=torch.int32))  # packed ints
+    # fp16/bf16 CPU GEMMs are far slower on a column-major weight: left alone
+    assert not prefers_column_major(torch.empty(5120, 768, dtype=torch.float16))
+    assert not prefers_column_major(torch.empty(5120, 768, dtype=torch.bfloat16))
     assert not prefers_column_major(torch.empty(4, 5120, 768))
 
 

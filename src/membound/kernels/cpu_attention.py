@@ -33,12 +33,15 @@ MAX_BUCKET_BYTES = 4 << 20  # gathered K bytes of one decode bucket (V the same 
 
 
 def plan_decode_buckets(
-    spans: list[int], bytes_per_token: int, max_padding: float = MAX_PADDING,
-    max_bytes: int = MAX_BUCKET_BYTES,
+    spans: list[int], bytes_per_token: int, max_padding: float | None = None,
+    max_bytes: int | None = None,
 ) -> list[list[int]]:
     """Group sequences (by index) so that each group's padding to its longest span stays
     under ``max_padding`` and its gathered bytes under ``max_bytes`` (a group always holds
-    at least one sequence). Spans of 0 (padding rows) are left out."""
+    at least one sequence; None: the module's MAX_PADDING / MAX_BUCKET_BYTES). Spans of 0
+    (padding rows) are left out."""
+    max_padding = MAX_PADDING if max_padding is None else max_padding
+    max_bytes = MAX_BUCKET_BYTES if max_bytes is None else max_bytes
     order = sorted((i for i, n in enumerate(spans) if n > 0), key=spans.__getitem__)
     buckets: list[list[int]] = []
     current: list[int] = []
@@ -162,30 +165,24 @@ def _attend(
     sliding_window: int | None,
 ) -> torch.Tensor:
     """One sequence's new tokens (the last q_len of kv_len positions): query [q_len, H, D],
-    key/value [kv_len, KVH, D] -> [q_len, H, D]. Query heads are grouped per KV head as
-    rows, so K/V are never repeated for GQA."""
+    key/value [kv_len, KVH, D] -> [q_len, H, D]. GQA through SDPA's enable_gqa (K/V are not
+    repeated here); the mask is [q_len, kv_len], shared by the heads."""
     q_len, num_heads, head_dim = query.shape
     kv_len, num_kv_heads = key.shape[0], key.shape[1]
-    group = num_heads // num_kv_heads
+    gqa = num_heads != num_kv_heads
+    q = query.transpose(0, 1)  # [H, q_len, D]
     k = key.to(query.dtype).transpose(0, 1)  # [KVH, kv_len, D]
     v = value.to(query.dtype).transpose(0, 1)
     if sliding_window is None and q_len == kv_len:  # no context: plain causal
-        o = F.scaled_dot_product_attention(
-            query.transpose(0, 1), k, v, is_causal=True, scale=scale, enable_gqa=group > 1
-        )
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
         return o.transpose(0, 1)
-    # [KVH, q_len * group, D]: row r is token r // group, head r % group of the KV head
-    q = query.view(q_len, num_kv_heads, group, head_dim).permute(1, 0, 2, 3)
-    q = q.reshape(num_kv_heads, q_len * group, head_dim)
-    q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
-    q_pos = q_pos.repeat_interleave(group)[:, None]
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)[:, None]
     k_pos = torch.arange(kv_len, device=query.device)[None, :]
-    mask = k_pos <= q_pos
+    mask = k_pos <= q_pos  # [q_len, kv_len], shared by every head
     if sliding_window is not None:
         mask &= q_pos - k_pos < sliding_window
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    o = o.view(num_kv_heads, q_len, group, head_dim).permute(1, 0, 2, 3)
-    return o.reshape(q_len, num_heads, head_dim)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return o.transpose(0, 1)
 
 
 def prefill_attention_cpu(

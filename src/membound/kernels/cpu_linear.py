@@ -1,18 +1,18 @@
-"""Weight layout for float GEMMs on CPU.
+"""Weight layout for fp32 GEMMs on CPU.
 
 ``F.linear(x, W)`` with ``W`` stored ``[out, in]`` row-major asks BLAS for ``x @ W^T``. For a
 single token (a batch-1 decode: a matrix-vector product bound by how fast the weight streams
-from memory) oneMKL reads a *wide* weight (out > in) much faster when it is stored
-column-major, i.e. as a contiguous ``[in, out]`` matrix seen through ``.t()``:
-
-    weight [out, in]   row-major:  x @ W^T   5120 x 768 fp32: 12 GB/s  (2 cores)
-    weight [out, in]   col-major:  x @ W     5120 x 768 fp32: 23 GB/s
+from memory) oneMKL reads a *wide* fp32 weight (out >= 1.5 x in) faster when it is stored
+column-major, i.e. as a contiguous ``[in, out]`` matrix seen through ``.t()``: 1.3x over the
+wide shapes measured, up to 1.7x (5120 x 768: 12.9 -> 17.3 GB/s on 2 cores), and within noise
+of row-major for batches of tokens. Square weights go either way (768 x 768 and 4096 x 4096
+were faster column-major, 2048 x 2048 row-major) and tall ones (down_proj) are not faster:
+they stay row-major. fp16 and bf16 are excluded: their CPU GEMMs are much slower on a
+column-major weight (fp16 10-100x). Measured by benchmarks/kernels/bench_cpu_kernels.py
+(benchmarks/results/cpu_kernels.json).
 
 The shape stays ``[out, in]`` (only the strides change), so every reader of the weight and
-``F.linear`` itself work unchanged. Square and tall weights (o_proj, down_proj) are left
-alone: there the row-major layout is as fast or faster. For batches of tokens the two
-layouts are within noise of each other. Measured by benchmarks/kernels/cpu_linear_layout.py
-(results in benchmarks/results/cpu_linear_layout.json).
+``F.linear`` itself work unchanged; outputs are equal up to rounding.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ WIDE_RATIO = 1.5  # out_features >= WIDE_RATIO * in_features: store column-major
 
 
 def prefers_column_major(weight: torch.Tensor) -> bool:
-    """A floating-point 2-D weight ``[out, in]`` wide enough to gain from column-major."""
-    if weight.dim() != 2 or not weight.is_floating_point() or weight.device.type != "cpu":
+    """An fp32 2-D CPU weight ``[out, in]`` wide enough to gain from column-major."""
+    if weight.dim() != 2 or weight.dtype != torch.float32 or weight.device.type != "cpu":
         return False
     out_features, in_features = weight.shape
     return out_features >= WIDE_RATIO * in_features

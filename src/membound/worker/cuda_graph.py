@@ -157,6 +157,9 @@ class CUDAGraphRunner:
         self.seq_lens[:n].copy_(d.seq_lens)
         self.seq_lens[n:size].zero_()
         self.seq_lens_per_token[:n].copy_(md.seq_lens_per_token)
+        static = self.metadata.get(size)
+        if static is not None and static.decode is not None:  # it outlives the step:
+            static.decode.plan = None  # no per-step plan may carry over to the next one
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor,
             md: AttentionMetadata) -> torch.Tensor:

@@ -99,7 +99,7 @@ class QuantizationMethod:
 
     def adapt_to_backend(self, layer: nn.Module, backend: str) -> None:
         """Called when the kernel backend is installed (after loading): lay the stored
-        weights out for that backend's kernels. Results must not change."""
+        weights out for that backend's kernels. Results may change only by rounding."""
         return None
 
     def apply(

@@ -40,7 +40,7 @@ class UnquantizedLinearMethod(QuantizationMethod):
         copy_slice(layer.weight, weight, 0, rows[0], rows[1], "weight")
 
     def adapt_to_backend(self, layer: nn.Module, backend: str) -> None:
-        """The CPU backend keeps wide weights column-major (faster GEMV; kernels/cpu_linear)."""
+        """The CPU backend keeps wide fp32 weights column-major (faster GEMV; kernels/cpu_linear)."""
         if backend == "cpu" and prefers_column_major(layer.weight):
             to_column_major(layer.weight)
 
