@@ -3,9 +3,9 @@
 ``F.linear(x, W)`` with ``W`` stored ``[out, in]`` row-major asks BLAS for ``x @ W^T``. For a
 single token (a batch-1 decode: a matrix-vector product bound by how fast the weight streams
 from memory) oneMKL reads a *wide* fp32 weight (out >= 1.5 x in) faster when it is stored
-column-major, i.e. as a contiguous ``[in, out]`` matrix seen through ``.t()``: 1.3x over the
-wide shapes measured, up to 1.7x (5120 x 768: 12.9 -> 17.3 GB/s on 2 cores), and within noise
-of row-major for batches of tokens. Square weights go either way (768 x 768 and 4096 x 4096
+column-major, i.e. as a contiguous ``[in, out]`` matrix seen through ``.t()``: 1.4x over the
+wide shapes measured (geometric mean), up to 1.9x (5120 x 768: 12.9 -> 23.0 GB/s on 2 cores;
+figures vary run to run), and within noise of row-major for batches of tokens. Square weights go either way (768 x 768 and 4096 x 4096
 were faster column-major, 2048 x 2048 row-major) and tall ones (down_proj) are not faster:
 they stay row-major. fp16 and bf16 are excluded: their CPU GEMMs are much slower on a
 column-major weight (fp16 10-100x). Measured by benchmarks/kernels/bench_cpu_kernels.py
