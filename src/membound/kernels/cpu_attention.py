@@ -78,7 +78,6 @@ class DecodePlan:
     buckets: tuple[DecodeBucket, ...]
     padding_rows: torch.Tensor | None  # rows with seq_len 0 (zeros out), None if there are none
     block_size: int
-    bytes_per_token: int
     sliding_window: int | None
 
 
@@ -111,7 +110,7 @@ def plan_decode(
     pad = [i for i, n in enumerate(lens) if n <= 0]
     return DecodePlan(
         tuple(buckets), torch.tensor(pad, device=device) if pad else None, block_size,
-        bytes_per_token, sliding_window,
+        sliding_window,
     )
 
 
@@ -137,9 +136,9 @@ def paged_decode_attention_cpu(
     block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
     group = num_heads // num_kv_heads
     out = torch.empty_like(query) if out is None else out
-    bytes_per_token = decode_bytes_per_token(kv_cache)
     if plan is None:
-        plan = plan_decode(block_tables, seq_lens, block_size, sliding_window, bytes_per_token)
+        plan = plan_decode(block_tables, seq_lens, block_size, sliding_window,
+                           decode_bytes_per_token(kv_cache))  # fmt: skip
     elif (plan.block_size, plan.sliding_window) != (block_size, sliding_window):
         raise ValueError("this decode plan was built for another block size or sliding window")
     for b in plan.buckets:
