@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from membound.kernels.paged_attention import gather_seq_kv
+from membound.kernels.prefill_attention import causal_mask
 
 MAX_PADDING = 0.25  # padded slots / stored tokens allowed in one decode bucket
 MAX_BUCKET_BYTES = 4 << 20  # gathered K bytes of one decode bucket (V the same again)
@@ -175,11 +176,7 @@ def _attend(
     if sliding_window is None and q_len == kv_len:  # no context: plain causal
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
         return o.transpose(0, 1)
-    q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)[:, None]
-    k_pos = torch.arange(kv_len, device=query.device)[None, :]
-    mask = k_pos <= q_pos  # [q_len, kv_len], shared by every head
-    if sliding_window is not None:
-        mask &= q_pos - k_pos < sliding_window
+    mask = causal_mask(q_len, kv_len, sliding_window, query.device)  # shared by every head
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return o.transpose(0, 1)
 
