@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from membound.kernels.paged_attention import gather_seq_kv
+from membound.kernels.paged_attention import gather_blocks, gather_seq_kv
 from membound.kernels.prefill_attention import causal_mask
 
 MAX_PADDING = 0.25  # padded slots / stored tokens allowed in one decode bucket
@@ -129,10 +129,14 @@ def paged_decode_attention_cpu(
     sliding_window: int | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
     plan: DecodePlan | None = None,
 ) -> torch.Tensor:
     """Decode attention, bucketed by length (``num_splits`` is a GPU knob and is ignored).
-    ``plan``: this batch's ``plan_decode`` result, shared by the layers of a step."""
+    ``plan``: this batch's ``plan_decode`` result, shared by the layers of a step. An FP8
+    cache is read back as the query's dtype; K's scale folds into the softmax scale and V's
+    into the output."""
     num_seqs, num_heads, head_dim = query.shape
     block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
     group = num_heads // num_kv_heads
@@ -147,13 +151,15 @@ def paged_decode_attention_cpu(
 
         def gather(cache: torch.Tensor, n: int = n, kv_len: int = kv_len,
                    blocks: torch.Tensor = b.blocks) -> torch.Tensor:  # fmt: skip
-            x = cache.index_select(0, blocks).view(n, kv_len, num_kv_heads, head_dim)
+            x = gather_blocks(cache, blocks).view(n, kv_len, num_kv_heads, head_dim)
             return x.to(query.dtype).transpose(1, 2)  # [n, KVH, kv_len, D]
 
         q = query.index_select(0, b.rows).view(n, num_kv_heads, group, head_dim)
         o = F.scaled_dot_product_attention(
-            q, gather(kv_cache[0]), gather(kv_cache[1]), attn_mask=b.mask, scale=scale
+            q, gather(kv_cache[0]), gather(kv_cache[1]), attn_mask=b.mask, scale=scale * k_scale
         )
+        if v_scale != 1.0:
+            o = o * v_scale
         out.index_copy_(0, b.rows, o.reshape(n, num_heads, head_dim).to(out.dtype))
     if plan.padding_rows is not None:  # padding rows (seq_len 0) give zeros
         out.index_fill_(0, plan.padding_rows, 0.0)
@@ -162,7 +168,7 @@ def paged_decode_attention_cpu(
 
 def _attend(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
-    sliding_window: int | None,
+    sliding_window: int | None, v_scale: float = 1.0,
 ) -> torch.Tensor:
     """One sequence's new tokens (the last q_len of kv_len positions): query [q_len, H, D],
     key/value [kv_len, KVH, D] -> [q_len, H, D]. GQA through SDPA's enable_gqa (K/V are not
@@ -175,9 +181,11 @@ def _attend(
     v = value.to(query.dtype).transpose(0, 1)
     if sliding_window is None and q_len == kv_len:  # no context: plain causal
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
-        return o.transpose(0, 1)
-    mask = causal_mask(q_len, kv_len, sliding_window, query.device)  # shared by every head
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    else:
+        mask = causal_mask(q_len, kv_len, sliding_window, query.device)  # shared by the heads
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    if v_scale != 1.0:  # an FP8 cache's V scale (K's is inside ``scale``)
+        o = o * v_scale
     return o.transpose(0, 1)
 
 
@@ -191,6 +199,8 @@ def prefill_attention_cpu(
     sliding_window: int | None = None,
     max_query_len: int | None = None,
     out: torch.Tensor | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Prefill / extend attention over the paged cache, one sequence at a time; with a
     sliding window only the blocks the chunk can see are gathered."""
@@ -206,7 +216,7 @@ def prefill_attention_cpu(
             skip = max(0, total - (e - s) - sliding_window + 1) // block_size
         table = block_tables[i, skip:]
         keys, values = gather_seq_kv(kv_cache, table, total - skip * block_size)
-        out[s:e] = _attend(query[s:e], keys, values, scale, sliding_window)
+        out[s:e] = _attend(query[s:e], keys, values, scale * k_scale, sliding_window, v_scale)
     return out
 
 

@@ -4,6 +4,8 @@
     kv_cache:     [2, num_blocks, block_size, num_kv_heads, head_dim]   (0 = K, 1 = V)
     slot_mapping: [num_tokens] int; slot = block * block_size + offset; a negative slot
                   (padding rows of a CUDA-graph batch) is skipped
+    k_scale, v_scale: an FP8 cache stores saturate(x / scale) (kernels/kv_quant.py); 1.0
+                  (the only value allowed) for a cache in a float dtype
 
 One program per token copies all its K and V heads: one read of the new rows, one write into
 the cache, nothing else.
@@ -13,6 +15,13 @@ from __future__ import annotations
 
 import torch
 
+from membound.kernels.kv_quant import (
+    FP8_KV_DTYPE,
+    FP8_MAX,
+    check_kv_scales,
+    is_fp8,
+    quantize_kv_ref,
+)
 from membound.kernels.triton_utils import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
@@ -29,9 +38,9 @@ from membound.kernels.triton_utils import (
 def _store_kv_kernel(
     k_ptr, v_ptr, cache_k_ptr, cache_v_ptr, slot_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_cb, stride_ct, stride_ch,
+    stride_cb, stride_ct, stride_ch, k_scale, v_scale,
     NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-    H_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    H_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, FP8: tl.constexpr,
 ):
     tok = tl.program_id(0)
     slot = tl.load(slot_ptr + tok).to(tl.int64)
@@ -46,17 +55,22 @@ def _store_kv_kernel(
     src_v = tok.to(tl.int64) * stride_vt + h[:, None] * stride_vh + d[None, :]
     k = tl.load(k_ptr + src_k, mask=mask)
     v = tl.load(v_ptr + src_v, mask=mask)
+    if FP8:  # saturate: E4M3 has no infinity, an out-of-range value would become NaN
+        k = tl.clamp(k.to(tl.float32) / k_scale, -FP8_MAX, FP8_MAX)
+        v = tl.clamp(v.to(tl.float32) / v_scale, -FP8_MAX, FP8_MAX)
     tl.store(cache_k_ptr + dst, k.to(cache_k_ptr.dtype.element_ty), mask=mask)
     tl.store(cache_v_ptr + dst, v.to(cache_v_ptr.dtype.element_ty), mask=mask)
 
 
 def _check_store(
-    key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
+    key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor,
+    k_scale: float, v_scale: float,
 ) -> None:
     dev = key.device
     check_tensor("key", key, 3, FLOAT_DTYPES, last_dim_contiguous=True)
     check_tensor("value", value, 3, FLOAT_DTYPES, dev, last_dim_contiguous=True)
-    check_tensor("kv_cache", kv_cache, 5, FLOAT_DTYPES, dev)
+    check_tensor("kv_cache", kv_cache, 5, (*FLOAT_DTYPES, FP8_KV_DTYPE), dev)
+    check_kv_scales(kv_cache.dtype, k_scale, v_scale)
     check_tensor("slot_mapping", slot_mapping, 1, INDEX_DTYPES, dev)
     check(key.shape == value.shape, f"key {tuple(key.shape)} != value {tuple(value.shape)}")
     check(kv_cache.shape[0] == 2, f"kv_cache dim 0 must be 2 (K, V), got {kv_cache.shape[0]}")
@@ -71,10 +85,11 @@ def _check_store(
 
 
 def store_kv(
-    key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
+    key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor,
+    k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> None:
     """Write ``key``/``value`` rows into their slots of ``kv_cache``, in place (Triton)."""
-    _check_store(key, value, kv_cache, slot_mapping)
+    _check_store(key, value, kv_cache, slot_mapping, k_scale, v_scale)
     num_tokens, num_kv_heads, head_dim = key.shape
     if num_tokens == 0:
         return
@@ -83,14 +98,16 @@ def store_kv(
         _store_kv_kernel, (num_tokens,), key.device,
         key, value, cache_k, cache_v, slot_mapping,
         key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        cache_k.stride(0), cache_k.stride(1), cache_k.stride(2),
+        cache_k.stride(0), cache_k.stride(1), cache_k.stride(2), float(k_scale), float(v_scale),
         NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
         H_PAD=next_pow2(num_kv_heads), D_PAD=next_pow2(head_dim), BLOCK_SIZE=kv_cache.shape[2],
+        FP8=is_fp8(kv_cache.dtype),
     )
 
 
 def store_kv_ref(
-    key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
+    key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor,
+    k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> None:
     """Plain torch: the same contract as ``store_kv`` (negative slots skipped)."""
     num_kv_heads, head_dim = key.shape[1], key.shape[2]
@@ -99,5 +116,8 @@ def store_kv_ref(
         key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
     k_flat = kv_cache[0].view(-1, num_kv_heads, head_dim)  # [num_blocks * block_size, KVH, D]
     v_flat = kv_cache[1].view(-1, num_kv_heads, head_dim)
-    k_flat.index_copy_(0, slot_mapping.long(), key.to(kv_cache.dtype))
-    v_flat.index_copy_(0, slot_mapping.long(), value.to(kv_cache.dtype))
+    if is_fp8(kv_cache.dtype):  # index_copy_ has no fp8 kernel: copy the bytes
+        k_flat, v_flat = k_flat.view(torch.uint8), v_flat.view(torch.uint8)
+    slots = slot_mapping.long()
+    k_flat.index_copy_(0, slots, quantize_kv_ref(key, k_scale, kv_cache.dtype).view(k_flat.dtype))
+    v_flat.index_copy_(0, slots, quantize_kv_ref(value, v_scale, kv_cache.dtype).view(v_flat.dtype))

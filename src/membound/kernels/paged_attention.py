@@ -5,6 +5,9 @@
     block_tables: [num_seqs, max_blocks] int (rows padded with any valid block id)
     seq_lens:     [num_seqs] int, the keys each query sees (context + itself); 0 = padding
     out:          [num_seqs, num_heads, head_dim]
+    k_scale, v_scale: an FP8 cache (float8_e4m3fn) holds K / k_scale and V / v_scale
+                  (kernels/kv_quant.py); K's scale folds into the softmax scale, V's into the
+                  accumulator. 1.0 for a cache in the query's dtype.
 
 The kernel is GQA-aware: one program owns a (sequence, KV head) pair and all ``group`` query
 heads sharing that KV head, so each K/V tile is read from memory once for the whole group.
@@ -26,6 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from membound.kernels.kv_quant import FP8_KV_DTYPE, check_kv_scales, dequantize_kv_ref, is_fp8
 from membound.kernels.triton_utils import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
@@ -48,12 +52,12 @@ MIN_TOKENS_PER_SPLIT = 256
 @triton.jit
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
-    qk_scale, window,
+    qk_scale, v_scale, window,
     stride_qs, stride_qh, stride_os, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
     GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_FP8: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -86,6 +90,8 @@ def _decode_kernel(
         kv_mask = ok[:, None] & d_ok[None, :]
         k_off = blk * stride_kb + row * stride_kt + kvh * stride_kh
         k = tl.load(k_ptr + k_off[:, None] + d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, D]
+        if KV_FP8:
+            k = k.to(q.dtype)  # k_scale is inside qk_scale
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [G_PAD, BLOCK_N]
         s = tl.where(ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -94,7 +100,11 @@ def _decode_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v_off = blk * stride_vb + row * stride_vt + kvh * stride_vh
         v = tl.load(v_ptr + v_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        if KV_FP8:
+            v = v.to(q.dtype)
         pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)  # [G_PAD, D_PAD]
+        if KV_FP8:
+            pv = pv * v_scale
         acc = acc * alpha[:, None] + pv
         m_i = m_new
 
@@ -148,11 +158,12 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_kv_len: int, sm_coun
 
 def _check_decode(
     query: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
-    seq_lens: torch.Tensor, out: torch.Tensor | None,
+    seq_lens: torch.Tensor, out: torch.Tensor | None, k_scale: float, v_scale: float,
 ) -> None:
     dev = query.device
     check_tensor("query", query, 3, FLOAT_DTYPES, last_dim_contiguous=True)
-    check_tensor("kv_cache", kv_cache, 5, (query.dtype,), dev, last_dim_contiguous=True)
+    check_tensor("kv_cache", kv_cache, 5, (query.dtype, FP8_KV_DTYPE), dev,
+                 last_dim_contiguous=True)
     check_tensor("block_tables", block_tables, 2, INDEX_DTYPES, dev, last_dim_contiguous=True)
     check_tensor("seq_lens", seq_lens, 1, INDEX_DTYPES, dev)
     num_seqs, num_heads, head_dim = query.shape
@@ -165,6 +176,7 @@ def _check_decode(
           f"block_tables {tuple(block_tables.shape)} / seq_lens {tuple(seq_lens.shape)} do not "
           f"match {num_seqs} sequences")
     check(head_dim >= 16, f"head_dim {head_dim} is below the kernel minimum of 16")
+    check_kv_scales(kv_cache.dtype, k_scale, v_scale)
     if out is not None:
         check_tensor("out", out, 3, (query.dtype,), dev, last_dim_contiguous=True)
         check(out.shape == query.shape, f"out {tuple(out.shape)} != query {tuple(query.shape)}")
@@ -179,10 +191,12 @@ def paged_decode_attention(
     sliding_window: int | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Decode attention through block tables (Triton). ``num_splits`` None picks the
     flash-decoding split from the table width, the batch and the device; CUDA graphs fix it."""
-    _check_decode(query, kv_cache, block_tables, seq_lens, out)
+    _check_decode(query, kv_cache, block_tables, seq_lens, out, k_scale, v_scale)
     num_seqs, num_heads, head_dim = query.shape
     page_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
     if out is None:
@@ -206,14 +220,14 @@ def paged_decode_attention(
     launch(
         _decode_kernel, (num_seqs, num_kv_heads, num_splits), query.device,
         query, k_cache, v_cache, block_tables, seq_lens, out, part_acc, part_ml,
-        scale * LOG2E, sliding_window or 0,
+        scale * k_scale * LOG2E, float(v_scale), sliding_window or 0,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         GROUP=group, G_PAD=max(16, next_pow2(group)), HEAD_DIM=head_dim, D_PAD=d_pad,
         BLOCK_N=block_n, PAGE_SIZE=page_size, NUM_SPLITS=num_splits,
         USE_WINDOW=sliding_window is not None, DOT_PRECISION=dot_precision(query.dtype),
-        num_warps=8 if d_pad >= 256 else 4,
+        KV_FP8=is_fp8(kv_cache.dtype), num_warps=8 if d_pad >= 256 else 4,
     )
     if num_splits > 1:
         launch(
@@ -233,6 +247,8 @@ def paged_decode_attention_ref(
     sliding_window: int | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Plain torch, the same contract (``num_splits`` is a kernel knob and is ignored).
 
@@ -245,10 +261,10 @@ def paged_decode_attention_ref(
     flat = block_tables.reshape(-1)
     kv_len = block_tables.shape[1] * block_size
 
-    def gather(cache: torch.Tensor) -> torch.Tensor:
+    def gather(cache: torch.Tensor, scale: float) -> torch.Tensor:
         # [num_seqs * max_blocks, block_size, kv_heads, D] -> [num_seqs, kv_heads, L, D]
-        x = cache.index_select(0, flat).view(num_seqs, kv_len, num_kv_heads, head_dim)
-        return x.transpose(1, 2).to(query.dtype).contiguous()
+        x = gather_blocks(cache, flat).view(num_seqs, kv_len, num_kv_heads, head_dim)
+        return dequantize_kv_ref(x.transpose(1, 2), scale, query.dtype).contiguous()
 
     k_pos = torch.arange(kv_len, device=query.device)[None, :]  # [1, L]
     lens = seq_lens.to(torch.int64)[:, None]  # [num_seqs, 1]
@@ -257,7 +273,8 @@ def paged_decode_attention_ref(
         mask &= k_pos >= lens - sliding_window
     q = query.reshape(num_seqs, num_kv_heads, group, head_dim)  # [S, KVH, group, D]
     o = F.scaled_dot_product_attention(
-        q, gather(kv_cache[0]), gather(kv_cache[1]), attn_mask=mask[:, None, None, :], scale=scale
+        q, gather(kv_cache[0], k_scale), gather(kv_cache[1], v_scale),
+        attn_mask=mask[:, None, None, :], scale=scale,
     )
     o = o.reshape(num_seqs, num_heads, head_dim)
     if num_seqs and not bool(mask.any(dim=1).all()):  # padding rows (seq_len 0) give zeros
@@ -268,11 +285,20 @@ def paged_decode_attention_ref(
     return out
 
 
+def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """``cache[blocks]`` for any cache dtype (index_select has no FP8 kernel: bytes are
+    gathered and viewed back)."""
+    if is_fp8(cache.dtype):
+        return cache.view(torch.uint8).index_select(0, blocks).view(cache.dtype)
+    return cache.index_select(0, blocks)
+
+
 def gather_seq_kv(
     kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``seq_len`` K and V rows of one sequence: each [seq_len, num_kv_heads, D]."""
+    """The first ``seq_len`` K and V rows of one sequence: each [seq_len, num_kv_heads, D],
+    in the cache's dtype (dequantize an FP8 cache with kv_quant.dequantize_kv_ref)."""
     blocks = block_table[: math.ceil(seq_len / kv_cache.shape[2])]
-    k = kv_cache[0].index_select(0, blocks).flatten(0, 1)[:seq_len]
-    v = kv_cache[1].index_select(0, blocks).flatten(0, 1)[:seq_len]
+    k = gather_blocks(kv_cache[0], blocks).flatten(0, 1)[:seq_len]
+    v = gather_blocks(kv_cache[1], blocks).flatten(0, 1)[:seq_len]
     return k, v

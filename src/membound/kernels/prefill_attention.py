@@ -7,6 +7,7 @@ cache-less variant (scoring, memory profiling).
     block_tables:    [num_seqs, max_blocks] int
     query_start_loc: [num_seqs + 1] int, sequence i's tokens are query[qsl[i]:qsl[i + 1]]
     seq_lens:        [num_seqs] int, context + new tokens
+    k_scale, v_scale: an FP8 cache holds K / k_scale and V / v_scale (kernels/kv_quant.py)
 
     seq i keys:  | cached context (seq_len - q_len) | new tokens (q_len) |
     new token t (position ctx + t) sees keys k_pos <= ctx + t, and with a sliding window W
@@ -23,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from membound.kernels.kv_quant import FP8_KV_DTYPE, check_kv_scales, dequantize_kv_ref, is_fp8
 from membound.kernels.paged_attention import LOG2E, gather_seq_kv
 from membound.kernels.triton_utils import (
     FLOAT_DTYPES,
@@ -53,12 +55,13 @@ def _row_offsets(table, pos, ok, q_start, kvh, stride_b, stride_t, stride_h,
 @triton.jit
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, bt_ptr, qsl_ptr, lens_ptr,
-    qk_scale, window,
+    qk_scale, v_scale, window,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
     GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
     PAGED: tl.constexpr, USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    KV_FP8: tl.constexpr,
 ):
     seq = tl.program_id(0)
     qblk = tl.program_id(1)
@@ -98,6 +101,8 @@ def _prefill_kernel(
                              stride_vb, stride_vt, stride_vh, PAGE_SIZE, PAGED)
         kv_mask = ok[:, None] & d_ok[None, :]
         k = tl.load(k_ptr + k_off[:, None] + d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, D]
+        if KV_FP8:
+            k = k.to(q.dtype)  # k_scale is inside qk_scale
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [rows, BLOCK_N]
         keep = ok[None, :] & (pos[None, :] <= q_pos[:, None])
         if USE_WINDOW:
@@ -109,7 +114,12 @@ def _prefill_kernel(
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + v_off[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        if KV_FP8:
+            v = v.to(q.dtype)
+        pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        if KV_FP8:
+            pv = pv * v_scale
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
 
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -149,6 +159,7 @@ def _launch(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_tables: torch.Tensor,
     qsl: torch.Tensor, seq_lens: torch.Tensor, scale: float, window: int | None,
     max_query_len: int, out: torch.Tensor, page_size: int, paged: bool,
+    k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> None:
     """key/value: the K and V caches [num_blocks, block_size, KVH, D] when ``paged``, else
     the new rows [num_tokens, KVH, D] (strides of a token, of a head = dims -3, -2)."""
@@ -165,14 +176,14 @@ def _launch(
     launch(
         _prefill_kernel, (num_seqs, cdiv(max_query_len, block_m), num_kv_heads), query.device,
         query, key, value, out, block_tables, qsl, seq_lens,
-        scale * LOG2E, window or 0,
+        scale * k_scale * LOG2E, float(v_scale), window or 0,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         kb, key.stride(-3), key.stride(-2), vb, value.stride(-3), value.stride(-2),
         block_tables.stride(0),
         GROUP=group, G_PAD=g_pad, HEAD_DIM=head_dim, D_PAD=d_pad,
         BLOCK_M=block_m, BLOCK_N=block_n, PAGE_SIZE=page_size,
         PAGED=paged, USE_WINDOW=window is not None, DOT_PRECISION=dot_precision(query.dtype),
-        num_warps=8 if block_m * g_pad * d_pad >= 128 * 128 else 4, num_stages=2,
+        KV_FP8=is_fp8(key.dtype), num_warps=8 if block_m * g_pad * d_pad >= 128 * 128 else 4, num_stages=2,
     )
 
 
@@ -186,12 +197,16 @@ def prefill_attention(
     sliding_window: int | None = None,
     max_query_len: int | None = None,
     out: torch.Tensor | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Causal attention of new tokens over paged K/V (Triton). ``max_query_len`` sizes the
     grid; pass it (the runner knows it) to avoid a device sync."""
     _check_common(query, query_start_loc, out)
     dev = query.device
-    check_tensor("kv_cache", kv_cache, 5, (query.dtype,), dev, last_dim_contiguous=True)
+    check_tensor("kv_cache", kv_cache, 5, (query.dtype, FP8_KV_DTYPE), dev,
+                 last_dim_contiguous=True)
+    check_kv_scales(kv_cache.dtype, k_scale, v_scale)
     check_tensor("block_tables", block_tables, 2, INDEX_DTYPES, dev, last_dim_contiguous=True)
     check_tensor("seq_lens", seq_lens, 1, INDEX_DTYPES, dev)
     num_seqs = query_start_loc.shape[0] - 1
@@ -206,7 +221,7 @@ def prefill_attention(
         out = torch.empty(query.shape, dtype=query.dtype, device=dev)
     _launch(query, kv_cache[0], kv_cache[1], block_tables, query_start_loc, seq_lens, scale,
             sliding_window, _max_query_len(query_start_loc, max_query_len), out,
-            kv_cache.shape[2], paged=True)  # fmt: skip
+            kv_cache.shape[2], paged=True, k_scale=k_scale, v_scale=v_scale)  # fmt: skip
     return out
 
 
@@ -280,6 +295,8 @@ def prefill_attention_ref(
     sliding_window: int | None = None,
     max_query_len: int | None = None,
     out: torch.Tensor | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Plain torch, the same contract as ``prefill_attention``: one sequence at a time."""
     out = torch.empty_like(query) if out is None else out
@@ -289,6 +306,8 @@ def prefill_attention_ref(
         if e == s:
             continue
         keys, values = gather_seq_kv(kv_cache, block_tables[i], total)
+        keys = dequantize_kv_ref(keys, k_scale, query.dtype)  # [total, KVH, D]
+        values = dequantize_kv_ref(values, v_scale, query.dtype)
         mask = causal_mask(e - s, total, sliding_window, query.device)
         out[s:e] = attend_ref(query[s:e], keys, values, mask, scale)
     return out
