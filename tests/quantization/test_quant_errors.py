@@ -140,5 +140,5 @@ def test_engine_options(float_ckpt: Path) -> None:
     assert replace(cfg, quantization=None).quantization == "fp8"  # taken from the model config
     with pytest.raises(ConfigError, match="does not match the model config"):
         replace(cfg, quantization="int8")
-    with pytest.raises(ConfigError, match=r"kv_cache_dtype='fp8' is not supported yet"):
-        LLM(str(float_ckpt), kv_cache_dtype="fp8")
+    with pytest.raises(ConfigError, match=r"kv_cache_dtype='fp8_e5m2' is not one of"):
+        LLM(str(float_ckpt), kv_cache_dtype="fp8_e5m2")

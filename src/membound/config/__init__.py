@@ -18,6 +18,7 @@ Import from ``membound.config``; the names below are its public surface.
 """
 
 from membound.config.engine import (
+    KV_CACHE_DTYPES,
     CacheConfig,
     EngineConfig,
     KernelConfig,
@@ -40,6 +41,7 @@ from membound.config.quantization import (
 )
 
 __all__ = [
+    "KV_CACHE_DTYPES",
     "QUANTIZATION_METHODS",
     "SUPPORTED_ARCHITECTURES",
     "CacheConfig",

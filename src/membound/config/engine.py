@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from membound.config.errors import ConfigError, normalize_dtype_name
 from membound.config.model import ModelConfig
 
+# kv_cache_dtype values: "auto" stores K/V in the model dtype; "fp8" (alias "fp8_e4m3")
+# stores E4M3 with a per-layer scale for K and for V (kernels/kv_quant.py)
+KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8", "fp8_e4m3")
+
 
 @dataclass(frozen=True)
 class CacheConfig:
@@ -27,15 +31,15 @@ class CacheConfig:
     enable_prefix_caching: bool = True
     prefix_cache_salt: str | None = None  # per-deployment salt for block hashes
     swap_space: float = 4.0  # GiB of CPU memory for swapped-out KV blocks (swap preemption)
-    kv_cache_dtype: str = "auto"  # "auto": the model dtype (FP8 KV is not supported yet)
+    kv_cache_dtype: str = "auto"  # one of KV_CACHE_DTYPES
 
     def __post_init__(self) -> None:
-        if self.kv_cache_dtype != "auto":
-            fp8 = self.kv_cache_dtype.lower().startswith("fp8")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            hint = (" (E5M2 is not supported: its 2 mantissa bits lose too much; use 'fp8', "
+                    "E4M3)" if self.kv_cache_dtype.lower() == "fp8_e5m2" else "")
             raise ConfigError(
-                f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported yet"
-                + ("; FP8 KV cache needs the attention kernels to read E4M3 K/V with scales"
-                   if fp8 else "") + "; use 'auto' (the model dtype)"
+                f"kv_cache_dtype={self.kv_cache_dtype!r} is not one of "
+                f"{', '.join(KV_CACHE_DTYPES)}{hint}"
             )
         if not isinstance(self.block_size, int) or self.block_size <= 0:
             raise ConfigError(f"block_size must be a positive integer, got {self.block_size!r}")
@@ -51,6 +55,11 @@ class CacheConfig:
             raise ConfigError(f"num_kv_blocks must be at least 1, got {self.num_kv_blocks}")
         if not (self.swap_space >= 0 and math.isfinite(self.swap_space)):
             raise ConfigError(f"swap_space must be a number of GiB >= 0, got {self.swap_space}")
+
+    @property
+    def fp8_kv_cache(self) -> bool:
+        """K/V stored as E4M3 with per-layer scales."""
+        return self.kv_cache_dtype in ("fp8", "fp8_e4m3")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from membound.config import (
+    KV_CACHE_DTYPES,
     CacheConfig,
     ConfigError,
     EngineConfig,
@@ -158,8 +159,9 @@ class EngineArgs:
                        choices=["fp8", "int8", "int4", "awq", "gptq", "mxfp4", "nvfp4"],
                        help="weight quantization (default: the checkpoint's own, if any); "
                        "fp8/int8/int4/mxfp4/nvfp4 quantize a float checkpoint while loading")
-        g.add_argument("--kv-cache-dtype", default="auto",
-                       help="KV cache dtype: auto (the model dtype); fp8 is not supported yet")
+        g.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
+                       help="KV cache dtype: auto (the model dtype) or fp8 (E4M3 with per-layer "
+                       "K/V scales from the checkpoint, else 1.0: half a bf16 cache)")
         g.add_argument("--cpu-offload-gb", type=float, default=0.0,
                        help="GiB of layer weights kept in CPU memory, streamed to the GPU")
         g.add_argument("--tensor-parallel-size", type=int, default=1,

@@ -3,6 +3,7 @@
     membound eval perplexity MODEL --dataset FILE [--window 1024] [--stride 512]
     membound eval compare MODEL --quantization Q [--dataset FILE]
     membound eval compare QUANTIZED_MODEL --reference FLOAT_MODEL [--dataset FILE]
+    membound eval compare MODEL --kv-cache-dtype fp8 [--max-num-batched-tokens 64]
 
 Perplexity slides a window of ``window`` tokens over the text by ``stride`` tokens; every
 token after the first is scored exactly once, with as much left context as its window holds
@@ -15,7 +16,8 @@ always starts at least one token before its first scored token):
 
 ``compare`` runs the unquantized and the quantized model over the same windows and reports
 the mean KL divergence KL(P_float || P_quant) per scored token, top-1 agreement and both
-perplexities. The engine's CLI registers this with ``add_parser(subparsers)``; standalone:
+perplexities. With ``--kv-cache-dtype`` it compares KV-cache formats instead, through the
+engine with chunked prefill (see eval_kv.py). The engine's CLI registers this with ``add_parser(subparsers)``; standalone:
 ``python -m membound.entrypoints.eval perplexity MODEL --dataset FILE``.
 """
 
@@ -193,6 +195,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Both models are held at once: budget memory for the float and the quantized one."""
+    if args.kv_cache_dtype is not None:
+        return run_kv_compare(args)
     reference, tok, device = load_for_eval(args, None, args.window, args.reference)
     if reference.config.quantization is not None:
         raise ValueError(
@@ -211,6 +215,34 @@ def run_compare(args: argparse.Namespace) -> int:
         f"KL divergence {result.kl_divergence:.6f} nats/token, top-1 agreement "
         f"{100 * result.top1_agreement:.2f}%, perplexity {result.perplexity_float:.4f} -> "
         f"{result.perplexity_quantized:.4f} (window {window}, stride {stride})"
+    ))
+    return 0
+
+
+def run_kv_compare(args: argparse.Namespace) -> int:
+    from membound.engine.engine_args import EngineArgs
+    from membound.engine.tokenizer import Tokenizer
+    from membound.entrypoints.eval_kv import kv_cache_compare
+
+    if args.quantization is not None or args.reference is not None:
+        raise ValueError("--kv-cache-dtype compares KV caches of one model; drop "
+                         "--quantization / --reference (run them as a separate compare)")
+    cfg = EngineArgs(model=args.model, dtype=args.dtype, device=args.device).create_engine_config()
+    if cfg.tokenizer is None:
+        raise ValueError(f"{cfg.model} has no tokenizer.json; eval needs one to read text")
+    ids = _tokens(Tokenizer.from_pretrained(cfg.tokenizer), _read_text(args.dataset),
+                  args.max_tokens)  # fmt: skip
+    result = kv_cache_compare(
+        cfg.model, ids, args.kv_cache_dtype, window=args.window,
+        max_num_batched_tokens=args.max_num_batched_tokens, dtype=args.dtype, device=args.device,
+    )
+    _report(args, result, (
+        f"KV cache {result.kv_cache_dtype} vs the model dtype over {result.num_tokens} tokens "
+        f"(windows of {result.window}, prefill chunks of {result.max_num_batched_tokens}): "
+        f"perplexity {result.perplexity_reference:.4f} -> {result.perplexity_quantized:.4f} "
+        f"({100 * result.perplexity_change:+.2f}%), top-1 agreement "
+        f"{100 * result.top1_agreement:.2f}%, greedy agreement "
+        f"{100 * result.greedy_agreement:.2f}% of {result.greedy_tokens} tokens"
     ))
     return 0
 
@@ -234,7 +266,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``eval`` with its ``perplexity`` and ``compare`` modes on ``subparsers``."""
-    from membound.config import QUANTIZATION_METHODS
+    from membound.config import KV_CACHE_DTYPES, QUANTIZATION_METHODS
 
     ev = subparsers.add_parser("eval", help="perplexity and quantization quality on text",
                                description=__doc__.split("\n\n")[0] if __doc__ else None)
@@ -253,6 +285,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      help="the float checkpoint, when MODEL is pre-quantized (default: MODEL)")
     cmp.add_argument("--dataset", default=None, metavar="FILE",
                      help="plain-text file (default: a built-in paragraph)")
+    cmp.add_argument("--kv-cache-dtype", default=None, choices=KV_CACHE_DTYPES[1:],
+                     help="compare this KV cache format against the model dtype's, through "
+                     "the engine (chunked prefill reads K/V back from the cache)")
+    cmp.add_argument("--max-num-batched-tokens", type=int, default=64,
+                     help="prefill chunk size for --kv-cache-dtype (64)")
     cmp.set_defaults(func=run_compare)
 
 

@@ -192,11 +192,17 @@ class LlamaForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", 0),
         "up_proj": ("gate_up_proj", 1),
     }
-    # checkpoint tensors that carry no weights we need (FP8 KV-cache scales: the KV cache
-    # runs in the model dtype until kv_cache_dtype="fp8" lands)
-    ignored_checkpoint_suffixes: tuple[str, ...] = (
-        "rotary_emb.inv_freq", ".k_scale", ".v_scale", ".kv_scale",
-    )
+    # checkpoint tensors that carry no weights we need (``kv_scale``: one scale for K and V
+    # of an older FP8 format; membound reads the per-tensor ``k_scale`` / ``v_scale``)
+    ignored_checkpoint_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq", ".kv_scale")
+    # FP8 KV-cache scales -> the attention layer that owns them: llm-compressor writes
+    # self_attn.k_scale, ModelOpt self_attn.k_proj.k_scale (and v_proj.v_scale)
+    kv_scale_names: dict[str, str] = {
+        ".self_attn.k_scale": ".self_attn.attn.k_scale",
+        ".self_attn.v_scale": ".self_attn.attn.v_scale",
+        ".self_attn.k_proj.k_scale": ".self_attn.attn.k_scale",
+        ".self_attn.v_proj.v_scale": ".self_attn.attn.v_scale",
+    }
 
     # checkpoint module-name pieces spelled differently from ours (Mixtral: block_sparse_moe)
     checkpoint_renames: dict[str, str] = {}
@@ -244,6 +250,9 @@ class LlamaForCausalLM(nn.Module):
             return None
         if name == "lm_head.weight" and self.config.tie_word_embeddings:
             return None
+        for theirs, ours in self.kv_scale_names.items():
+            if name.endswith(theirs):
+                return name[: -len(theirs)] + ours, None
         for theirs, ours in self.checkpoint_renames.items():
             name = name.replace(theirs, ours)
         expert = _EXPERT_TENSOR.search(name)

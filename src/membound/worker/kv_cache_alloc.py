@@ -14,6 +14,7 @@ import torch
 
 from membound.config import CacheConfig, ConfigError, ModelConfig, SchedulerConfig
 from membound.core.kv_cache_manager import cdiv
+from membound.kernels.kv_quant import FP8_KV_DTYPE
 
 GiB = 1024**3
 
@@ -39,6 +40,20 @@ class KVCacheLayout:
     @property
     def capacity_tokens(self) -> int:
         return self.num_blocks * self.block_size
+
+
+def kv_cache_dtype(cache: CacheConfig, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The element type of the KV cache: E4M3 for kv_cache_dtype='fp8', else the model's.
+    FP8 on a GPU needs compute capability 8.9+ (Ada, Hopper, Blackwell) to convert."""
+    if not cache.fp8_kv_cache:
+        return model_dtype
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        cap = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        raise ConfigError(
+            f"kv_cache_dtype={cache.kv_cache_dtype!r} needs a GPU of compute capability 8.9 or "
+            f"newer (this one is {cap}); use kv_cache_dtype='auto'"
+        )
+    return FP8_KV_DTYPE
 
 
 def kv_heads_per_rank(model: ModelConfig, tensor_parallel_size: int = 1) -> int:

@@ -1,8 +1,17 @@
-"""KV swap space: copies of preempted requests' blocks in (pinned) CPU memory."""
+"""KV swap space: copies of preempted requests' blocks in (pinned) CPU memory.
+
+Blocks move as they are stored: an FP8 cache swaps its E4M3 bytes (half of bf16's), copied
+through uint8 views because torch's index ops have no FP8 kernels."""
 
 from __future__ import annotations
 
 import torch
+
+from membound.kernels.kv_quant import is_fp8
+
+
+def _as_copyable(cache: torch.Tensor) -> torch.Tensor:
+    return cache.view(torch.uint8) if is_fp8(cache.dtype) else cache
 
 
 class KVSwapSpace:
@@ -10,7 +19,8 @@ class KVSwapSpace:
 
     def __init__(self, device_caches: list[torch.Tensor], num_cpu_blocks: int) -> None:
         pin = device_caches[0].is_cuda and torch.cuda.is_available()
-        self.device_caches = device_caches
+        self.device_caches = [_as_copyable(c) for c in device_caches]
+        device_caches = self.device_caches
         self.cpu_caches = [
             torch.zeros(
                 (2, num_cpu_blocks, *c.shape[2:]), dtype=c.dtype, device="cpu", pin_memory=pin

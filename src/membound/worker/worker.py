@@ -22,6 +22,7 @@ from membound.distributed.context import ParallelContext
 from membound.worker.kv_cache_alloc import (
     KVCacheLayout,
     allocate_kv_cache,
+    kv_cache_dtype,
     num_swap_blocks,
     plan_kv_cache,
 )
@@ -53,6 +54,9 @@ class Worker:
             progress=progress and parallel.is_driver, parallel=parallel,
             expert_parallel=config.parallel_config.enable_expert_parallel,
         )
+        self.kv_dtype = kv_cache_dtype(cc, self.dtype, self.device)
+        if cc.fp8_kv_cache and parallel.is_driver:
+            _log_kv_scales(self.model)
         self.offloader = self._offload_weights()
         self.weights_bytes = weights_bytes(self.model)
         self.kv_layout, self.memory_report = self._plan_memory()
@@ -114,7 +118,7 @@ class Worker:
             free, total = torch.cuda.mem_get_info(self.device)
             if cc.num_kv_blocks is None and cc.kv_cache_memory_bytes is None:
                 available = int(total * cc.gpu_memory_utilization) - (total - free) - activation
-        layout = plan_kv_cache(mc, cc, sc, self.dtype, available, tp)
+        layout = plan_kv_cache(mc, cc, sc, self.kv_dtype, available, tp)
         agreed = self.parallel.all_reduce_min(layout.num_blocks)
         layout = replace(layout, num_blocks=agreed)
         cpu_blocks = num_swap_blocks(layout, cc, sc.preemption_mode)
@@ -126,3 +130,15 @@ class Worker:
             offloaded_bytes=self.offloaded_bytes,
         )
         return layout, report
+
+
+def _log_kv_scales(model: nn.Module) -> None:
+    """Say where the FP8 KV cache's scales came from (the checkpoint, or 1.0)."""
+    layers = [m for m in model.modules() if hasattr(m, "kv_scales_from_checkpoint")]
+    loaded = sum(bool(m.kv_scales_from_checkpoint) for m in layers)
+    if loaded:
+        logger.info("FP8 KV cache (E4M3): per-layer K/V scales from the checkpoint (%d of %d "
+                    "layers; the others 1.0)", loaded, len(layers))
+    else:
+        logger.info("FP8 KV cache (E4M3): the checkpoint carries no K/V scales; using 1.0 "
+                    "(values beyond +-448 saturate)")

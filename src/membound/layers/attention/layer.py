@@ -2,12 +2,20 @@
 
 Decodes go to the paged decode kernel as one batch, prefill chunks to the varlen prefill
 kernel as another; the backend (Triton or the torch references) is installed at start-up.
+
+The layer owns its FP8 KV-cache scales (kernels/kv_quant.py): one for K and one for V, read
+from the checkpoint when it carries them (``k_scale`` / ``v_scale``, optional), else 1.0.
+They apply only when the cache it is handed is FP8; a cache in the model dtype ignores them.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from membound.kernels.kv_quant import is_fp8
+from membound.layers.checkpoint_tensor import LazyTensor, materialize
+from membound.layers.quantization.base import SCALAR_SHAPES, TensorSpec
 
 from membound.kernels.cpu_attention import decode_bytes_per_token
 from membound.layers.attention.backend import KernelBackend, KernelOps, kernel_ops
@@ -21,6 +29,9 @@ class Attention(nn.Module):
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.scale = scale
+        self.k_scale = 1.0  # FP8 KV cache: stored K = K / k_scale (checkpoint or 1.0)
+        self.v_scale = 1.0
+        self.kv_scales_from_checkpoint = False
         self.kernel_backend = KernelBackend.TORCH
         self.ops: KernelOps = kernel_ops(self.kernel_backend)
 
@@ -43,19 +54,46 @@ class Attention(nn.Module):
                 self._varlen(q, k, v, md.prefill, md.sliding_window, out)
             return out.flatten(1)
         assert md.slot_mapping is not None
-        self.ops.store_kv(k, v, kv_cache, md.slot_mapping)
+        scales = self.cache_scales(kv_cache)
+        self.ops.store_kv(k, v, kv_cache, md.slot_mapping, **scales)
         if md.decode is not None:
-            self._decode(q, kv_cache, md.decode, md.sliding_window, out)
+            self._decode(q, kv_cache, md.decode, md.sliding_window, out, scales)
         if md.prefill is not None:
-            self._prefill(q, kv_cache, md.prefill, md.sliding_window, out)
+            self._prefill(q, kv_cache, md.prefill, md.sliding_window, out, scales)
         return out.flatten(1)  # [T, H * D]
+
+    def cache_scales(self, kv_cache: torch.Tensor) -> dict[str, float]:
+        """The scales a kernel needs for ``kv_cache``: this layer's for FP8, else 1.0."""
+        if is_fp8(kv_cache.dtype):
+            return {"k_scale": self.k_scale, "v_scale": self.v_scale}
+        return {"k_scale": 1.0, "v_scale": 1.0}
+
+    # ---- loading: the optional FP8 KV-cache scales of the checkpoint ------------------------
+    def shard_ids(self) -> tuple[object, ...]:
+        return (None,)
+
+    def checkpoint_specs(self, shard_id: object = None) -> dict[str, TensorSpec]:
+        return {s: TensorSpec(SCALAR_SHAPES, required=False) for s in ("k_scale", "v_scale")}
+
+    def load_checkpoint_tensor(
+        self, suffix: str, loaded: torch.Tensor | LazyTensor, shard_id: object = None,
+        name: str = "?",
+    ) -> None:
+        value = float(materialize(loaded).float().reshape(-1)[0])
+        if not value > 0.0:
+            raise ValueError(f"checkpoint tensor {name} = {value}: a KV-cache scale must be > 0")
+        setattr(self, suffix, value)
+        self.kv_scales_from_checkpoint = True
+
+    def process_weights_after_loading(self) -> None:
+        """Nothing to lay out: the scales are plain numbers the kernels take as arguments."""
 
     def _decode(
         self, q: torch.Tensor, kv_cache: torch.Tensor, d: DecodeBatch, window: int | None,
-        out: torch.Tensor,
+        out: torch.Tensor, scales: dict[str, float],
     ) -> None:
         args = (kv_cache, d.block_tables, d.seq_lens, self.scale, window, d.num_splits)
-        extra = {}
+        extra: dict[str, object] = dict(scales)
         if self.ops.plan_decode is not None:  # layer-independent work: once per step
             if d.plan is None:
                 d.plan = self.ops.plan_decode(
@@ -71,16 +109,16 @@ class Attention(nn.Module):
 
     def _prefill(
         self, q: torch.Tensor, kv_cache: torch.Tensor, p: PrefillBatch, window: int | None,
-        out: torch.Tensor,
+        out: torch.Tensor, scales: dict[str, float],
     ) -> None:
         assert p.block_tables is not None
         args = (kv_cache, p.block_tables, p.query_start_loc, p.seq_lens, self.scale, window,
                 p.max_query_len)  # fmt: skip
         if p.token_range is not None:
             s, e = p.token_range
-            self.ops.prefill_attention(q[s:e], *args, out=out[s:e])
+            self.ops.prefill_attention(q[s:e], *args, out=out[s:e], **scales)
         else:
-            out[p.token_idx] = self.ops.prefill_attention(q[p.token_idx], *args)
+            out[p.token_idx] = self.ops.prefill_attention(q[p.token_idx], *args, **scales)
 
     def _varlen(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: PrefillBatch,
