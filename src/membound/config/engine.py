@@ -9,10 +9,12 @@ these objects; they live in their own objects (see ``worker/kv_cache_alloc.py``)
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from membound.config.errors import ConfigError, normalize_dtype_name
 from membound.config.model import ModelConfig
+from membound.config.options import option
 
 # kv_cache_dtype values: "auto" stores K/V in the model dtype; "fp8" (alias "fp8_e4m3")
 # stores E4M3 with a per-layer scale for K and for V (kernels/kv_quant.py)
@@ -23,15 +25,20 @@ KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8", "fp8_e4m3")
 class CacheConfig:
     """Paged KV cache shape and budget."""
 
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
-    kv_cache_memory_bytes: int | None = None  # explicit KV budget (bytes); overrides utilisation
-    num_kv_blocks: int | None = None  # explicit block count (tests, debugging)
+    block_size: int = option(16, "tokens per KV block")
+    gpu_memory_utilization: float = option(0.9, "fraction of GPU memory membound may use")
+    kv_cache_memory_bytes: int | None = option(
+        None, "explicit KV cache budget in bytes (overrides --gpu-memory-utilization)")
+    num_kv_blocks: int | None = option(None, "explicit number of KV blocks (debugging)")
     cpu_kv_cache_default_bytes: int = 2 * 1024**3
-    enable_prefix_caching: bool = True
-    prefix_cache_salt: str | None = None  # per-deployment salt for block hashes
-    swap_space: float = 4.0  # GiB of CPU memory for swapped-out KV blocks (swap preemption)
-    kv_cache_dtype: str = "auto"  # one of KV_CACHE_DTYPES
+    enable_prefix_caching: bool = option(True, "reuse the KV of shared prompt prefixes")
+    prefix_cache_salt: str | None = option(
+        None, "per-deployment salt mixed into block hashes")
+    swap_space: float = option(
+        4.0, "GiB of CPU memory for swapped-out KV blocks (--preemption-mode swap)")
+    kv_cache_dtype: str = option(
+        "auto", "KV cache dtype: auto (the model dtype) or fp8 (E4M3 with per-layer K/V "
+        "scales from the checkpoint, else 1.0: half a bf16 cache)", choices=KV_CACHE_DTYPES)
 
     def __post_init__(self) -> None:
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
@@ -67,10 +74,12 @@ class SchedulerConfig:
     """Continuous-batching limits."""
 
     max_model_len: int
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
-    enable_chunked_prefill: bool = True
-    preemption_mode: str = "recompute"  # "recompute" | "swap"
+    max_num_seqs: int = option(256, "sequences per step")
+    max_num_batched_tokens: int = option(2048, "token budget per step")
+    enable_chunked_prefill: bool = option(True, "split long prompts across steps")
+    preemption_mode: str = option(
+        "recompute", "what happens to a request's KV when it is preempted",
+        choices=("recompute", "swap"))
 
     def __post_init__(self) -> None:
         if self.preemption_mode not in ("recompute", "swap"):
@@ -93,28 +102,30 @@ class SchedulerConfig:
     def create(
         cls,
         max_model_len: int,
-        max_num_seqs: int = 256,
         max_num_batched_tokens: int | None = None,
-        enable_chunked_prefill: bool = True,
-        preemption_mode: str = "recompute",
+        **kwargs: object,
     ) -> SchedulerConfig:
+        """``max_num_batched_tokens=None``: the field's default, or ``max_model_len`` when that
+        is larger and chunked prefill is off (a whole prompt must fit one step)."""
         if max_num_batched_tokens is None:
-            max_num_batched_tokens = 2048 if enable_chunked_prefill else max(2048, max_model_len)
-        return cls(
-            max_model_len, max_num_seqs, max_num_batched_tokens, enable_chunked_prefill,
-            preemption_mode,
-        )
+            budget = cls.max_num_batched_tokens
+            chunked = kwargs.get("enable_chunked_prefill", cls.enable_chunked_prefill)
+            max_num_batched_tokens = budget if chunked else max(budget, max_model_len)
+        return cls(max_model_len, max_num_batched_tokens=max_num_batched_tokens, **kwargs)
 
 
 @dataclass(frozen=True)
 class KernelConfig:
     """Data plane: which kernels run, and CUDA graphs for decode steps."""
 
-    # "auto" (Triton on CUDA, "cpu" elsewhere) | "cpu" | "torch" (the references) | "triton"
-    backend: str = "auto"
-    enforce_eager: bool = False  # never capture CUDA graphs
-    # decode batch sizes captured as CUDA graphs; None = 1, 2, 4, 8, 16, ..., 256 (<= max_num_seqs)
-    cuda_graph_sizes: tuple[int, ...] | None = None
+    backend: str = option(
+        "auto", "auto: Triton kernels on CUDA, the CPU torch kernels elsewhere; torch: the "
+        "plain references (debugging)", choices=("auto", "cpu", "torch", "triton"),
+        dest="kernel_backend")
+    enforce_eager: bool = option(False, "never capture CUDA graphs for decode steps")
+    cuda_graph_sizes: tuple[int, ...] | None = option(
+        None, "decode batch sizes captured as CUDA graphs",
+        default_text="1 2 4 8 16 ... 256, at most --max-num-seqs")
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "cpu", "torch", "triton"):
@@ -162,9 +173,13 @@ class ParallelConfig:
     others fail after it); a rank that dies is noticed at once (its sockets close).
     """
 
-    tensor_parallel_size: int = 1
-    enable_expert_parallel: bool = False  # MoE: whole experts per rank instead of slices
-    distributed_timeout_s: float = 300.0
+    tensor_parallel_size: int = option(
+        1, "split the model over this many GPUs (ranks spawned here, or started by torchrun)",
+        aliases=("-tp",))
+    enable_expert_parallel: bool = option(
+        False, "MoE under tensor parallelism: whole experts per rank instead of slices")
+    distributed_timeout_s: float = option(
+        300.0, "seconds a tensor-parallel collective may wait on another rank")
 
     def __post_init__(self) -> None:
         tp = self.tensor_parallel_size
@@ -216,12 +231,19 @@ class EngineConfig:
     tokenizer: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
-    load_format: str = "auto"
-    seed: int = 0
-    cpu_offload_gb: float = 0.0
+    load_format: str = option(
+        "auto", "'dummy' gives random weights (benchmarks)",
+        choices=("auto", "safetensors", "dummy"))
+    seed: int = option(0, "engine seed for unseeded sampling and dummy weights")
+    cpu_offload_gb: float = option(
+        0.0, "GiB of layer weights kept in CPU memory, streamed to the GPU")
     kernel_config: KernelConfig = field(default_factory=KernelConfig)
     quantization: str | None = None  # the method running (model_config.quantization's)
     parallel_config: ParallelConfig = field(default_factory=ParallelConfig)
+    generation_config: str = option(
+        "auto", "default sampling parameters: auto (the checkpoint's generation_config.json), "
+        "vllm (membound's own defaults), or a folder holding a generation_config.json",
+        metavar="auto|vllm|DIR")
 
     def __post_init__(self) -> None:
         self.parallel_config.verify_with_model(self.model_config)
@@ -242,6 +264,13 @@ class EngineConfig:
                 "'safetensors' or 'dummy' (random weights)"
             )
         normalize_dtype_name(self.dtype)
+        gen = self.generation_config
+        if gen not in ("auto", "vllm") and not os.path.isdir(os.path.expanduser(gen)):
+            raise ConfigError(
+                f"generation_config={gen!r} is neither 'auto', 'vllm' nor an existing folder; "
+                "pass auto (the checkpoint's generation_config.json), vllm (membound's "
+                "defaults) or a folder that holds a generation_config.json"
+            )
         if self.scheduler_config.max_model_len > self.model_config.max_supported_len:
             raise ConfigError(
                 f"max_model_len={self.scheduler_config.max_model_len} is longer than the model's "

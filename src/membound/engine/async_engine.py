@@ -39,6 +39,11 @@ class EngineDeadError(RuntimeError):
     """The engine loop has stopped (crashed or shut down); no request can be served."""
 
 
+class EngineShutdownError(EngineDeadError):
+    """The server is shutting down: no new requests, and a drain that ran out of time ends
+    the requests still running."""
+
+
 class EngineObserver(Protocol):
     """Called on the engine thread after each step (and after aborts) with the outputs it
     produced and the time they were produced (time.monotonic())."""
@@ -116,6 +121,8 @@ class AsyncLLMEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._draining = False
+        self._drain_cut: asyncio.Event | None = None
         self.dead_error: BaseException | None = None
         self.latest_stats: EngineStats = engine.stats()
 
@@ -135,6 +142,45 @@ class AsyncLLMEngine:
         self._commands.put(_STOP)
         await asyncio.to_thread(self._thread.join, timeout)
         self._fail_all(EngineDeadError("the engine is shutting down"))
+
+    async def drain(self, timeout_s: float) -> int:
+        """Stop admitting (add_request raises EngineShutdownError), wait up to ``timeout_s``
+        for the running requests to finish (or for ``cut_drain()``), then abort the rest:
+        their streams fail with EngineShutdownError. Returns how many were cut."""
+        self._draining = True
+        cut = self._drain_cut = self._drain_cut or asyncio.Event()
+        deadline = time.monotonic() + timeout_s
+        while self._streams and not cut.is_set():
+            try:
+                await asyncio.wait_for(cut.wait(), min(0.05, max(0.0, deadline - time.monotonic())))
+            except TimeoutError:
+                pass
+            if time.monotonic() >= deadline:
+                break
+        streams = list(self._streams)
+        if streams and self.is_running:
+            for request_id in streams:
+                self._commands.put(("abort", request_id))
+        self._fail_all(EngineShutdownError(
+            f"the server is shutting down and this request did not finish within the "
+            f"{timeout_s:g}s drain time"))
+        return len(streams)
+
+    def cut_drain(self) -> None:
+        """End a running drain now (a second signal)."""
+        self._draining = True
+        if self._drain_cut is None:
+            self._drain_cut = asyncio.Event()
+        self._drain_cut.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def num_streams(self) -> int:
+        """Requests in flight (each stream is one engine request)."""
+        return len(self._streams)
 
     @property
     def is_running(self) -> bool:
@@ -159,6 +205,8 @@ class AsyncLLMEngine:
         """Queue a request; returns its stream once the engine accepted it. Raises the
         engine's ValueError (RequestRejectedError, ...) if it refused it, EngineDeadError if
         the loop is not running."""
+        if self._draining:
+            raise EngineShutdownError("the server is shutting down; retry on another replica")
         if not self.is_running:
             raise EngineDeadError(self._dead_message())
         if request_id in self._streams:

@@ -17,6 +17,7 @@ surfaces as :class:`ChatTemplateError`, a ``ValueError`` whose message says what
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -250,3 +251,42 @@ def _content_text(where: str, role: str, content: Any, message: Mapping[str, Any
     raise ChatTemplateError(
         f"{where} content must be a string or a list of text parts, got {type(content).__name__}"
     )
+
+
+# ---- message content as text: the template's own text is parsed for special tokens, the
+# content the caller sent is not (so '<|im_start|>' typed by a user stays text) -----------
+_MARK = "\ue000{}\ue001"
+_MARK_RE = re.compile("\ue000(\\d+)\ue001")
+
+
+def mark_contents(chat: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """``chat`` (normalized) with each text content replaced by a marker, and the contents."""
+    contents: list[str] = []
+    marked = []
+    for message in chat:
+        content = message.get("content")
+        if isinstance(content, str):
+            message = {**message, "content": _MARK.format(len(contents))}
+            contents.append(content)
+        marked.append(message)
+    return marked, contents
+
+
+def split_marked(marked_text: str, contents: list[str], text: str) -> list[tuple[bool, str]]:
+    """Pieces ``(is_content, piece)`` of ``marked_text`` with the markers put back; they must
+    join to ``text`` (the plain rendering), else the template rewrote some content."""
+    pieces: list[tuple[bool, str]] = []
+    pos = 0
+    for match in _MARK_RE.finditer(marked_text):
+        pieces.append((False, marked_text[pos : match.start()]))
+        pieces.append((True, contents[int(match.group(1))]))
+        pos = match.end()
+    pieces.append((False, marked_text[pos:]))
+    if "".join(piece for _, piece in pieces) != text:
+        raise ChatTemplateError(
+            "a message contains special-token text and this chat template rewrites message "
+            "content, so that text cannot be kept apart from the template's own tokens; remove "
+            "the special-token text, or (trusted callers only) let it be parsed as control "
+            "tokens (serve --parse-special-tokens-in-messages)"
+        )
+    return [(is_content, piece) for is_content, piece in pieces if piece]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 
 from membound.config import (
-    KV_CACHE_DTYPES,
     CacheConfig,
     ConfigError,
     EngineConfig,
@@ -19,43 +21,70 @@ from membound.config import (
     ParallelConfig,
     SchedulerConfig,
     normalize_dtype_name,
+    read_generation_defaults,
     resolve_quantization,
 )
+from membound.config.options import add_option, option, option_dest, options
 from membound.model_source import resolve_model_path
+
+_CONFIGS = (CacheConfig, SchedulerConfig, KernelConfig, ParallelConfig, EngineConfig)
+_QUANT_CHOICES = ("fp8", "int8", "int4", "awq", "gptq", "mxfp4", "nvfp4")
 
 
 @dataclass
 class EngineArgs:
+    """The engine options as users pass them. A field without ``option(...)`` mirrors the
+    config field of the same name (or ``dest``): its default is read from that config class
+    and its flag, help and choices come from that field's metadata; the fields that carry
+    their own ``option`` mean something else before they are resolved (``None``: the
+    model's value, ``"auto"``: pick one)."""
+
     model: str | None = None
-    tokenizer: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    max_model_len: int | None = None
-    block_size: int = 16
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int | None = None
-    enable_chunked_prefill: bool = True
-    load_format: str = "auto"
-    seed: int = 0
-    gpu_memory_utilization: float = 0.9
-    kv_cache_memory_bytes: int | None = None
-    num_kv_blocks: int | None = None
-    skip_tokenizer_init: bool = False
-    enable_prefix_caching: bool = True
-    prefix_cache_salt: str | None = None
-    preemption_mode: str = "recompute"
-    swap_space: float = 4.0
-    cpu_offload_gb: float = 0.0
-    kernel_backend: str = "auto"
-    enforce_eager: bool = False
-    cuda_graph_sizes: list[int] | None = None
-    quantization: str | None = None  # None: the checkpoint's; else fp8|int8|int4|awq|gptq|...
-    kv_cache_dtype: str = "auto"
-    tensor_parallel_size: int = 1  # ranks (GPUs) the model is split over; docs/parallelism.md
-    enable_expert_parallel: bool = False  # MoE under TP: whole experts per rank
-    distributed_timeout_s: float = 300.0
+    tokenizer: str | None = option(None, "tokenizer folder", default_text="the model's")
+    dtype: str = option(
+        "auto", "auto (the checkpoint dtype on GPU, float32 on CPU), float32, float16, bfloat16")
+    device: str = option("auto", "auto (cuda when present), cuda, cpu")
+    max_model_len: int | None = option(None, "context length limit", default_text="the model's")
+    block_size: int = CacheConfig.block_size
+    max_num_seqs: int = SchedulerConfig.max_num_seqs
+    max_num_batched_tokens: int | None = option(
+        None, "token budget per step", default_text=f"{SchedulerConfig.max_num_batched_tokens}"
+        ", or --max-model-len when larger and chunked prefill is off")
+    enable_chunked_prefill: bool = SchedulerConfig.enable_chunked_prefill
+    load_format: str = EngineConfig.load_format
+    seed: int = EngineConfig.seed
+    gpu_memory_utilization: float = CacheConfig.gpu_memory_utilization
+    kv_cache_memory_bytes: int | None = CacheConfig.kv_cache_memory_bytes
+    num_kv_blocks: int | None = CacheConfig.num_kv_blocks
+    skip_tokenizer_init: bool = option(
+        False, "load no tokenizer (the engine then takes token ids only)", cli=False)
+    enable_prefix_caching: bool = CacheConfig.enable_prefix_caching
+    prefix_cache_salt: str | None = CacheConfig.prefix_cache_salt
+    preemption_mode: str = SchedulerConfig.preemption_mode
+    swap_space: float = CacheConfig.swap_space
+    cpu_offload_gb: float = EngineConfig.cpu_offload_gb
+    kernel_backend: str = KernelConfig.backend
+    enforce_eager: bool = KernelConfig.enforce_eager
+    cuda_graph_sizes: Sequence[int] | None = KernelConfig.cuda_graph_sizes
+    quantization: str | None = option(
+        None, "weight quantization; fp8/int8/int4/mxfp4/nvfp4 quantize a float checkpoint "
+        "while loading", choices=_QUANT_CHOICES, type=str.lower,
+        default_text="the checkpoint's own, if any")
+    kv_cache_dtype: str = CacheConfig.kv_cache_dtype
+    tensor_parallel_size: int = ParallelConfig.tensor_parallel_size
+    enable_expert_parallel: bool = ParallelConfig.enable_expert_parallel
+    distributed_timeout_s: float = ParallelConfig.distributed_timeout_s
+    generation_config: str = EngineConfig.generation_config
+    trust_remote_code: bool = option(
+        False, "refused: membound runs only its own model code, never a checkpoint's")
 
     def create_engine_config(self) -> EngineConfig:
+        if self.trust_remote_code:
+            raise ConfigError(
+                "trust_remote_code is not supported: membound never runs code shipped with a "
+                "checkpoint, only its own implementations of the supported architectures; drop "
+                "--trust-remote-code (the architecture must be one membound supports)"
+            )
         path = resolve_model_path(self.model)
         model_config = ModelConfig.from_hf(path)
         quant = resolve_quantization(model_config.quantization, self.quantization)
@@ -71,38 +100,29 @@ class EngineArgs:
         return EngineConfig(
             model=path,
             model_config=model_config,
-            cache_config=CacheConfig(
-                block_size=self.block_size,
-                gpu_memory_utilization=self.gpu_memory_utilization,
-                kv_cache_memory_bytes=self.kv_cache_memory_bytes,
-                num_kv_blocks=self.num_kv_blocks,
-                enable_prefix_caching=self.enable_prefix_caching,
-                prefix_cache_salt=self.prefix_cache_salt,
-                swap_space=self.swap_space,
-                kv_cache_dtype=self.kv_cache_dtype,
-            ),
+            cache_config=CacheConfig(**self._config_values(CacheConfig)),
             scheduler_config=SchedulerConfig.create(
-                max_len, self.max_num_seqs, self.max_num_batched_tokens,
-                self.enable_chunked_prefill, self.preemption_mode,
+                max_len, self.max_num_batched_tokens, **self._config_values(SchedulerConfig)
             ),
             tokenizer=self._tokenizer_path(path),
             device=device,
             dtype=dtype,
-            load_format=self.load_format,
-            seed=self.seed,
-            cpu_offload_gb=self.cpu_offload_gb,
-            kernel_config=KernelConfig(
-                backend=self.kernel_backend,
-                enforce_eager=self.enforce_eager,
-                cuda_graph_sizes=tuple(self.cuda_graph_sizes) if self.cuda_graph_sizes else None,
-            ),
+            kernel_config=KernelConfig(**self._config_values(KernelConfig)),
             quantization=quant.method if quant is not None else None,
-            parallel_config=ParallelConfig(
-                tensor_parallel_size=self.tensor_parallel_size,
-                enable_expert_parallel=self.enable_expert_parallel,
-                distributed_timeout_s=self.distributed_timeout_s,
-            ),
+            parallel_config=ParallelConfig(**self._config_values(ParallelConfig)),
+            **self._config_values(EngineConfig),
         )
+
+    def _config_values(self, cls: type) -> dict[str, Any]:
+        """The mirrored fields of config class ``cls``, by the config's field names."""
+        own = _own_options()
+        out = {}
+        for f, opt in options(cls):
+            name = option_dest(f, opt)
+            if name not in own:
+                value = getattr(self, name)
+                out[f.name] = tuple(value) if isinstance(value, list) else value
+        return out
 
     def _tokenizer_path(self, model_path: str) -> str | None:
         """An explicit tokenizer, else the model folder's; None if it has no tokenizer.json
@@ -116,66 +136,44 @@ class EngineArgs:
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser, seed_flag: str = "--seed") -> None:
+        """One flag per option, derived from the fields (see config/options.py)."""
         g = parser.add_argument_group("engine")
-        g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
-        g.add_argument("--dtype", default="auto",
-                       help="auto (checkpoint dtype on GPU, float32 on CPU), float32, float16, bfloat16")
-        g.add_argument("--device", default="auto", help="auto (cuda when present), cuda, cpu")
-        g.add_argument("--max-model-len", type=int, default=None,
-                       help="context length limit (default: the model's)")
-        g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
-        g.add_argument("--kernel-backend", default="auto",
-                       choices=["auto", "cpu", "torch", "triton"],
-                       help="auto: Triton kernels on CUDA, the CPU torch kernels elsewhere; "
-                            "torch: the simple references (debugging)")
-        g.add_argument("--enforce-eager", action="store_true",
-                       help="never capture CUDA graphs for decode steps")
-        g.add_argument("--cuda-graph-sizes", type=int, nargs="+", default=None,
-                       help="decode batch sizes to capture (default 1 2 4 8 16 ... 256)")
-        g.add_argument("--max-num-seqs", type=int, default=256, help="sequences per step")
-        g.add_argument("--max-num-batched-tokens", type=int, default=None,
-                       help="token budget per step (default 2048)")
-        g.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
-                       default=True, help="split long prompts across steps")
-        g.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"],
-                       help="'dummy' gives random weights (benchmarks)")
-        g.add_argument(seed_flag, dest="seed", type=int, default=0,
-                       help="engine seed for unseeded sampling and dummy weights")
-        g.add_argument("--gpu-memory-utilization", type=float, default=0.9,
-                       help="fraction of GPU memory membound may use")
-        g.add_argument("--kv-cache-memory-bytes", type=int, default=None,
-                       help="explicit KV cache budget in bytes")
-        g.add_argument("--num-kv-blocks", type=int, default=None,
-                       help="explicit number of KV blocks (debugging)")
-        g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                       default=True, help="reuse the KV of shared prompt prefixes")
-        g.add_argument("--prefix-cache-salt", default=None,
-                       help="per-deployment salt mixed into block hashes")
-        g.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"],
-                       help="what happens to a request's KV when it is preempted")
-        g.add_argument("--swap-space", type=float, default=4.0,
-                       help="GiB of CPU memory for swapped-out KV blocks")
-        g.add_argument("--quantization", default=None, type=str.lower,
-                       choices=["fp8", "int8", "int4", "awq", "gptq", "mxfp4", "nvfp4"],
-                       help="weight quantization (default: the checkpoint's own, if any); "
-                       "fp8/int8/int4/mxfp4/nvfp4 quantize a float checkpoint while loading")
-        g.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
-                       help="KV cache dtype: auto (the model dtype) or fp8 (E4M3 with per-layer "
-                       "K/V scales from the checkpoint, else 1.0: half a bf16 cache)")
-        g.add_argument("--cpu-offload-gb", type=float, default=0.0,
-                       help="GiB of layer weights kept in CPU memory, streamed to the GPU")
-        g.add_argument("--tensor-parallel-size", type=int, default=1,
-                       help="split the model over this many GPUs (ranks spawned here, or "
-                       "started by torchrun)")
-        g.add_argument("--enable-expert-parallel", action="store_true",
-                       help="MoE under tensor parallelism: whole experts per rank")
-        g.add_argument("--distributed-timeout-s", type=float, default=300.0,
-                       help="seconds a tensor-parallel collective may wait on another rank")
+        for f, opt, source in _all_options():
+            if opt.cli:
+                add_option(g, f, opt, typing.get_type_hints(source),
+                           flag=seed_flag if f.name == "seed" else None,
+                           default=getattr(EngineArgs, option_dest(f, opt)))
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:
         kwargs = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         return cls(**kwargs)
+
+
+def _own_options() -> dict[str, Any]:
+    """EngineArgs fields that carry their own option (they do not mirror a config field)."""
+    return {f.name: f for f, _ in options(EngineArgs)}
+
+
+def _all_options() -> list[tuple[Any, Any, type]]:
+    """(field, Option, class declaring it) for every engine option, in EngineArgs' order."""
+    by_name: dict[str, tuple[Any, Any, type]] = {}
+    for cls in _CONFIGS:
+        for f, opt in options(cls):
+            by_name[option_dest(f, opt)] = (f, opt, cls)
+    for f, opt in options(EngineArgs):
+        by_name[f.name] = (f, opt, EngineArgs)
+    return [by_name[f.name] for f in fields(EngineArgs) if f.name in by_name]
+
+
+def generation_defaults(config: EngineConfig) -> dict[str, Any]:
+    """Default sampling parameters per ``config.generation_config``: ``auto`` reads the
+    model's generation_config.json, ``vllm`` none (SamplingParams' own), a folder its file."""
+    source = config.generation_config
+    if source == "vllm":
+        return {}
+    folder = config.model if source == "auto" else os.path.expanduser(source)
+    return read_generation_defaults(folder)
 
 
 def resolve_device(device: str) -> str:

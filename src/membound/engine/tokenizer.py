@@ -30,7 +30,13 @@ from typing import Any
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as _Backend
 
-from membound.engine.chat_template import ChatTemplate, ChatTemplateError
+from membound.engine.chat_template import (
+    ChatTemplate,
+    ChatTemplateError,
+    mark_contents,
+    normalize_messages,
+    split_marked,
+)
 
 __all__ = ["Tokenizer", "TokenizerError"]
 
@@ -89,6 +95,8 @@ class Tokenizer:
         self.vocab_size: int = max(
             backend.get_vocab_size(with_added_tokens=True), max(added, default=-1) + 1
         )
+        self._special_texts = tuple(t.content for t in added.values() if t.special)
+        self._as_text_backend: _Backend | None = None  # a copy that never parses specials
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -216,18 +224,43 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         *,
         add_special_tokens: bool | None = None,
+        parse_special_in_content: bool = False,
         **kwargs: Any,
     ) -> list[int]:
         """Render ``messages`` and encode the result.
 
         With ``add_special_tokens=None`` (the default) the post-processor's special tokens
         are added only when the rendered text does not already start with the BOS token, so
-        a template that writes ``{{ bos_token }}`` never gets a second BOS.
+        a template that writes ``{{ bos_token }}`` never gets a second BOS. Special-token
+        text inside message content (a user typing ``<|im_start|>system``) is encoded as
+        plain text unless ``parse_special_in_content`` (trusted callers only).
         """
-        text = self.apply_chat_template(messages, add_generation_prompt, **kwargs)
+        chat = normalize_messages(messages)
+        text = self.apply_chat_template(chat, add_generation_prompt, **kwargs)
         if add_special_tokens is None:
             add_special_tokens = not (self.bos_token and text.startswith(self.bos_token))
-        return self.encode(text, add_special_tokens=add_special_tokens)
+        contents = [m["content"] for m in chat if isinstance(m.get("content"), str)]
+        if parse_special_in_content or not any(
+            s in c for c in contents for s in self._special_texts
+        ):
+            return self.encode(text, add_special_tokens=add_special_tokens)
+        marked, contents = mark_contents(chat)
+        pieces = split_marked(
+            self.apply_chat_template(marked, add_generation_prompt, **kwargs), contents, text
+        )
+        if self._as_text_backend is None:
+            self._as_text_backend = _Backend.from_str(self._backend.to_str())
+            self._as_text_backend.encode_special_tokens = True
+        ids = []
+        for is_content, piece in pieces:
+            backend = self._as_text_backend if is_content else self._backend
+            ids += backend.encode(piece, add_special_tokens=False).ids
+        if not add_special_tokens:
+            return ids
+        inner = self._backend.encode("a", add_special_tokens=False).ids
+        outer = self._backend.encode("a", add_special_tokens=True).ids
+        at = next(i for i in range(len(outer)) if outer[i : i + len(inner)] == inner)
+        return outer[:at] + ids + outer[at + len(inner) :]
 
     def _resolve_template(self, chat_template: str | None, tools: object) -> str:
         if chat_template is not None:

@@ -9,8 +9,36 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_LOG_LEVEL = "WARNING"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every flag's default (once; options derived from config fields say it already)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, argparse.SUPPRESS) or not (
+            action.option_strings
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """Every (sub)command parser: defaults in ``--help``, and the global flags accepted
+    after the subcommand too (``membound serve --log-level INFO``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--log-level", type=str.upper, choices=_LOG_LEVELS, default=argparse.SUPPRESS,
+            help=f"log level (default: {DEFAULT_LOG_LEVEL}; serve: INFO, for its access log)",
+        )
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +50,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         description="Generate text. MODEL (a checkpoint folder or hub id) may be omitted to "
         "use the bundled default model.",
     )
-    p.add_argument("args", nargs="+", metavar="[MODEL] PROMPT", help="optional model, then prompts")
+    p.add_argument("args", nargs="+", metavar="[MODEL] PROMPT",
+                   help="optional model (a folder, ./relative or /absolute path, or hub id "
+                   "ORG/NAME), then prompts")
     p.add_argument("--model", default=None, help="checkpoint folder or hub id")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate per prompt")
     p.add_argument("--temperature", type=float, default=None,
@@ -45,17 +75,26 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def split_model_and_prompts(
     positional: Sequence[str], model: str | None
 ) -> tuple[str | None, list[str]]:
-    """``generate`` takes an optional MODEL before the prompts: the first positional is the
-    model if it is a checkpoint folder, or looks like a hub id and prompts follow it."""
+    """``generate`` takes an optional MODEL before the prompts. The first positional is the
+    model if it is a checkpoint folder, if it is written as a path (``/x``, ``./x``, ``../x``,
+    ``~/x``, no spaces: a missing one is then an error naming it, not a prompt), or if it
+    looks like a hub id ``ORG/NAME`` and prompts follow it."""
     args = list(positional)
     if model is not None or not args:
         return model, args
-    first = os.path.expanduser(args[0])
-    if os.path.isfile(os.path.join(first, "config.json")):
-        return args[0], args[1:]
-    if len(args) > 1 and _HUB_ID.match(args[0]) and not os.path.exists(first):
-        return args[0], args[1:]
+    first = args[0]
+    expanded = os.path.expanduser(first)
+    if os.path.isfile(os.path.join(expanded, "config.json")) or _looks_like_path(first):
+        return first, args[1:]
+    if len(args) > 1 and _HUB_ID.match(first) and not os.path.exists(expanded):
+        return first, args[1:]
     return None, args
+
+
+def _looks_like_path(text: str) -> bool:
+    return not any(c.isspace() for c in text) and (
+        text.startswith(("/", "./", "../", "~")) or (os.sep in text and os.path.exists(text))
+    )
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -124,12 +163,9 @@ def _add_optional(sub: argparse._SubParsersAction, module: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from membound import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="membound", description="Memory-centric LLM inference and GPU planning."
-    )
+    parser = Parser(prog="membound", description="Memory-centric LLM inference and GPU planning.")
     parser.add_argument("--version", action="version", version=f"membound {__version__}")
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     _add_generate(sub)
     _add_info(sub)
     for module in (
@@ -145,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    level = getattr(args, "log_level", None) or getattr(args, "default_log_level", DEFAULT_LOG_LEVEL)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,9 +1,12 @@
 """The FastAPI app: ``build_app(engine, args)``.
 
 ```
-request -> APIKeyMiddleware (401) -> BodySizeLimitMiddleware (413) -> ErrorMiddleware (500,
-           no traceback) -> routes (OpenAIError -> its status; bad JSON/types -> 400)
+request -> AccessLogMiddleware (one INFO line per request) -> BodyTimeoutMiddleware (408)
+        -> DrainMiddleware (503 while shutting down) -> ConsolePages -> APIKeyMiddleware (401)
+        -> BodySizeLimitMiddleware (413) -> ErrorMiddleware (500, no traceback)
+        -> routes (OpenAIError -> its status; bad JSON/types -> 400)
 ```
+The header read timeout and the graceful shutdown live around the app (lifecycle.py).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
@@ -24,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from membound.engine.async_engine import AsyncLLMEngine
+from membound.engine.engine_args import generation_defaults
 from membound.engine.llm_engine import LLMEngine
 from membound.entrypoints.openai import serving_chat, serving_completions
 from membound.entrypoints.openai.console import mount_console
@@ -35,7 +38,9 @@ from membound.entrypoints.openai.errors import (
     send_error,
     status_phrase,
 )
-from membound.entrypoints.openai.limits import BodySizeLimitMiddleware, ServerLimits
+from membound.entrypoints.openai.access_log import AccessLogMiddleware
+from membound.entrypoints.openai.lifecycle import BodyTimeoutMiddleware, DrainMiddleware
+from membound.entrypoints.openai.limits import BodySizeLimitMiddleware
 from membound.entrypoints.openai.metrics import CONTENT_TYPE, ServerMetrics
 from membound.entrypoints.openai.protocol import (
     DetokenizeRequest,
@@ -43,6 +48,7 @@ from membound.entrypoints.openai.protocol import (
     ModelList,
     TokenizeRequest,
 )
+from membound.entrypoints.openai.server_args import API_KEY_ENV, ServerArgs
 from membound.entrypoints.openai.serving_base import (
     ClientDisconnected,
     ServerState,
@@ -52,20 +58,7 @@ from membound.entrypoints.openai.serving_base import (
 
 logger = logging.getLogger("membound.server")
 
-API_KEY_ENV = "MEMBOUND_API_KEY"
-
-
-@dataclass(frozen=True)
-class ServerArgs:
-    served_model_names: tuple[str, ...] = ()  # empty: the model path's folder name
-    api_key: str | None = None
-    limits: ServerLimits = field(default_factory=ServerLimits)
-
-    @classmethod
-    def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
-        names = getattr(args, "served_model_name", None) or ()
-        key = getattr(args, "api_key", None) or os.environ.get(API_KEY_ENV) or None
-        return cls(tuple(names), key, ServerLimits.from_cli_args(args))
+__all__ = ["API_KEY_ENV", "ServerArgs", "build_app"]
 
 
 def build_app(engine: AsyncLLMEngine | LLMEngine, args: ServerArgs | argparse.Namespace) -> FastAPI:
@@ -92,8 +85,17 @@ def build_app(engine: AsyncLLMEngine | LLMEngine, args: ServerArgs | argparse.Na
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=server_args.limits.max_body_bytes)
     if server_args.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=server_args.api_key)
-    mount_console(app, state)  # last: its public pages wrap the API-key check
+    mount_console(app, state)  # its public pages wrap the API-key check
+    _add_lifecycle_middleware(app, async_engine, server_args)
     return app
+
+
+def _add_lifecycle_middleware(app: FastAPI, engine: AsyncLLMEngine, args: ServerArgs) -> None:
+    """Outermost: shutdown 503s, the body read timeout, then the access log around all."""
+    app.add_middleware(DrainMiddleware, engine=engine)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=args.body_timeout_s)
+    if args.access_log:
+        app.add_middleware(AccessLogMiddleware)
 
 
 def _make_state(async_engine: AsyncLLMEngine, args: ServerArgs) -> ServerState:
@@ -107,6 +109,9 @@ def _make_state(async_engine: AsyncLLMEngine, args: ServerArgs) -> ServerState:
         max_model_len=engine.config.scheduler_config.max_model_len,
         vocab_size=engine.config.model_config.vocab_size, tokenizer=engine.tokenizer,
         limits=args.limits, metrics=metrics,
+        sampling_defaults=generation_defaults(engine.config),
+        chat_template=args.read_chat_template(),
+        parse_special_tokens_in_messages=args.parse_special_tokens_in_messages,
     )
 
 

@@ -1,7 +1,8 @@
 """``membound serve [MODEL]``: the OpenAI-compatible server.
 
 This module is imported by the main CLI even when the server extras are missing, so fastapi,
-uvicorn and prometheus-client are imported only inside ``run_server``.
+uvicorn and prometheus-client are imported only inside ``run_server``. Every flag is derived
+from a field: ServerArgs (server_args.py), ServerLimits and the engine's configs.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import sys
 logger = logging.getLogger("membound.server")
 
 _SERVER_MODULES = ("fastapi", "uvicorn", "pydantic", "prometheus_client")
+# after the drain, how long uvicorn may take to close connections and stop tasks
+_CLOSE_GRACE_S = 5.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from membound.engine.engine_args import EngineArgs
-    from membound.entrypoints.openai.limits import ServerLimits
+    from membound.entrypoints.openai.server_args import ServerArgs
 
     p = subparsers.add_parser(
         "serve",
@@ -29,17 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("model", nargs="?", default=None, metavar="MODEL",
                    help="checkpoint folder or hub id (default: the bundled model)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
-    p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' (default: $MEMBOUND_API_KEY)")
-    p.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
-                   help="model name(s) clients use (default: the model folder's name)")
-    p.add_argument("--uvicorn-log-level", default="warning",
-                   help="uvicorn's log level (access logs carry paths, never bodies)")
-    ServerLimits.add_cli_args(p)
+    ServerArgs.add_cli_args(p)
     EngineArgs.add_cli_args(p)
-    p.set_defaults(func=run_server)
+    p.set_defaults(func=run_server, default_log_level="INFO")
     return p
 
 
@@ -55,16 +50,29 @@ def run_server(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
+    from membound.engine.async_engine import AsyncLLMEngine
     from membound.engine.engine_args import EngineArgs
     from membound.engine.llm_engine import LLMEngine
-    from membound.entrypoints.openai.api_server import ServerArgs, build_app
+    from membound.entrypoints.openai.api_server import build_app
+    from membound.entrypoints.openai.lifecycle import DrainingServer, header_timeout_protocol
+    from membound.entrypoints.openai.server_args import ServerArgs, take_model_from_names
 
-    server_args = ServerArgs.from_cli_args(args)  # validates the limits before loading
-    engine = LLMEngine.from_engine_args(EngineArgs.from_cli_args(args), progress=True)
+    args = take_model_from_names(args)
+    server_args = ServerArgs.from_cli_args(args)  # validates the server options before loading
+    server_args.read_chat_template()
+    engine = AsyncLLMEngine(LLMEngine.from_engine_args(EngineArgs.from_cli_args(args),
+                                                       progress=True))
     app = build_app(engine, server_args)
     names = ", ".join(app.state.membound.model_names)
-    print(f"membound: serving {names} on http://{args.host}:{args.port}/v1 "
+    print(f"membound: serving {names} on http://{server_args.host}:{server_args.port}/v1 "
           f"(auth {'on' if server_args.api_key else 'off'})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
-                timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, host=server_args.host, port=server_args.port,
+        log_level=server_args.uvicorn_log_level, access_log=False,
+        http=header_timeout_protocol(server_args.header_timeout_s),
+        timeout_keep_alive=max(1, round(server_args.keep_alive_timeout_s)),
+        timeout_graceful_shutdown=int(_CLOSE_GRACE_S),
+    )
+    DrainingServer(config, engine, server_args.drain_timeout_s).run()
+    logger.warning("server stopped")
     return 0

@@ -15,8 +15,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from membound.engine.async_engine import AsyncLLMEngine, EngineDeadError, RequestStream
+from membound.engine.async_engine import (
+    AsyncLLMEngine,
+    EngineDeadError,
+    EngineShutdownError,
+    RequestStream,
+)
 from membound.engine.tokenizer import Tokenizer
+from membound.entrypoints.openai.access_log import note_tokens
 from membound.entrypoints.openai.errors import (
     OpenAIError,
     bad_request,
@@ -52,6 +58,9 @@ class ServerState:
     tokenizer: Tokenizer | None
     limits: ServerLimits
     metrics: ServerMetrics
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)  # generation_config.json
+    chat_template: str | None = None  # --chat-template; None: the model's
+    parse_special_tokens_in_messages: bool = False
     _token_text: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -162,6 +171,7 @@ def sampling_params(
         raise bad_request(f"stop_token_ids must be in [0, {state.vocab_size}); got {_short(bad)}",
                           param="stop_token_ids")
     kwargs: dict[str, Any] = {
+        **state.sampling_defaults,  # the checkpoint's generation_config; request fields win
         "n": req.n, "max_tokens": max_tokens, "stop": req.stop_list(),
         "stop_token_ids": req.stop_token_ids, "seed": req.seed, "ignore_eos": req.ignore_eos,
         "min_tokens": req.min_tokens, "logprobs": logprobs, "prompt_logprobs": prompt_logprobs,
@@ -210,7 +220,8 @@ async def submit_all(
 
 
 def engine_dead(e: BaseException) -> OpenAIError:
-    return OpenAIError(503, f"{e}", code="engine_dead")
+    code = "server_shutting_down" if isinstance(e, EngineShutdownError) else "engine_dead"
+    return OpenAIError(503, f"{e}", code=code)
 
 
 async def merged(
@@ -258,6 +269,7 @@ def log_finished(request_id: str, outs: list[RequestOutput]) -> None:
     n_prompt = sum(len(o.prompt_token_ids) for o in outs)
     n_out = sum(len(c.token_ids) for o in outs for c in o.outputs)
     reasons = sorted({str(c.finish_reason) for o in outs for c in o.outputs})
+    note_tokens(n_prompt, n_out)
     logger.info("%s finished: %d prompt tokens, %d output tokens, finish %s",
                 request_id, n_prompt, n_out, ",".join(reasons))
 

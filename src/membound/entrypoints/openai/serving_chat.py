@@ -59,7 +59,9 @@ def encode_messages(state: ServerState, messages: list, add_generation_prompt: b
     if not messages:
         raise bad_request("messages is empty; send at least one message", param="messages")
     try:
-        ids = tok.encode_chat(messages, add_generation_prompt=add_generation_prompt)
+        ids = tok.encode_chat(messages, add_generation_prompt=add_generation_prompt,
+                              chat_template=state.chat_template,
+                              parse_special_in_content=state.parse_special_tokens_in_messages)
     except (ValueError, TypeError) as e:
         raise bad_request(str(e), param="messages") from None
     if not ids:
