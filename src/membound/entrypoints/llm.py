@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any, Union
 
-from membound.config import read_generation_defaults
-from membound.engine.engine_args import EngineArgs
+from membound.engine.engine_args import EngineArgs, generation_defaults
 from membound.engine.llm_engine import LLMEngine
 from membound.engine.tokenizer import Tokenizer
 from membound.outputs import RequestOutput
@@ -25,6 +25,12 @@ class LLM:
     gpu_memory_utilization, kv_cache_memory_bytes, num_kv_blocks, tokenizer,
     tensor_parallel_size...). With ``tensor_parallel_size`` > 1 the other ranks run in
     their own processes until ``shutdown()`` (or exit); see docs/parallelism.md.
+
+    Thread safety: calls are serialised. ``generate`` and ``chat`` from several threads at
+    once run one after another, each call's batch whole (a lock guards the engine, which
+    is not thread-safe); for concurrent requests batched together use ``AsyncLLMEngine``
+    or ``membound serve``. A call interrupted (KeyboardInterrupt, an exception) aborts its
+    requests and leaves the engine usable.
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
@@ -37,7 +43,8 @@ class LLM:
             )
         self.engine_args = EngineArgs(model=model, **kwargs)
         self.llm_engine = LLMEngine.from_engine_args(self.engine_args, progress=True)
-        self._generation_defaults = read_generation_defaults(self.llm_engine.config.model)
+        self._generation_defaults = generation_defaults(self.llm_engine.config)
+        self._lock = threading.Lock()  # the engine is not thread-safe; calls take turns
 
     def get_default_sampling_params(self, **overrides: Any) -> SamplingParams:
         """SamplingParams with the checkpoint's generation_config.json defaults (temperature,
@@ -74,15 +81,19 @@ class LLM:
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
+        parse_special_in_content: bool = False,
     ) -> list[RequestOutput]:
-        """Apply the model's chat template to one conversation or a list of them."""
+        """Apply the model's chat template to one conversation or a list of them.
+        Special-token text inside message content is encoded as text unless
+        ``parse_special_in_content`` (trusted input only)."""
         tok = self.get_tokenizer()
         if tok is None:
             raise ValueError("chat() needs a tokenizer; this model has none")
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
         items: list[PromptType] = [
             {"prompt_token_ids": tok.encode_chat(
-                conv, add_generation_prompt=add_generation_prompt, chat_template=chat_template)}
+                conv, add_generation_prompt=add_generation_prompt, chat_template=chat_template,
+                parse_special_in_content=parse_special_in_content)}
             for conv in conversations  # type: ignore[arg-type]
         ]
         params = _per_prompt_params(sampling_params or self.get_default_sampling_params(),
@@ -90,6 +101,16 @@ class LLM:
         return self._run(items, params, use_tqdm, None)
 
     def _run(
+        self,
+        items: list[PromptType],
+        params: list[SamplingParams],
+        use_tqdm: bool,
+        priority: Sequence[int] | None,
+    ) -> list[RequestOutput]:
+        with self._lock:
+            return self._run_locked(items, params, use_tqdm, priority)
+
+    def _run_locked(
         self,
         items: list[PromptType],
         params: list[SamplingParams],
