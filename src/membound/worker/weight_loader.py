@@ -67,14 +67,20 @@ Headers = dict[str, tuple[str, tuple[int, ...], str]]
 
 
 def _headers(files: list[str]) -> Headers:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     out: Headers = {}
     for file in files:
-        with safe_open(file, framework="pt") as f:
-            for name in f.keys():
-                sl = f.get_slice(name)
-                out[name] = (file, tuple(sl.get_shape()), str(sl.get_dtype()))
+        try:
+            with safe_open(file, framework="pt") as f:
+                for name in f.keys():
+                    sl = f.get_slice(name)
+                    out[name] = (file, tuple(sl.get_shape()), str(sl.get_dtype()))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(
+                f"{file} is not a readable safetensors file ({e}); it is probably truncated "
+                "or corrupt: download or copy it again"
+            ) from None
     return out
 
 
