@@ -158,12 +158,16 @@ class AsyncLLMEngine:
             if time.monotonic() >= deadline:
                 break
         streams = list(self._streams)
-        if streams and self.is_running:
-            for request_id in streams:
-                self._commands.put(("abort", request_id))
         self._fail_all(EngineShutdownError(
             f"the server is shutting down and this request did not finish within the "
             f"{timeout_s:g}s drain time"))
+        if streams and self.is_running:
+            for request_id in streams:
+                self._commands.put(("abort", request_id))
+            try:  # commands run in order: once this returns, the aborts were applied
+                await asyncio.wait_for(self.call_on_engine_thread(lambda engine: None), 10.0)
+            except (EngineDeadError, TimeoutError):
+                pass  # the loop is gone or wedged: shutdown() stops it either way
         return len(streams)
 
     def cut_drain(self) -> None:
