@@ -22,14 +22,14 @@ api_server = pytest.importorskip("membound.entrypoints.openai.api_server")
 
 
 @contextmanager
-def membound_server(model: Path) -> Iterator[str]:
+def membound_server(model: Path, api_key: str | None = None) -> Iterator[str]:
     from membound.engine.engine_args import EngineArgs
     from membound.engine.llm_engine import LLMEngine
 
     engine = LLMEngine.from_engine_args(
         EngineArgs(model=str(model), block_size=4, num_kv_blocks=128, max_num_seqs=8)
     )
-    app = api_server.build_app(engine, api_server.ServerArgs(served_model_names=("tiny",)))
+    app = api_server.build_app(engine, api_server.ServerArgs(served_model_names=("tiny",), api_key=api_key))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -63,3 +63,23 @@ def test_serve_against_membound_server(tiny_llama: Path, tmp_path: Path) -> None
     assert f["total_output_tokens"] == 6 * 4 and f["max_concurrent_requests"] <= 3
     assert doc["config"]["served_model"] == "tiny" and f["ttft_ms_mean"] > 0
     assert doc["model"]["config"]["hidden_size"] == 64  # read from the --tokenizer folder
+
+
+def test_serve_with_api_key_and_the_servers_vocabulary(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --tokenizer and no --vocab-size: prompt ids come from the server's /tokenize, so
+    none falls outside the tiny model's 320-token vocabulary; the key comes from the flag or
+    $OPENAI_API_KEY."""
+    out = tmp_path / "serve.json"
+    opts = ["--num-prompts", "4", "--input-len", "8", "--output-len", "3", "--ignore-eos",
+            "--disable-tqdm", "--output-json", str(out)]
+    with membound_server(tiny_llama, api_key="sekrit") as url:
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        assert main(["bench", "serve", "--base-url", url, *opts]) == 2  # 401 on /tokenize
+        assert main(["bench", "serve", "--base-url", url, "--api-key", "sekrit", *opts]) == 0
+        f = json.loads(out.read_text())["figures"]
+        assert f["failed"] == 0 and f["total_output_tokens"] == 4 * 3, f["errors"]
+        monkeypatch.setenv("OPENAI_API_KEY", "sekrit")
+        assert main(["bench", "serve", "--base-url", url, *opts]) == 0
+        assert json.loads(out.read_text())["figures"]["failed"] == 0

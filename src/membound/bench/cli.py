@@ -104,8 +104,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--vocab-size",
         type=_positive_int,
-        default=32000,
-        help="random token ids stay below this when there is no tokenizer",
+        default=None,
+        help="random token ids stay below this when there is no tokenizer (default: ids "
+        "from the server's own /tokenize, always inside its vocabulary)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="send 'Authorization: Bearer KEY' (default: $OPENAI_API_KEY)",
     )
     _add_lengths(p, None)
     _add_dataset(p)

@@ -14,6 +14,8 @@ vLLM's serving benchmark times it (``benchmarks/backend_request_func.py``):
 from __future__ import annotations
 
 import json
+import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,3 +140,46 @@ async def first_model_id(session: Any, base_url: str) -> str | None:
         return str(data["data"][0]["id"])
     except Exception:
         return None
+
+
+API_KEY_ENV = "OPENAI_API_KEY"
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """``Authorization: Bearer`` for ``api_key``, else ``$OPENAI_API_KEY``; none without."""
+    key = api_key or os.environ.get(API_KEY_ENV)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _random_text(seed: int, words: int) -> str:
+    """Pronounceable random words (mixed case, digits, punctuation): text that a tokenizer
+    splits into many different tokens."""
+    rng = random.Random(seed)
+    consonants, vowels = "bcdfghjklmnprstvwz", "aeiou"
+    out = []
+    for _ in range(words):
+        word = "".join(rng.choice(consonants) + rng.choice(vowels)
+                       for _ in range(rng.randint(1, 4)))
+        word = word.capitalize() if rng.random() < 0.2 else word
+        out.append(word + rng.choice(["", "", "", ",", ".", " " + str(rng.randint(0, 999))]))
+    return " ".join(out)
+
+
+async def server_token_pool(session: Any, base_url: str, seed: int = 0) -> list[int]:
+    """Token ids the server's own tokenizer produces (its ``/tokenize`` of random text):
+    prompts drawn from them are always inside the served model's vocabulary."""
+    payload = {"prompt": _random_text(seed, 4000), "add_special_tokens": False}
+    try:
+        async with session.post(f"{base_url}/tokenize", json=payload) as resp:
+            body = await resp.text()
+            if resp.status != 200:
+                raise ValueError(f"HTTP {resp.status}: {body[:200]}")
+            ids = sorted(set(json.loads(body)["tokens"]))
+    except Exception as e:
+        raise ValueError(
+            f"no tokenizer was given and the server's {base_url}/tokenize could not supply "
+            f"token ids ({type(e).__name__}: {e}); pass --tokenizer FOLDER or --vocab-size N"
+        ) from None
+    if not ids:
+        raise ValueError(f"{base_url}/tokenize returned no tokens; pass --tokenizer or --vocab-size")
+    return ids

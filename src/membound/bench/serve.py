@@ -19,11 +19,13 @@ import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from membound.bench.datasets import SampleRequest
 from membound.bench.openai_client import (
     RequestResult,
+    auth_headers,
     completion_payload,
     first_model_id,
     send_completion,
@@ -49,7 +51,7 @@ async def run_load(
     url: str, model: str, requests: list[SampleRequest], *, rate: float = float("inf"),
     max_concurrency: int | None = None, burstiness: float = 1.0, seed: int = 0,
     ignore_eos: bool = False, extra_body: dict[str, Any] | None = None, progress: bool = True,
-    timeout_s: float = 6 * 3600,
+    timeout_s: float = 6 * 3600, headers: dict[str, str] | None = None,
 ) -> tuple[list[RequestResult], float]:  # fmt: skip
     """Send every request; returns their results (in submission order) and the duration."""
     import aiohttp
@@ -59,7 +61,7 @@ async def run_load(
     bar = tqdm(total=len(requests), desc="serve", unit="req", disable=not progress)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(
-        timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
+        timeout=timeout, connector=aiohttp.TCPConnector(limit=0), headers=headers
     ) as session:
         t0 = time.perf_counter()
 
@@ -236,10 +238,34 @@ def _requests(args: argparse.Namespace, tokenizer: Any) -> list[SampleRequest]:
     if args.dataset:
         return load_dataset(args.dataset, args.num_prompts, tokenizer=tokenizer,
                             output_len=args.output_len)  # fmt: skip
-    vocab = len(tokenizer) if tokenizer is not None else args.vocab_size
-    return random_requests(args.num_prompts, args.input_len, args.output_len or 128, vocab,
-                           seed=args.seed, range_ratio=args.random_range_ratio,
-                           tokenizer=tokenizer)  # fmt: skip
+    pool = None
+    if tokenizer is not None:
+        vocab = len(tokenizer)
+    elif args.vocab_size is not None:
+        vocab = args.vocab_size
+    else:  # the server's own token ids, so every prompt is inside its vocabulary
+        pool = asyncio.run(_token_pool(args))
+        vocab = len(pool) + _LOW_IDS
+    requests = random_requests(args.num_prompts, args.input_len, args.output_len or 128, vocab,
+                               seed=args.seed, range_ratio=args.random_range_ratio,
+                               tokenizer=tokenizer)  # fmt: skip
+    if pool is None:
+        return requests
+    return [replace(r, prompt=[pool[i - _LOW_IDS] for i in r.prompt])  # type: ignore[union-attr]
+            for r in requests]
+
+
+_LOW_IDS = 10  # random_requests avoids ids below 10 (special tokens in most vocabularies)
+
+
+async def _token_pool(args: argparse.Namespace) -> list[int]:
+    import aiohttp
+
+    from membound.bench.openai_client import server_token_pool
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
+                                     headers=auth_headers(args.api_key)) as session:
+        return await server_token_pool(session, args.base_url.rstrip("/"), args.seed)
 
 
 def _device(args: argparse.Namespace) -> dict[str, Any]:
@@ -269,7 +295,8 @@ async def _run(
     base = args.base_url.rstrip("/")
     model = args.model
     if model is None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                         headers=auth_headers(args.api_key)) as session:
             model = await first_model_id(session, base)
         if model is None:
             raise ValueError(f"could not list models at {base}/v1/models; pass --model NAME")
@@ -285,6 +312,7 @@ async def _run(
         ignore_eos=args.ignore_eos,
         extra_body=extra,
         progress=not args.disable_tqdm,
+        headers=auth_headers(args.api_key),
     )
     return model, results, duration
 
