@@ -37,8 +37,9 @@ def test_flags_derived_from_fields() -> None:
     add_options(parser, Toy)
     ns = parser.parse_args([])
     assert (ns.size, ns.ratio, ns.mode, ns.flag, ns.sizes) == (16, None, "a", False, None)
-    ns = parser.parse_args(["--size", "4", "--ratio", "0.5", "-m", "b", "--flag",
-                            "--sizes", "1", "2"])
+    ns = parser.parse_args(
+        ["--size", "4", "--ratio", "0.5", "-m", "b", "--flag", "--sizes", "1", "2"]
+    )
     assert Toy(**values_from(Toy, ns)) == Toy(4, 0.5, "b", True, (1, 2))
     assert not hasattr(ns, "internal")
     with pytest.raises(SystemExit):
@@ -54,7 +55,7 @@ def test_engine_flags_match_config_defaults() -> None:
     EngineArgs.add_cli_args(parser)
     ns = parser.parse_args([])
     own = {f.name for f, _, cls in _all_options() if cls is EngineArgs}
-    for f, opt, cls in _all_options():
+    for f, opt, _ in _all_options():
         name = option_dest(f, opt)
         if not opt.cli:
             assert not hasattr(ns, name)
@@ -63,16 +64,26 @@ def test_engine_flags_match_config_defaults() -> None:
         if name not in own:
             assert getattr(EngineArgs, name) == field_default(f), name
     assert EngineArgs.from_cli_args(ns) == EngineArgs()
-    mirrored = {option_dest(f, o) for c in (CacheConfig, SchedulerConfig, KernelConfig,
-                                             ParallelConfig, EngineConfig)
-                for f, o in options(c)}
+    mirrored = {
+        option_dest(f, o)
+        for c in (CacheConfig, SchedulerConfig, KernelConfig, ParallelConfig, EngineConfig)
+        for f, o in options(c)
+    }
     assert mirrored <= {f.name for f in dataclasses.fields(EngineArgs)}
 
 
 def test_engine_args_reach_the_configs(tiny_llama: Path) -> None:
-    cfg = EngineArgs(model=str(tiny_llama), block_size=4, max_num_seqs=3, kernel_backend="torch",
-                     cuda_graph_sizes=[2, 1], tensor_parallel_size=1, seed=7,
-                     preemption_mode="swap", generation_config="vllm").create_engine_config()
+    cfg = EngineArgs(
+        model=str(tiny_llama),
+        block_size=4,
+        max_num_seqs=3,
+        kernel_backend="torch",
+        cuda_graph_sizes=[2, 1],
+        tensor_parallel_size=1,
+        seed=7,
+        preemption_mode="swap",
+        generation_config="vllm",
+    ).create_engine_config()
     assert cfg.cache_config.block_size == 4 and cfg.scheduler_config.max_num_seqs == 3
     assert cfg.kernel_config.backend == "torch" and cfg.kernel_config.cuda_graph_sizes == (1, 2)
     assert cfg.seed == 7 and cfg.scheduler_config.preemption_mode == "swap"
@@ -89,8 +100,9 @@ def test_generation_config_sources(tiny_llama: Path, tmp_path: Path) -> None:
     (tmp_path / "generation_config.json").write_text(json.dumps({"temperature": 0.3}))
 
     def defaults(source: str) -> dict[str, typing.Any]:
-        return generation_defaults(EngineArgs(model=str(tiny_llama), generation_config=source)
-                                   .create_engine_config())
+        return generation_defaults(
+            EngineArgs(model=str(tiny_llama), generation_config=source).create_engine_config()
+        )
 
     assert defaults("vllm") == {}
     assert defaults(str(tmp_path)) == {"temperature": 0.3}

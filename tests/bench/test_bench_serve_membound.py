@@ -29,7 +29,9 @@ def membound_server(model: Path, api_key: str | None = None) -> Iterator[str]:
     engine = LLMEngine.from_engine_args(
         EngineArgs(model=str(model), block_size=4, num_kv_blocks=128, max_num_seqs=8)
     )
-    app = api_server.build_app(engine, api_server.ServerArgs(served_model_names=("tiny",), api_key=api_key))
+    app = api_server.build_app(
+        engine, api_server.ServerArgs(served_model_names=("tiny",), api_key=api_key)
+    )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -72,8 +74,18 @@ def test_serve_with_api_key_and_the_servers_vocabulary(
     none falls outside the tiny model's 320-token vocabulary; the key comes from the flag or
     $OPENAI_API_KEY."""
     out = tmp_path / "serve.json"
-    opts = ["--num-prompts", "4", "--input-len", "8", "--output-len", "3", "--ignore-eos",
-            "--disable-tqdm", "--output-json", str(out)]
+    opts = [
+        "--num-prompts",
+        "4",
+        "--input-len",
+        "8",
+        "--output-len",
+        "3",
+        "--ignore-eos",
+        "--disable-tqdm",
+        "--output-json",
+        str(out),
+    ]
     with membound_server(tiny_llama, api_key="sekrit") as url:
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)
         assert main(["bench", "serve", "--base-url", url, *opts]) == 2  # 401 on /tokenize

@@ -158,8 +158,9 @@ def _random_text(seed: int, words: int) -> str:
     consonants, vowels = "bcdfghjklmnprstvwz", "aeiou"
     out = []
     for _ in range(words):
-        word = "".join(rng.choice(consonants) + rng.choice(vowels)
-                       for _ in range(rng.randint(1, 4)))
+        word = "".join(
+            rng.choice(consonants) + rng.choice(vowels) for _ in range(rng.randint(1, 4))
+        )
         word = word.capitalize() if rng.random() < 0.2 else word
         out.append(word + rng.choice(["", "", "", ",", ".", " " + str(rng.randint(0, 999))]))
     return " ".join(out)
@@ -181,5 +182,7 @@ async def server_token_pool(session: Any, base_url: str, seed: int = 0) -> list[
             f"token ids ({type(e).__name__}: {e}); pass --tokenizer FOLDER or --vocab-size N"
         ) from None
     if not ids:
-        raise ValueError(f"{base_url}/tokenize returned no tokens; pass --tokenizer or --vocab-size")
+        raise ValueError(
+            f"{base_url}/tokenize returned no tokens; pass --tokenizer or --vocab-size"
+        )
     return ids

@@ -251,8 +251,10 @@ def _requests(args: argparse.Namespace, tokenizer: Any) -> list[SampleRequest]:
                                tokenizer=tokenizer)  # fmt: skip
     if pool is None:
         return requests
-    return [replace(r, prompt=[pool[i - _LOW_IDS] for i in r.prompt])  # type: ignore[union-attr]
-            for r in requests]
+    return [
+        replace(r, prompt=[pool[i - _LOW_IDS] for i in r.prompt])  # type: ignore[union-attr]
+        for r in requests
+    ]
 
 
 _LOW_IDS = 10  # random_requests avoids ids below 10 (special tokens in most vocabularies)
@@ -263,8 +265,9 @@ async def _token_pool(args: argparse.Namespace) -> list[int]:
 
     from membound.bench.openai_client import server_token_pool
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
-                                     headers=auth_headers(args.api_key)) as session:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=60), headers=auth_headers(args.api_key)
+    ) as session:
         return await server_token_pool(session, args.base_url.rstrip("/"), args.seed)
 
 
@@ -295,8 +298,9 @@ async def _run(
     base = args.base_url.rstrip("/")
     model = args.model
     if model is None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                         headers=auth_headers(args.api_key)) as session:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=30), headers=auth_headers(args.api_key)
+        ) as session:
             model = await first_model_id(session, base)
         if model is None:
             raise ValueError(f"could not list models at {base}/v1/models; pass --model NAME")

@@ -56,11 +56,19 @@ def option(
     cli: bool = True,
 ) -> Any:
     """A dataclass field whose metadata describes its flag (see the module docstring)."""
-    meta = {OPTION_KEY: Option(
-        help=help, choices=tuple(choices) if choices is not None else None, flag=flag,
-        aliases=tuple(aliases), dest=dest, type=type, metavar=metavar,
-        default_text=default_text, cli=cli,
-    )}
+    meta = {
+        OPTION_KEY: Option(
+            help=help,
+            choices=tuple(choices) if choices is not None else None,
+            flag=flag,
+            aliases=tuple(aliases),
+            dest=dest,
+            type=type,
+            metavar=metavar,
+            default_text=default_text,
+            cli=cli,
+        )
+    }
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -76,7 +84,9 @@ def option_of(cls: type, name: str) -> Option | None:
 
 def options(cls: type) -> list[tuple[dataclasses.Field[Any], Option]]:
     """The fields of ``cls`` that carry an Option, in declaration order."""
-    return [(f, f.metadata[OPTION_KEY]) for f in dataclasses.fields(cls) if OPTION_KEY in f.metadata]
+    return [
+        (f, f.metadata[OPTION_KEY]) for f in dataclasses.fields(cls) if OPTION_KEY in f.metadata
+    ]
 
 
 def option_dest(f: dataclasses.Field[Any], opt: Option) -> str:

@@ -39,12 +39,17 @@ class ThreadServer:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = build_app(engine, args)
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                http=header_timeout_protocol(args.header_timeout_s),
-                                timeout_keep_alive=30)
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            http=header_timeout_protocol(args.header_timeout_s),
+            timeout_keep_alive=30,
+        )
         self.server = DrainingServer(config, engine, args.drain_timeout_s)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
         self.thread.start()
         deadline = time.monotonic() + 60
         while not self.server.started:
@@ -68,17 +73,23 @@ def model_dir(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def _engine(model: Path) -> AsyncLLMEngine:
-    return AsyncLLMEngine(LLMEngine.from_engine_args(EngineArgs(
-        model=str(model), max_model_len=128, block_size=4)))
+    return AsyncLLMEngine(
+        LLMEngine.from_engine_args(EngineArgs(model=str(model), max_model_len=128, block_size=4))
+    )
 
 
 @pytest.fixture(scope="module")
 def live(model_dir: Path) -> Iterator[ThreadServer]:
     template = model_dir / "custom.jinja"
-    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
-                        "{% endfor %}[assistant]")
-    args = ServerArgs(served_model_names=("tiny",), header_timeout_s=TIMEOUT_S,
-                      body_timeout_s=TIMEOUT_S, chat_template=str(template))
+    template.write_text(
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant]"
+    )
+    args = ServerArgs(
+        served_model_names=("tiny",),
+        header_timeout_s=TIMEOUT_S,
+        body_timeout_s=TIMEOUT_S,
+        chat_template=str(template),
+    )
     server = ThreadServer(_engine(model_dir), args)
     yield server
     server.stop()
@@ -113,8 +124,10 @@ def test_half_sent_headers_get_408_and_close(live: ThreadServer) -> None:
 
 def test_stalled_body_gets_408(live: ThreadServer) -> None:
     with socket.create_connection(("127.0.0.1", live.port), timeout=5) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                  b"\r\nContent-Length: 100\r\n\r\n{\"prompt\": ")
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b'\r\nContent-Length: 100\r\n\r\n{"prompt": '
+        )
         data = _read_all(s)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), head
@@ -130,8 +143,16 @@ def test_keep_alive_request_after_idle_still_served(live: ThreadServer) -> None:
 
 def test_access_log_line_per_request(live: ThreadServer, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="membound.access"):
-        r = httpx.post(f"{live.url}/v1/completions", timeout=30, json={
-            "model": "tiny", "prompt": "secret prompt text", "max_tokens": 3, "ignore_eos": True})
+        r = httpx.post(
+            f"{live.url}/v1/completions",
+            timeout=30,
+            json={
+                "model": "tiny",
+                "prompt": "secret prompt text",
+                "max_tokens": 3,
+                "ignore_eos": True,
+            },
+        )
         assert r.status_code == 200
         httpx.get(f"{live.url}/nope", timeout=10)
         deadline = time.monotonic() + 5
@@ -139,16 +160,23 @@ def test_access_log_line_per_request(live: ThreadServer, caplog: pytest.LogCaptu
             assert time.monotonic() < deadline
             time.sleep(0.02)
     lines = [r.getMessage() for r in caplog.records if r.name == "membound.access"]
-    assert any('"POST /v1/completions" 200 prompt_tokens=' in x and "completion_tokens=3" in x
-               and "latency=" in x for x in lines), lines
+    assert any(
+        '"POST /v1/completions" 200 prompt_tokens=' in x
+        and "completion_tokens=3" in x
+        and "latency=" in x
+        for x in lines
+    ), lines
     assert any('"GET /nope" 404' in x for x in lines), lines
     assert not any("secret" in x for x in lines)
 
 
 def test_generation_config_defaults_apply_and_requests_override(live: ThreadServer) -> None:
     def text(**extra: Any) -> str:
-        r = httpx.post(f"{live.url}/v1/completions", timeout=30, json={
-            "model": "tiny", "prompt": "abc", "max_tokens": 12, "ignore_eos": True, **extra})
+        r = httpx.post(
+            f"{live.url}/v1/completions",
+            timeout=30,
+            json={"model": "tiny", "prompt": "abc", "max_tokens": 12, "ignore_eos": True, **extra},
+        )
         assert r.status_code == 200, r.text
         return r.json()["choices"][0]["text"]
 
@@ -163,8 +191,11 @@ def test_chat_template_flag_and_special_tokens_as_text(live: ThreadServer) -> No
     im_start = tok.token_to_id("<|im_start|>")
 
     def ids(content: str) -> list[int]:
-        r = httpx.post(f"{live.url}/tokenize", timeout=10, json={
-            "model": "tiny", "messages": [{"role": "user", "content": content}]})
+        r = httpx.post(
+            f"{live.url}/tokenize",
+            timeout=10,
+            json={"model": "tiny", "messages": [{"role": "user", "content": content}]},
+        )
         assert r.status_code == 200, r.text
         return r.json()["tokens"]
 
@@ -180,10 +211,14 @@ def test_drain_lets_short_requests_finish_and_cuts_long_ones(model_dir: Path) ->
         await engine.start()
         from membound.sampling_params import SamplingParams
 
-        short = await engine.add_request("short", [1, 2, 3], SamplingParams(
-            temperature=0, max_tokens=2, ignore_eos=True))
-        long = await engine.add_request("long", [1, 2, 3], SamplingParams(
-            temperature=0, max_tokens=120, ignore_eos=True, min_tokens=120))
+        short = await engine.add_request(
+            "short", [1, 2, 3], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+        )
+        long = await engine.add_request(
+            "long",
+            [1, 2, 3],
+            SamplingParams(temperature=0, max_tokens=120, ignore_eos=True, min_tokens=120),
+        )
         first = await long.__anext__()
         assert not first.finished
         drain = asyncio.ensure_future(engine.drain(60.0))

@@ -30,12 +30,27 @@ def _free_port() -> int:
 
 
 def _start(port: int, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(Path(membound.__file__).resolve().parents[1]),
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "membound.entrypoints.cli", "serve", "--port", str(port),
-           "--num-kv-blocks", "256", "--max-model-len", "1024", *extra]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(membound.__file__).resolve().parents[1]),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "membound.entrypoints.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--num-kv-blocks",
+        "256",
+        "--max-model-len",
+        "1024",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -65,7 +80,7 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate(timeout=10)
-        raise AssertionError(f"the server did not exit within 60s of the drain:\n{out}")
+        raise AssertionError(f"the server did not exit within 60s of the drain:\n{out}") from None
     return proc.returncode, out
 
 
@@ -76,8 +91,10 @@ def test_sigterm_drains_then_exits_cleanly() -> None:
     proc = _start(port, "--drain-timeout-s", str(DRAIN_S))
     try:
         longs = [([], threading.Event()) for _ in range(3)]
-        threads = [threading.Thread(target=_stream, args=(url, 1000, ev, st), daemon=True)
-                   for ev, st in longs]
+        threads = [
+            threading.Thread(target=_stream, args=(url, 1000, ev, st), daemon=True)
+            for ev, st in longs
+        ]
         for t in threads:
             t.start()
         assert all(st.wait(60) for _, st in longs), "the long streams did not start"

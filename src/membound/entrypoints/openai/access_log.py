@@ -63,9 +63,18 @@ class AccessLogMiddleware:
             _CURRENT.reset(token)
             tokens = ""
             if record.prompt_tokens is not None:
-                tokens = (f" prompt_tokens={record.prompt_tokens} "
-                          f"completion_tokens={record.completion_tokens}")
+                tokens = (
+                    f" prompt_tokens={record.prompt_tokens} "
+                    f"completion_tokens={record.completion_tokens}"
+                )
             client = scope.get("client")
             peer = f"{client[0]}:{client[1]}" if client else "-"
-            logger.info('%s "%s %s" %s%s latency=%.3fs', peer, scope.get("method"),
-                        scope.get("path"), status or "-", tokens, time.perf_counter() - t0)
+            logger.info(
+                '%s "%s %s" %s%s latency=%.3fs',
+                peer,
+                scope.get("method"),
+                scope.get("path"),
+                status or "-",
+                tokens,
+                time.perf_counter() - t0,
+            )

@@ -29,6 +29,7 @@ from membound.engine.async_engine import AsyncLLMEngine
 from membound.engine.engine_args import generation_defaults
 from membound.engine.llm_engine import LLMEngine
 from membound.entrypoints.openai import serving_chat, serving_completions
+from membound.entrypoints.openai.access_log import AccessLogMiddleware
 from membound.entrypoints.openai.console import mount_console
 from membound.entrypoints.openai.errors import (
     OpenAIError,
@@ -38,7 +39,6 @@ from membound.entrypoints.openai.errors import (
     send_error,
     status_phrase,
 )
-from membound.entrypoints.openai.access_log import AccessLogMiddleware
 from membound.entrypoints.openai.lifecycle import BodyTimeoutMiddleware, DrainMiddleware
 from membound.entrypoints.openai.limits import BodySizeLimitMiddleware
 from membound.entrypoints.openai.metrics import CONTENT_TYPE, ServerMetrics

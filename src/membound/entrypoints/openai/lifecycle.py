@@ -30,8 +30,10 @@ from membound.entrypoints.openai.errors import OpenAIError, error_body, json_byt
 
 logger = logging.getLogger("membound.server")
 
-_TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+_TIMEOUT_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
 
 
 class HeaderTimeoutProtocol(H11Protocol):
@@ -77,10 +79,14 @@ class HeaderTimeoutProtocol(H11Protocol):
         self._header_timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
-        logger.info("closed a connection from %s that sent no complete request headers in "
-                    "%gs", _peer(self.client), self._header_timeout_s)
-        body = _timeout_body(f"the request headers did not arrive within "
-                             f"{self._header_timeout_s:g}s")
+        logger.info(
+            "closed a connection from %s that sent no complete request headers in %gs",
+            _peer(self.client),
+            self._header_timeout_s,
+        )
+        body = _timeout_body(
+            f"the request headers did not arrive within {self._header_timeout_s:g}s"
+        )
         self.transport.write(_TIMEOUT_408 % (len(body), body))
         self.transport.close()
 
@@ -124,12 +130,22 @@ class BodyTimeoutMiddleware:
         try:
             await self.app(scope, timed_receive, watch)
         except _BodyTimeout:
-            logger.info("%s %s: the request body stalled for %gs; answered 408",
-                        scope.get("method"), scope.get("path"), self.timeout_s)
+            logger.info(
+                "%s %s: the request body stalled for %gs; answered 408",
+                scope.get("method"),
+                scope.get("path"),
+                self.timeout_s,
+            )
             if not started:
-                await send_error(send, OpenAIError(
-                    408, f"the request body stalled: no data for {self.timeout_s:g}s",
-                    code="request_timeout", headers={"Connection": "close"}))
+                await send_error(
+                    send,
+                    OpenAIError(
+                        408,
+                        f"the request body stalled: no data for {self.timeout_s:g}s",
+                        code="request_timeout",
+                        headers={"Connection": "close"},
+                    ),
+                )
 
 
 class _BodyTimeout(Exception):
@@ -146,9 +162,15 @@ class DrainMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and self.engine.draining:
-            await send_error(send, OpenAIError(
-                503, "the server is shutting down; retry on another replica",
-                code="server_shutting_down", headers={"Connection": "close"}))
+            await send_error(
+                send,
+                OpenAIError(
+                    503,
+                    "the server is shutting down; retry on another replica",
+                    code="server_shutting_down",
+                    headers={"Connection": "close"},
+                ),
+            )
             return
         await self.app(scope, receive, send)
 
@@ -188,15 +210,23 @@ class DrainingServer(uvicorn.Server):
     async def _drain(self, sig: int) -> None:
         name = signal.Signals(sig).name
         running = self._engine.num_streams
-        logger.warning("%s received: draining %d running request(s) for up to %gs; new "
-                       "requests get 503 (signal again to end them now)", name, running,
-                       self._drain_timeout_s)
+        logger.warning(
+            "%s received: draining %d running request(s) for up to %gs; new "
+            "requests get 503 (signal again to end them now)",
+            name,
+            running,
+            self._drain_timeout_s,
+        )
         t0 = time.monotonic()
         cut = await self._engine.drain(self._drain_timeout_s)
         elapsed = time.monotonic() - t0
         if cut:
-            logger.warning("drain ended after %.1fs: %d request(s) still running were ended "
-                           "with an error event", elapsed, cut)
+            logger.warning(
+                "drain ended after %.1fs: %d request(s) still running were ended "
+                "with an error event",
+                elapsed,
+                cut,
+            )
         else:
             logger.warning("drain complete in %.1fs: every running request finished", elapsed)
         self.should_exit = True

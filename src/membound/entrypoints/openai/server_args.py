@@ -21,38 +21,60 @@ class ServerArgs:
     host: str = option("127.0.0.1", "address to bind")
     port: int = option(8000, "port to bind")
     served_model_names: tuple[str, ...] = option(
-        (), "names clients must use in 'model' (the first is reported in metrics); a last "
+        (),
+        "names clients must use in 'model' (the first is reported in metrics); a last "
         "value written as a path (/x, ./x, ~/x) or naming a folder is taken as MODEL",
-        flag="--served-model-name", dest="served_model_name", metavar="NAME",
-        default_text="the model folder's name")
+        flag="--served-model-name",
+        dest="served_model_name",
+        metavar="NAME",
+        default_text="the model folder's name",
+    )
     api_key: str | None = option(
-        None, "require 'Authorization: Bearer KEY' on every route but /health",
-        default_text=f"${API_KEY_ENV}")
+        None,
+        "require 'Authorization: Bearer KEY' on every route but /health",
+        default_text=f"${API_KEY_ENV}",
+    )
     chat_template: str | None = option(
-        None, "chat template to use instead of the model's: a Jinja file, or the template "
-        "itself", metavar="FILE|STRING", default_text="the model's")
+        None,
+        "chat template to use instead of the model's: a Jinja file, or the template itself",
+        metavar="FILE|STRING",
+        default_text="the model's",
+    )
     parse_special_tokens_in_messages: bool = option(
-        False, "encode special-token text inside chat message content (e.g. '<|im_start|>') "
-        "as control tokens; only for trusted callers (default off: it is encoded as text)")
+        False,
+        "encode special-token text inside chat message content (e.g. '<|im_start|>') "
+        "as control tokens; only for trusted callers (default off: it is encoded as text)",
+    )
     drain_timeout_s: float = option(
-        30.0, "on SIGTERM/SIGINT: seconds running requests may take to finish (new ones get "
-        "503) before open streams are ended with an error event")
+        30.0,
+        "on SIGTERM/SIGINT: seconds running requests may take to finish (new ones get "
+        "503) before open streams are ended with an error event",
+    )
     header_timeout_s: float = option(
-        10.0, "seconds a client may take to send its request line and headers")
+        10.0, "seconds a client may take to send its request line and headers"
+    )
     body_timeout_s: float = option(
-        30.0, "seconds the server waits for the next piece of a request body (408 after)")
-    keep_alive_timeout_s: float = option(
-        5.0, "seconds an idle keep-alive connection stays open")
+        30.0, "seconds the server waits for the next piece of a request body (408 after)"
+    )
+    keep_alive_timeout_s: float = option(5.0, "seconds an idle keep-alive connection stays open")
     access_log: bool = option(
-        True, "one INFO line per request: method, path, status, tokens, latency")
+        True, "one INFO line per request: method, path, status, tokens, latency"
+    )
     uvicorn_log_level: str = option(
-        "warning", "uvicorn's own log level", choices=("critical", "error", "warning", "info",
-                                                      "debug", "trace"), type=str.lower)
+        "warning",
+        "uvicorn's own log level",
+        choices=("critical", "error", "warning", "info", "debug", "trace"),
+        type=str.lower,
+    )
     limits: ServerLimits = field(default_factory=ServerLimits)
 
     def __post_init__(self) -> None:
-        for name in ("drain_timeout_s", "header_timeout_s", "body_timeout_s",
-                     "keep_alive_timeout_s"):
+        for name in (
+            "drain_timeout_s",
+            "header_timeout_s",
+            "body_timeout_s",
+            "keep_alive_timeout_s",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -63,8 +85,12 @@ class ServerArgs:
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("server")
         add_options(g, ServerArgs)
-        g.add_argument("--disable-log-requests", dest="access_log", action="store_false",
-                       help="vLLM's spelling of --no-access-log")
+        g.add_argument(
+            "--disable-log-requests",
+            dest="access_log",
+            action="store_false",
+            help="vLLM's spelling of --no-access-log",
+        )
         ServerLimits.add_cli_args(parser)
 
     @classmethod
