@@ -7,6 +7,8 @@ get patched into these objects. Pure Python, no torch. Module map (each imports 
 ones above it):
 
   errors.py        ConfigError, normalize_dtype_name
+  options.py       option() field metadata (default, choices, help) and the argparse flags
+                   derived from it (stdlib only)
   quantization.py  QuantizationConfig, resolve_quantization, QUANTIZATION_METHODS and the
                    parsers of each checkpoint's ``quantization_config`` layout
   model.py         ModelConfig.from_hf / from_dict, RopeScaling, MoEConfig,
