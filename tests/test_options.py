@@ -108,3 +108,14 @@ def test_generation_config_sources(tiny_llama: Path, tmp_path: Path) -> None:
     assert defaults(str(tmp_path)) == {"temperature": 0.3}
     with pytest.raises(ConfigError, match="neither 'auto', 'vllm' nor an existing folder"):
         defaults(str(tmp_path / "missing"))
+
+
+def test_server_flags_match_their_fields() -> None:
+    pytest.importorskip("fastapi")
+    from membound.entrypoints.openai.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    assert ServerArgs.from_cli_args(parser.parse_args([])) == ServerArgs(
+        api_key=ServerArgs.from_cli_args(parser.parse_args([])).api_key
+    )

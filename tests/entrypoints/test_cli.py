@@ -121,3 +121,11 @@ def test_served_model_name_does_not_swallow_the_model(tmp_path: Path) -> None:
         assert args.model == str(tmp_path) and list(args.served_model_name) == ["a", "b"]
     args = take_model_from_names(parser.parse_args(["serve", "--served-model-name", "a", "o/m"]))
     assert args.model is None and args.served_model_name == ["a", "o/m"]  # a hub id stays a name
+
+
+def test_serve_missing_model_is_an_error_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("uvicorn")
+    for argv in (["serve", "/typo/path"], ["serve", "--served-model-name", "m", "/typo/path"]):
+        assert main([*argv, "--port", "1"]) == 2
+        err = capsys.readouterr().err
+        assert "'/typo/path' does not exist" in err and err.count("\n") == 1

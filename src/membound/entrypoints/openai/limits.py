@@ -11,6 +11,7 @@ import argparse
 from dataclasses import dataclass, fields
 from typing import Any
 
+from membound.config.options import add_options, option, values_from
 from membound.entrypoints.openai.errors import OpenAIError, bad_request, send_error
 
 _DRAIN_CAP_BYTES = 64 * 1024 * 1024
@@ -18,13 +19,18 @@ _DRAIN_CAP_BYTES = 64 * 1024 * 1024
 
 @dataclass(frozen=True)
 class ServerLimits:
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_n: int = 16
-    max_tokens: int | None = None  # None: only the context length bounds max_tokens
-    max_stop: int = 16
-    max_logprobs: int = 20
-    max_prompts: int = 64
-    max_waiting_requests: int = 1024
+    """Per-request limits; each field's option() is its flag (config/options.py)."""
+
+    max_body_bytes: int = option(8 * 1024 * 1024, "largest request body; bigger ones get 413")
+    max_n: int = option(16, "largest n per request")
+    max_tokens: int | None = option(
+        None, "largest max_tokens per request", flag="--max-tokens-limit",
+        dest="max_tokens_limit", default_text="the context length")
+    max_stop: int = option(16, "most stop strings per request")
+    max_logprobs: int = option(20, "largest logprobs / top_logprobs (at most 20)")
+    max_prompts: int = option(64, "most prompts in one completions request")
+    max_waiting_requests: int = option(
+        1024, "waiting-queue bound; beyond it requests get 503 + Retry-After")
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
@@ -35,34 +41,11 @@ class ServerLimits:
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
-        d = ServerLimits()
-        g = parser.add_argument_group("limits")
-        g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
-                       help="largest request body; bigger ones get 413")
-        g.add_argument("--max-n", type=int, default=d.max_n, help="largest n per request")
-        g.add_argument("--max-tokens-limit", dest="max_tokens_limit", type=int, default=None,
-                       help="largest max_tokens per request (default: the context length)")
-        g.add_argument("--max-stop", type=int, default=d.max_stop,
-                       help="most stop strings per request")
-        g.add_argument("--max-logprobs", type=int, default=d.max_logprobs,
-                       help="largest logprobs / top_logprobs (at most 20)")
-        g.add_argument("--max-prompts", type=int, default=d.max_prompts,
-                       help="most prompts in one completions request")
-        g.add_argument("--max-waiting-requests", type=int, default=d.max_waiting_requests,
-                       help="waiting-queue bound; beyond it requests get 503 + Retry-After")
+        add_options(parser.add_argument_group("limits"), ServerLimits)
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> ServerLimits:
-        d = cls()
-        return cls(
-            max_body_bytes=getattr(args, "max_body_bytes", d.max_body_bytes),
-            max_n=getattr(args, "max_n", d.max_n),
-            max_tokens=getattr(args, "max_tokens_limit", d.max_tokens),
-            max_stop=getattr(args, "max_stop", d.max_stop),
-            max_logprobs=getattr(args, "max_logprobs", d.max_logprobs),
-            max_prompts=getattr(args, "max_prompts", d.max_prompts),
-            max_waiting_requests=getattr(args, "max_waiting_requests", d.max_waiting_requests),
-        )
+        return cls(**values_from(cls, args))
 
     # ---- per-request checks ------------------------------------------------------------
     def check(self, *, n: int, max_tokens: int | None, stop: list[str], logprobs: int | None,
