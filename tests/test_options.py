@@ -111,7 +111,6 @@ def test_generation_config_sources(tiny_llama: Path, tmp_path: Path) -> None:
 
 
 def test_server_flags_match_their_fields() -> None:
-    pytest.importorskip("fastapi")
     from membound.entrypoints.openai.server_args import ServerArgs
 
     parser = argparse.ArgumentParser()
