@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from membound.config import (
+    QUANTIZATION_METHODS,
     CacheConfig,
     ConfigError,
     EngineConfig,
@@ -28,7 +29,6 @@ from membound.config.options import add_option, option, option_dest, options
 from membound.model_source import resolve_model_path
 
 _CONFIGS = (CacheConfig, SchedulerConfig, KernelConfig, ParallelConfig, EngineConfig)
-_QUANT_CHOICES = ("fp8", "int8", "int4", "awq", "gptq", "mxfp4", "nvfp4")
 
 
 @dataclass
@@ -68,7 +68,7 @@ class EngineArgs:
     cuda_graph_sizes: Sequence[int] | None = KernelConfig.cuda_graph_sizes
     quantization: str | None = option(
         None, "weight quantization; fp8/int8/int4/mxfp4/nvfp4 quantize a float checkpoint "
-        "while loading", choices=_QUANT_CHOICES, type=str.lower,
+        "while loading", choices=QUANTIZATION_METHODS, type=str.lower,
         default_text="the checkpoint's own, if any")
     kv_cache_dtype: str = CacheConfig.kv_cache_dtype
     tensor_parallel_size: int = ParallelConfig.tensor_parallel_size

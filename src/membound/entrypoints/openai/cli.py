@@ -70,7 +70,7 @@ def run_server(args: argparse.Namespace) -> int:
         app, host=server_args.host, port=server_args.port,
         log_level=server_args.uvicorn_log_level, access_log=False,
         http=header_timeout_protocol(server_args.header_timeout_s),
-        timeout_keep_alive=max(1, round(server_args.keep_alive_timeout_s)),
+        timeout_keep_alive=server_args.keep_alive_timeout_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=int(_CLOSE_GRACE_S),
     )
     DrainingServer(config, engine, server_args.drain_timeout_s).run()
