@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from membound.bench.provenance import source_commit
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 GB = 1e9
 
@@ -62,18 +64,9 @@ def copy_bandwidth_gbs(num_bytes: int = 2 * 1024**3) -> float:
     return 2 * num_bytes / (ms / 1e3) / GB
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=RESULTS.parent, capture_output=True,
-                             text=True, timeout=10, check=True)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
 def git_commit() -> str | None:
-    """The checkout's HEAD commit, None outside git."""
-    return _git("rev-parse", "HEAD")
+    """The source's commit (MEMBOUND_COMMIT, a COMMIT file, then git: bench/provenance.py)."""
+    return source_commit()[0]
 
 
 def _driver() -> str | None:
@@ -93,13 +86,12 @@ def environment() -> dict[str, Any]:
         triton_version: str | None = triton.__version__
     except ImportError:
         triton_version = None
-    commit = git_commit()
-    dirty = _git("status", "--porcelain")
+    commit, dirty = source_commit()
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "commit": commit,
-        "commit_dirty": bool(dirty) if dirty is not None else None,
+        "commit_dirty": dirty,
         "device": {
             "name": props.name,
             "capability": f"{props.major}.{props.minor}",

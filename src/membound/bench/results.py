@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,22 +43,11 @@ def precision_name(dtype: str) -> str:
 
 
 def git_commit() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout membound runs from; (None, None) outside git."""
-    here = Path(__file__).resolve().parent
+    """(commit, dirty) of the source membound runs from (bench/provenance.py: the
+    MEMBOUND_COMMIT variable, a COMMIT file, then git); (None, None) when none answers."""
+    from membound.bench.provenance import source_commit
 
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
-                                 timeout=10, check=True)  # fmt: skip
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip()
-
-    commit = git("rev-parse", "HEAD")
-    if not commit:
-        return None, None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return commit, (bool(status) if status is not None else None)
+    return source_commit()
 
 
 def command_line(argv: list[str] | None = None) -> str:

@@ -10,10 +10,16 @@ stays on the device.
 On a CPU-only machine the engine logs that the option changes nothing; tests drive this class
 with the CPU standing in for the device, which exercises the same transfer schedule
 (synchronous copies, recorded in ``trace``).
+
+The hooks installed on the layers hold the offloader only weakly: a strong reference would
+close a cycle (layers -> hooks -> offloader -> layers) that keeps the whole model, and its
+device memory, alive after the engine is dropped until the cycle collector happens to run.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +85,7 @@ class WeightOffloader:
         self.next_slot = 0  # slots are taken round-robin, in the order layers run
         self.loaded: dict[int, tuple[int, object]] = {}  # layer -> (slot, copy-done event)
         self.running_slot: dict[int, int] = {}
-        self._hooks = []
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         for pos, i in enumerate(self.order):
             self._hooks.append(layers[i].register_forward_pre_hook(self._pre_hook(pos)))
             self._hooks.append(layers[i].register_forward_hook(self._post_hook(pos)))
@@ -115,34 +121,48 @@ class WeightOffloader:
                 dst.copy_(src)
             self.loaded[layer] = (slot, None)
 
-    def _pre_hook(self, pos: int):  # type: ignore[no-untyped-def]
+    def _pre_hook(self, pos: int) -> Callable[[nn.Module, object], None]:
+        ref = weakref.ref(self)
+
         def hook(module: nn.Module, args: object) -> None:
-            layer = self.order[pos]
-            self._start_copy(pos)  # no-op when prefetched
-            slot, event = self.loaded.pop(layer)
-            if event is not None:
-                torch.cuda.current_stream(self.device).wait_event(event)  # type: ignore[arg-type]
-            for p, buf in zip(module.parameters(), self.slots[slot]):
-                p.data = buf
-            self.running_slot[pos] = slot
-            if self.trace is not None:
-                self.trace.append(("run", layer))
-            for ahead in range(1, self.prefetch + 1):  # wraps into the next step
-                self._start_copy((pos + ahead) % len(self.order))
+            offloader = ref()
+            if offloader is not None:
+                offloader._before_layer(pos, module)
 
         return hook
 
-    def _post_hook(self, pos: int):  # type: ignore[no-untyped-def]
+    def _post_hook(self, pos: int) -> Callable[[nn.Module, object, object], None]:
+        ref = weakref.ref(self)
+
         def hook(module: nn.Module, args: object, output: object) -> None:
-            slot = self.running_slot.pop(pos)
-            if self.cuda:
-                event = torch.cuda.Event()
-                event.record(torch.cuda.current_stream(self.device))
-                self.slot_free[slot] = event
-            for p in module.parameters():
-                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+            offloader = ref()
+            if offloader is not None:
+                offloader._after_layer(pos, module)
 
         return hook
+
+    def _before_layer(self, pos: int, module: nn.Module) -> None:
+        layer = self.order[pos]
+        self._start_copy(pos)  # no-op when prefetched
+        slot, event = self.loaded.pop(layer)
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)  # type: ignore[arg-type]
+        for p, buf in zip(module.parameters(), self.slots[slot]):
+            p.data = buf
+        self.running_slot[pos] = slot
+        if self.trace is not None:
+            self.trace.append(("run", layer))
+        for ahead in range(1, self.prefetch + 1):  # wraps into the next step
+            self._start_copy((pos + ahead) % len(self.order))
+
+    def _after_layer(self, pos: int, module: nn.Module) -> None:
+        slot = self.running_slot.pop(pos)
+        if self.cuda:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+            self.slot_free[slot] = event
+        for p in module.parameters():
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
 
     def remove(self) -> None:
         """Uninstall: every offloaded layer gets its weights back on the device."""

@@ -187,16 +187,48 @@ def _quantized_linears(model: nn.Module) -> list[Linear]:
     ]
 
 
+_CHUNK_ELEMENTS = 1 << 26  # draw larger tensors in row chunks (bounds the fp32 scratch)
+
+
+class _DeviceGenerators:
+    """One generator per device, each seeded with ``seed``: noise is drawn where the weights
+    live (a serial CPU draw takes minutes for a 70B model), reproducibly per device."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.by_device: dict[torch.device, torch.Generator] = {}
+
+    def randn(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        gen = self.by_device.get(device)
+        if gen is None:
+            gen = self.by_device[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return torch.randn(shape, generator=gen, dtype=torch.float32, device=device) * 0.02
+
+
+def _fill_normal(param: torch.Tensor, gens: _DeviceGenerators) -> None:
+    if param.numel() <= _CHUNK_ELEMENTS or param.dim() < 2:
+        param.copy_(gens.randn(tuple(param.shape), param.device))
+        return
+    rows = max(1, _CHUNK_ELEMENTS // (param.numel() // param.shape[0]))
+    for chunk in param.split(rows):
+        chunk.copy_(gens.randn(tuple(chunk.shape), chunk.device))
+
+
 def init_dummy_weights(model: nn.Module, seed: int) -> None:
-    """Random weights for any config: N(0, 0.02) matrices, unit norms, zero biases.
-    Quantized linears quantize their random float weight (one layer in memory at a time)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    """Random weights for any config: N(0, 0.02) matrices, unit norms, zero biases, drawn on
+    the weights' device. Quantized linears quantize their random float weight one layer at a
+    time (in row chunks for large layers), so the float model never exists whole."""
+    gens = _DeviceGenerators(seed)
     quantized = _quantized_linears(model)
     skip = {id(p) for m in quantized for n, p in m.named_parameters() if n != "bias"}
     with torch.no_grad():
         for layer in quantized:
-            noise = torch.randn(layer.output_size, layer.input_size, generator=gen) * 0.02
-            layer.quant_method.quantize_rows(layer, noise, (0, layer.output_size))
+            device = next(p.device for n, p in layer.named_parameters() if n != "bias")
+            rows = max(1, _CHUNK_ELEMENTS // layer.input_size)
+            for start in range(0, layer.output_size, rows):
+                size = min(rows, layer.output_size - start)
+                noise = gens.randn((size, layer.input_size), device)
+                layer.quant_method.quantize_rows(layer, noise, (start, size))
         for name, param in model.named_parameters():
             if id(param) in skip:
                 continue
@@ -205,8 +237,7 @@ def init_dummy_weights(model: nn.Module, seed: int) -> None:
             elif name.endswith(".bias"):
                 param.zero_()
             else:
-                noise = torch.randn(param.shape, generator=gen, dtype=torch.float32) * 0.02
-                param.copy_(noise)
+                _fill_normal(param, gens)
 
 
 def load_model(
