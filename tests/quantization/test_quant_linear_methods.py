@@ -129,3 +129,22 @@ def test_fast_paths_on_gpu(method: str) -> None:
         ref = F.linear(x.float(), layer.quant_method.dequantize(layer))
         got = layer(x).float()
         assert ((got - ref).norm() / ref.norm()).item() < 0.05, (method, m)
+
+
+@pytest.mark.parametrize("method", ["mxfp4", "nvfp4"])
+def test_fp4_layers_keep_their_code_table_as_a_buffer(method: str) -> None:
+    """No device tensor is built from a Python list per call (illegal in CUDA-graph capture):
+    the E2M1 table is a non-persistent buffer, moved with the layer, and apply uses it."""
+    qm = get_linear_method(QuantizationConfig.for_float_checkpoint(method), ["t"])
+    layer = Linear(64, 8, quant_method=qm, prefix="t")
+    assert "e2m1_table" in dict(layer.named_buffers())
+    assert "e2m1_table" not in layer.state_dict()
+    w = torch.randn(8, 64) * 0.02
+    layer.quant_method.quantize_rows(layer, w, (0, 8))
+    layer.process_weights_after_loading()
+    x = torch.randn(3, 64)
+    expected = x @ layer.quant_method.dequantize(layer).t()
+    fp4 = "membound.layers.quantization.fp4"
+    with pytest.MonkeyPatch.context() as mp:  # building the table again would now fail
+        mp.setattr(f"{fp4}.e2m1_table", lambda *a: pytest.fail("table rebuilt per call"))
+        torch.testing.assert_close(layer(x), expected)

@@ -47,9 +47,11 @@ FP8_MAX = 448.0
 _MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
 
 
-def e2m1_table(device: torch.device) -> torch.Tensor:
+def e2m1_table(device: torch.device | None = None) -> torch.Tensor:
+    """Code -> value, float32 [16]. Layers build it once (the ``e2m1_table`` buffer): making a
+    device tensor from a Python list on every call is illegal during CUDA-graph capture."""
     pos = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=device)
-    return torch.cat([pos, -pos])  # code -> value
+    return torch.cat([pos, -pos])
 
 
 def encode_e2m1(v: torch.Tensor) -> torch.Tensor:
@@ -64,9 +66,10 @@ def pack_fp4(codes: torch.Tensor) -> torch.Tensor:
     return (codes[:, 0::2] | (codes[:, 1::2] << 4)).to(torch.uint8)
 
 
-def unpack_fp4(packed: torch.Tensor) -> torch.Tensor:
-    """[rows, in // 2] bytes -> [rows, in] float32 values."""
-    table = e2m1_table(packed.device)
+def unpack_fp4(packed: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    """[rows, in // 2] bytes -> [rows, in] float32 values (``table``: ``e2m1_table()`` on
+    ``packed``'s device; built here when not given)."""
+    table = e2m1_table(packed.device) if table is None else table
     lo, hi = table[(packed & 0xF).long()], table[(packed >> 4).long()]
     return torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)
 
@@ -83,8 +86,10 @@ def quantize_mxfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pack_fp4(codes), (exp + 127).to(torch.uint8)
 
 
-def dequantize_mxfp4(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    values = unpack_fp4(weight)  # [rows, in]
+def dequantize_mxfp4(
+    weight: torch.Tensor, scale: torch.Tensor, table: torch.Tensor | None = None
+) -> torch.Tensor:
+    values = unpack_fp4(weight, table)  # [rows, in]
     s = torch.exp2(scale.to(torch.float32) - 127).repeat_interleave(32, dim=1)
     return values * s
 
@@ -103,9 +108,12 @@ def quantize_nvfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 def dequantize_nvfp4(
-    weight: torch.Tensor, scale: torch.Tensor, scale_2: torch.Tensor
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    scale_2: torch.Tensor,
+    table: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    values = unpack_fp4(weight)
+    values = unpack_fp4(weight, table)
     s = scale.to(torch.float32).repeat_interleave(16, dim=1) * scale_2.to(torch.float32)[:, None]
     return values * s
 
@@ -121,6 +129,8 @@ class Fp4LinearMethod(QuantizationMethod):
         out = sum(output_sizes)
         new_param(layer, "weight", (out, input_size // 2), torch.uint8)
         self.create_scales(layer, input_size, out)
+        # on the device the layer is built on (the caller's torch.device context)
+        layer.register_buffer("e2m1_table", e2m1_table(), persistent=False)
 
     def create_scales(self, layer: nn.Module, input_size: int, out: int) -> None:
         raise NotImplementedError
@@ -182,7 +192,7 @@ class MXFP4LinearMethod(Fp4LinearMethod):
         copy_slice(layer.weight_scale, scale, 0, rows[0], rows[1], "weight_scale")
 
     def dequantize(self, layer: nn.Module) -> torch.Tensor:
-        return dequantize_mxfp4(layer.weight, layer.weight_scale)
+        return dequantize_mxfp4(layer.weight, layer.weight_scale, layer.e2m1_table)
 
 
 @register_method("nvfp4")
@@ -227,4 +237,6 @@ class NVFP4LinearMethod(Fp4LinearMethod):
         fill_rows_with_scale(layer.weight_scale_2, scale_2, rows, "weight_scale_2")
 
     def dequantize(self, layer: nn.Module) -> torch.Tensor:
-        return dequantize_nvfp4(layer.weight, layer.weight_scale, layer.weight_scale_2)
+        return dequantize_nvfp4(
+            layer.weight, layer.weight_scale, layer.weight_scale_2, layer.e2m1_table
+        )
