@@ -8,7 +8,7 @@ and INT8 include quantizing the activations), with L2 flushed between calls:
 
 and the speed-up over BF16 at the same M. INT4 is timed both ways at every M ("int4" = the
 Triton dequantize-in-the-GEMM kernel, "int4-dequant" = dequantize + cuBLAS) to place the
-crossover (``SMALL_BATCH`` in layers/quantization/int4_rtn.py). Target (issue 6): INT4 GEMV at
+crossover (``FUSED_MAX_ROWS`` in kernels/int4_gemm.py). Target (issue 6): INT4 GEMV at
 M=1 at least 3x BF16. Writes benchmarks/results/quant-gemm-<device>.json and .log.
 
     PYTHONPATH=src python benchmarks/quantization/bench_quant_gemm.py
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
 from common import GB, Report, copy_bandwidth_gbs, require_cuda, time_ms  # noqa: E402
 
 from membound.config import QuantizationConfig  # noqa: E402
-from membound.kernels.int4_gemm import int4_gemm_ref  # noqa: E402
+from membound.kernels.int4_gemm import int4_gemm  # noqa: E402
 from membound.layers.linear import Linear  # noqa: E402
 from membound.layers.quantization import get_linear_method  # noqa: E402
 
@@ -57,14 +57,9 @@ def build(fmt: str, n: int, k: int, dev: torch.device) -> Linear:
 
 
 def call(fmt: str, layer: Linear, x: torch.Tensor):  # type: ignore[no-untyped-def]
-    if fmt == "int4-dequant":  # force the large-batch path at every M
+    if fmt in ("int4", "int4-dequant"):  # the fused kernel / dequantize + GEMM at every M
         args = (layer.qweight, layer.scales, layer.zeros, layer.group_size, layer.perm)
-        return lambda: int4_gemm_ref(x, *args)
-    if fmt == "int4":
-        from membound.kernels.int4_gemm import int4_gemm
-
-        args = (layer.qweight, layer.scales, layer.zeros, layer.group_size, layer.perm)
-        return lambda: int4_gemm(x, *args)
+        return lambda: int4_gemm(x, *args, fused=fmt == "int4")
     if fmt == "bf16":
         return lambda: F.linear(x, layer.weight)
     return lambda: layer(x)

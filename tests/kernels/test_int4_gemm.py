@@ -26,6 +26,7 @@ from kernel_testing import (  # noqa: E402
 from membound.kernels.int4_gemm import (  # noqa: E402
     dequantize_int4_ref,
     int4_gemm,
+    int4_dequantize,
     int4_gemm_ref,
     pack_int4,
     unpack_int4,
@@ -80,6 +81,24 @@ def test_matches_reference(case: tuple, dtype: torch.dtype) -> None:
 def test_split_k(split_k: int) -> None:
     args = make((2, 256, 64, 64, True), torch.float32, seed=7)
     check(int4_gemm(**args, split_k=split_k), args)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_both_paths_at_any_batch(fused: bool) -> None:
+    """The fused kernel and dequantize + GEMM agree with the reference on both sides of
+    FUSED_MAX_ROWS (forced either way), with act-order."""
+    for m in (2, 33):
+        args = make((m, 256, 64, 64, True), torch.float32, seed=m)
+        check(int4_gemm(**args, fused=fused), args)
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_dequantize_kernel_writes_the_activation_dtype(dtype: torch.dtype) -> None:
+    args = make((1, 256, 72, 64, False), dtype, seed=5)
+    w = int4_dequantize(args["qweight"], args["scales"], args["zeros"], 64, dtype)
+    assert w.dtype == dtype and w.shape == (256, 72)
+    ref = dequantize_int4_ref(args["qweight"], args["scales"], args["zeros"], 64)
+    torch.testing.assert_close(w, ref.to(dtype))
 
 
 def test_strided_activations() -> None:

@@ -8,10 +8,11 @@ it when they load), K-packed like GPTQ so a tile of K rows unpacks with shifts:
     perm    [K] int32 | None     act-order: the kernel reads x[:, perm[k]] for weight row k
     W[k, n] = (q[k, n] - zeros[k // G, n]) * scales[k // G, n]          (G = group_size)
 
-Decode and small batches are memory-bound: reading 4-bit weights instead of 16-bit is the win,
-so ``int4_gemm`` streams the packed tiles and never materialises W. Large batches are
-compute-bound: the layer dequantizes once and calls the BLAS GEMM (``int4_gemm_ref``), which
-is also the CPU path. Split-K spreads a GEMV over more programs than N / BLOCK_N so a big GPU
+Decode and small batches (up to ``FUSED_MAX_ROWS`` rows) are memory-bound: reading 4-bit
+weights instead of 16-bit is the win, so ``int4_gemm`` streams the packed tiles and never
+materialises W. Larger batches are compute-bound: ``int4_gemm`` then dequantizes W once per
+call straight into x's dtype (``int4_dequantize``, a Triton kernel: no float32 copy of the
+whole weight) and calls the BLAS GEMM. ``int4_gemm_ref`` is the CPU path and the oracle. Split-K spreads a GEMV over more programs than N / BLOCK_N so a big GPU
 is filled (partial sums are added atomically in fp32).
 """
 
@@ -33,6 +34,7 @@ from membound.kernels.triton_utils import (
 )
 
 PACK = 8  # 4-bit values per int32
+FUSED_MAX_ROWS = 16  # rows up to which the fused kernel beats dequantize + GEMM (tune on a GPU)
 
 
 # ---- packing (shared by the loaders and the tests) ----------------------------------------
@@ -147,6 +149,48 @@ def _int4_gemm_kernel(
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _int4_dequant_kernel(
+    qw_ptr, s_ptr, z_ptr, out_ptr, N,
+    stride_qk, stride_qn, stride_sg, stride_sn, stride_zg, stride_zn, stride_ok, stride_on,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    offs_k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)  # within one group
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    qw = tl.load(qw_ptr + (offs_k[:, None] // 8) * stride_qk + offs_n[None, :] * stride_qn,
+                 mask=n_mask[None, :], other=0)
+    q = (qw >> ((offs_k[:, None] % 8) * 4)) & 0xF
+    g = (tl.program_id(0) * BLOCK_K) // GROUP
+    s = tl.load(s_ptr + g * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
+    z = tl.load(z_ptr + g * stride_zg + offs_n * stride_zn, mask=n_mask, other=0)
+    w = (q - z[None, :].to(tl.int32)).to(tl.float32) * s[None, :].to(tl.float32)
+    tl.store(out_ptr + offs_k[:, None] * stride_ok + offs_n[None, :] * stride_on,
+             w.to(out_ptr.dtype.element_ty), mask=n_mask[None, :])
+
+
+def int4_dequantize(
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """W [K, N] in ``dtype`` (Triton), the same values as ``dequantize_int4_ref`` rounded to
+    ``dtype``: one pass over the packed weight, no float32 copy of it."""
+    k, n = qweight.shape[0] * PACK, qweight.shape[1]
+    check(k % group_size == 0, f"K={k} is not a multiple of group_size={group_size}")
+    check_shape("scales", scales, (k // group_size, n))
+    check_shape("zeros", zeros, (k // group_size, n))
+    bk, bn = _block_k(group_size), 64
+    out = torch.empty((k, n), dtype=dtype, device=qweight.device)
+    launch(
+        _int4_dequant_kernel, (k // bk, cdiv(n, bn)), qweight.device,
+        qweight, scales, zeros, out, n,
+        qweight.stride(0), qweight.stride(1), scales.stride(0), scales.stride(1),
+        zeros.stride(0), zeros.stride(1), out.stride(0), out.stride(1),
+        GROUP=group_size, BLOCK_N=bn, BLOCK_K=bk,
+    )
+    return out
+
+
 def _block_k(group_size: int) -> int:
     """The largest of 64, 32, 16 dividing the group (a tile never straddles two groups)."""
     for bk in (64, 32, 16):
@@ -195,9 +239,19 @@ def int4_gemm(
     perm: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     split_k: int | None = None,
+    fused: bool | None = None,
 ) -> torch.Tensor:
-    """Triton version of ``int4_gemm_ref`` (same signature, plus ``split_k``: None = auto)."""
+    """Triton version of ``int4_gemm_ref`` (same signature, plus ``split_k``: None = auto,
+    and ``fused``: None = the fused kernel up to ``FUSED_MAX_ROWS`` rows, else
+    ``int4_dequantize`` into x's dtype + the BLAS GEMM)."""
     m, n, k = _check(x, qweight, scales, zeros, group_size, perm)
+    if not (fused if fused is not None else m <= FUSED_MAX_ROWS):
+        w = int4_dequantize(qweight, scales, zeros, group_size, x.dtype)
+        xs = x if perm is None else x.index_select(1, perm.to(torch.int64))
+        if out is None:
+            return xs @ w
+        check_shape("out", out, (m, n))
+        return torch.matmul(xs, w, out=out)
     bk = _block_k(group_size)
     bm = 16 if m <= 16 else 32  # tl.dot needs 16 rows; decode pads 1 -> 16 (free: memory-bound)
     bn = 64

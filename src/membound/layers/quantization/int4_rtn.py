@@ -9,9 +9,10 @@ Stored per layer (see kernels/int4_gemm.py for the layout):
     zeros   [in // G, out] uint8     W[k, n] = (q[k, n] - zeros[k // G, n]) * scales[k // G, n]
     perm    [in] int32 buffer        act-order only: weight row k multiplies x[:, perm[k]]
 
-Compute: the Triton dequantize-in-the-GEMM kernel for up to ``SMALL_BATCH`` rows when the
-layer's kernel backend is Triton (decode is memory-bound: 4-bit weights are the win);
-otherwise, and for large batches, dequantize to the activation dtype and use the BLAS GEMM.
+Compute, when the layer's kernel backend is Triton: ``int4_gemm`` (the fused
+dequantize-in-the-GEMM kernel for small batches, where decode is memory-bound and 4-bit
+weights are the win; for larger ones a Triton dequantize straight into the activation dtype
+plus the BLAS GEMM). Otherwise (CPU) the torch reference.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from membound.layers.quantization.base import (
     spec,
 )
 
-SMALL_BATCH = 16  # rows up to which the fused kernel beats dequantize + GEMM (tune on a GPU)
 QMAX = 15
 
 
@@ -115,13 +115,12 @@ class Int4LinearMethod(QuantizationMethod):
     ) -> torch.Tensor:
         x2, lead = flatten_tokens(x)  # [M, K]
         args = (layer.qweight, layer.scales, layer.zeros, layer.group_size, layer.perm)
-        fused = (
+        triton = (
             getattr(layer, "kernel_backend", "torch") == "triton"
-            and x2.shape[0] <= SMALL_BATCH
             and kernel_supports(layer.group_size)
             and x2.dtype in (torch.float16, torch.bfloat16, torch.float32)
         )
-        y = int4_gemm(x2.contiguous(), *args) if fused else int4_gemm_ref(x2, *args)
+        y = int4_gemm(x2.contiguous(), *args) if triton else int4_gemm_ref(x2, *args)
         if bias is not None:
             y = y + bias
         return y.reshape(*lead, -1)
