@@ -119,3 +119,28 @@ def test_decode_rejects_bad_arguments() -> None:
         paged_decode_attention(**inputs, num_splits=0)
     with pytest.raises(ValueError, match="do not match"):
         paged_decode_attention(**{**inputs, "seq_lens": inputs["seq_lens"].repeat(2)})
+
+
+@gpu
+@needs_cuda
+def test_new_split_counts_do_not_recompile() -> None:
+    """The split count is a runtime argument: any number of splits reuses the two compiled
+    decode variants (split / not) and the one merge kernel."""
+    from membound.kernels import paged_attention as pa
+
+    case = (8, 2, 128, 16)
+    inputs = make_inputs(case, torch.bfloat16, [700, 1500], seed=9)
+
+    def compiled() -> int:
+        return sum(
+            len(cache[0]) for k in (pa._decode_kernel, pa._merge_splits_kernel)
+            for cache in k.device_caches.values()
+        )  # fmt: skip
+
+    for splits in (1, 2):
+        paged_decode_attention(**inputs, num_splits=splits)
+    before = compiled()
+    for splits in (3, 5, 7, 16, 33, 64):
+        got = paged_decode_attention(**inputs, num_splits=splits)
+        assert_close(got, paged_decode_attention_ref(**inputs), f"{splits} splits")
+    assert compiled() == before

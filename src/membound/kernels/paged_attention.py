@@ -20,6 +20,11 @@ are split into ``num_splits`` ranges handled by separate programs, which write a
 
     keys of seq i:  | split 0 | split 1 | ... | split S-1 |     each a multiple of BLOCK_N
     out[i, h] = sum_s exp(m_s - M) * acc_s / sum_s exp(m_s - M) * l_s,   M = max_s m_s
+
+The split count is chosen per step (it depends on the batch and the context), so it is a
+runtime argument of both kernels, never specialised: a new value launches the same compiled
+kernels instead of compiling new ones during timed or served steps. Only "split or not" is a
+compile-time choice (two variants of the decode kernel, one merge kernel).
 """
 
 from __future__ import annotations
@@ -49,14 +54,14 @@ MAX_SPLITS = 64
 MIN_TOKENS_PER_SPLIT = 256
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
-    qk_scale, v_scale, window,
+    qk_scale, v_scale, window, num_splits,
     stride_qs, stride_qh, stride_os, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
     GROUP: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr, SPLIT: tl.constexpr,
     USE_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr, KV_FP8: tl.constexpr,
 ):
     seq = tl.program_id(0)
@@ -66,7 +71,7 @@ def _decode_kernel(
     lo = seq_len * 0
     if USE_WINDOW:
         lo = tl.maximum(seq_len - window, 0)
-    per_split = tl.cdiv(tl.cdiv(seq_len - lo, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    per_split = tl.cdiv(tl.cdiv(seq_len - lo, num_splits), BLOCK_N) * BLOCK_N
     start = lo + split * per_split
     end = tl.minimum(start + per_split, seq_len)
 
@@ -108,31 +113,31 @@ def _decode_kernel(
         acc = acc * alpha[:, None] + pv
         m_i = m_new
 
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         o_off = seq.to(tl.int64) * stride_os + heads[:, None] * stride_oh + d[None, :]
         tl.store(out_ptr + o_off, o.to(out_ptr.dtype.element_ty),
                  mask=g_ok[:, None] & d_ok[None, :])
     else:
         num_heads = tl.num_programs(1) * GROUP
-        part = (seq.to(tl.int64) * num_heads + heads) * NUM_SPLITS + split  # [G_PAD]
+        part = (seq.to(tl.int64) * num_heads + heads) * num_splits + split  # [G_PAD]
         tl.store(part_acc_ptr + part[:, None] * D_PAD + d[None, :], acc, mask=g_ok[:, None])
         tl.store(part_ml_ptr + part * 2, m_i, mask=g_ok)
         tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=g_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _merge_splits_kernel(
-    part_acc_ptr, part_ml_ptr, out_ptr, stride_os, stride_oh,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, NUM_SPLITS: tl.constexpr, S_PAD: tl.constexpr,
+    part_acc_ptr, part_ml_ptr, out_ptr, stride_os, stride_oh, num_splits,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, S_PAD: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     num_heads = tl.num_programs(1)
     s = tl.arange(0, S_PAD)
     d = tl.arange(0, D_PAD)
-    s_ok = s < NUM_SPLITS
-    part = (seq.to(tl.int64) * num_heads + head) * NUM_SPLITS + s  # [S_PAD]
+    s_ok = s < num_splits
+    part = (seq.to(tl.int64) * num_heads + head) * num_splits + s  # [S_PAD]
     m = tl.load(part_ml_ptr + part * 2, mask=s_ok, other=float("-inf"))
     l_s = tl.load(part_ml_ptr + part * 2 + 1, mask=s_ok, other=0.0)
     m_max = tl.max(m, 0)
@@ -220,20 +225,20 @@ def paged_decode_attention(
     launch(
         _decode_kernel, (num_seqs, num_kv_heads, num_splits), query.device,
         query, k_cache, v_cache, block_tables, seq_lens, out, part_acc, part_ml,
-        scale * k_scale * LOG2E, float(v_scale), sliding_window or 0,
+        scale * k_scale * LOG2E, float(v_scale), sliding_window or 0, num_splits,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         GROUP=group, G_PAD=max(16, next_pow2(group)), HEAD_DIM=head_dim, D_PAD=d_pad,
-        BLOCK_N=block_n, PAGE_SIZE=page_size, NUM_SPLITS=num_splits,
+        BLOCK_N=block_n, PAGE_SIZE=page_size, SPLIT=num_splits > 1,
         USE_WINDOW=sliding_window is not None, DOT_PRECISION=dot_precision(query.dtype),
         KV_FP8=is_fp8(kv_cache.dtype), num_warps=8 if d_pad >= 256 else 4,
     )
     if num_splits > 1:
         launch(
             _merge_splits_kernel, (num_seqs, num_heads), query.device,
-            part_acc, part_ml, out, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, D_PAD=d_pad, NUM_SPLITS=num_splits, S_PAD=next_pow2(num_splits),
+            part_acc, part_ml, out, out.stride(0), out.stride(1), num_splits,
+            HEAD_DIM=head_dim, D_PAD=d_pad, S_PAD=MAX_SPLITS,
         )
     return out
 
