@@ -17,23 +17,29 @@ Workloads (random weights, ``--load-format dummy``, random prompt token ids, ``i
 
 The model folder holds only the preset's ``config.json`` (``membound.planner.presets``, the
 same shapes the planner uses); weights are random, which is what throughput and latency
-depend on. FP8 workloads need the engine's FP8 support (an ``EngineArgs.quantization``
-field); until it exists they are reported as skipped, never run in another precision.
+depend on. The published FP8 figures use FP8 weights AND an FP8 KV cache; until the engine
+config accepts ``kv_cache_dtype="fp8"`` (issue 21) those workloads are skipped with that
+reason recorded in ``--out``'s summary, never run in another precision.
 
-Each run writes ``benchmarks/results/<workload>-<gpu>.json`` (the ``bench`` JSON plus a
-``reference`` entry naming the published figure) and ``.log`` (the full console output).
+The bench commands run from source (``python -m membound.entrypoints.cli``, with this
+checkout's ``src`` on PYTHONPATH), so no installed ``membound`` executable is needed. Each run
+writes ``<out>/<workload>-<gpu>.json`` (the ``bench`` JSON plus a ``reference`` entry naming
+the published figure) and ``.log`` (the full console output); ``<out>/workloads.json`` lists
+every workload's status. ``--plot`` adds a PNG per run when matplotlib is installed (a note
+in the log otherwise).
 
     python benchmarks/gpu_reference_workloads.py --list
     python benchmarks/gpu_reference_workloads.py --dry-run all
-    python benchmarks/gpu_reference_workloads.py llama3-8b-bf16-batch1 llama3-8b-bf16-128x128
-    membound bench report benchmarks/results/*.json --plot benchmarks/results/report.png
+    python benchmarks/gpu_reference_workloads.py --out "$OUT" llama3-8b-bf16-batch1
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -44,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @dataclass(frozen=True)
@@ -94,17 +101,21 @@ def write_model_folder(preset: str, folder: Path) -> Path:
     return folder
 
 
-def fp8_flags() -> tuple[str, ...] | None:
-    """Engine flags for FP8 weights (and FP8 KV where supported); None: not supported yet."""
+def fp8_flags() -> tuple[str, ...] | str:
+    """Engine flags for FP8 weights and an FP8 KV cache (what the published FP8 figures
+    use), or the reason they cannot run yet (a string naming the missing feature)."""
+    from membound.config import ConfigError
+    from membound.config.engine import CacheConfig
     from membound.engine.engine_args import EngineArgs
 
     names = {f.name for f in dataclasses.fields(EngineArgs)}
     if "quantization" not in names:
-        return None
-    flags: tuple[str, ...] = ("--quantization", "fp8")
-    if "kv_cache_dtype" in names:
-        flags += ("--kv-cache-dtype", "fp8")
-    return flags
+        return "the engine has no FP8 weights yet (EngineArgs.quantization)"
+    try:
+        CacheConfig(kv_cache_dtype="fp8")
+    except (ConfigError, TypeError, ValueError) as e:
+        return f"needs kv_cache_dtype='fp8' (FP8 KV cache, issue 21), which the config refuses: {e}"
+    return ("--quantization", "fp8", "--kv-cache-dtype", "fp8")
 
 
 def device_slug(name: str) -> str:
@@ -112,37 +123,58 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
 
 
-def bench_command(w: Workload, model: Path, json_path: Path) -> list[str] | None:
-    """The ``membound bench`` command line for a workload, or None if it cannot run yet."""
+def bench_command(
+    w: Workload, model: Path, json_path: Path, plot: bool = False
+) -> list[str] | str:
+    """The bench command line for a workload (run from source), or why it cannot run yet."""
     precision: tuple[str, ...] = ("--dtype", "bfloat16")
     if w.precision == "fp8":
         flags = fp8_flags()
-        if flags is None:
-            return None
+        if isinstance(flags, str):
+            return flags
         precision += flags
-    return ["membound", "bench", w.command, str(model), "--load-format", "dummy", *precision,
-            "--input-len", str(w.input_len), "--output-len", str(w.output_len), *w.options,
-            "--output-json", str(json_path), "--plot", str(json_path.with_suffix(".png"))]  # fmt: skip
+    cmd = [sys.executable, "-m", "membound.entrypoints.cli", "bench", w.command, str(model),
+           "--load-format", "dummy", *precision,
+           "--input-len", str(w.input_len), "--output-len", str(w.output_len), *w.options,
+           "--output-json", str(json_path)]  # fmt: skip
+    if plot and importlib.util.find_spec("matplotlib") is not None:
+        cmd += ["--plot", str(json_path.with_suffix(".png"))]
+    return cmd
 
 
-def run_workload(w: Workload, gpu: str, model_root: Path, dry_run: bool) -> str:
-    """Run one workload; returns a one-line status."""
+def _source_env() -> dict[str, str]:
+    """This checkout's src first on PYTHONPATH: the subprocess runs the code next to it."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(SRC), path) if p)}
+
+
+def run_workload(
+    w: Workload, gpu: str, model_root: Path, out_dir: Path, dry_run: bool, plot: bool = False
+) -> dict[str, Any]:
+    """Run one workload; returns its status entry ({"name", "status", "line", ...})."""
+    entry: dict[str, Any] = {"name": w.name, "reference": w.reference}
     if w.gpu_pattern and not re.search(w.gpu_pattern, gpu.lower()):
-        return f"{w.name}: skipped, needs a GPU matching {w.gpu_pattern!r} (this is {gpu})"
-    out = RESULTS / f"{w.name}-{device_slug(gpu)}.json"
-    cmd = bench_command(w, write_model_folder(w.preset, model_root), out)
-    if cmd is None:
-        return f"{w.name}: skipped, the engine has no FP8 support yet (EngineArgs.quantization)"
+        reason = f"needs a GPU matching {w.gpu_pattern!r} (this is {gpu})"
+        return {**entry, "status": "skipped", "reason": reason,
+                "line": f"{w.name}: skipped, {reason}"}  # fmt: skip
+    out = out_dir / f"{w.name}-{device_slug(gpu)}.json"
+    cmd = bench_command(w, write_model_folder(w.preset, model_root), out, plot)
+    if isinstance(cmd, str):
+        return {**entry, "status": "skipped", "reason": cmd, "line": f"{w.name}: skipped, {cmd}"}
     if dry_run:
-        return f"{w.name}: {shlex.join(cmd)}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+        return {**entry, "status": "dry-run", "line": f"{w.name}: {shlex.join(cmd)}"}
+    out_dir.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".log")
     with open(log, "w", encoding="utf-8") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
+        if plot and "--plot" not in cmd:
+            f.write("note: --plot skipped, matplotlib is not installed\n")
         f.flush()
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True,
+                              env=_source_env())  # fmt: skip
     if proc.returncode != 0 or not out.exists():
-        return f"{w.name}: FAILED (exit {proc.returncode}); see {log}"
+        line = f"{w.name}: FAILED (exit {proc.returncode}); see {log}"
+        return {**entry, "status": "failed", "log": str(log), "line": line}
     doc: dict[str, Any] = json.loads(out.read_text())
     doc["reference"] = {"workload": w.name, "published": w.reference,
                         "source": "shared/reference/hardware-and-models.md"}  # fmt: skip
@@ -150,7 +182,8 @@ def run_workload(w: Workload, gpu: str, model_root: Path, dry_run: bool) -> str:
     f = doc["figures"]
     figure = (f"{f['tpot_ms_mean']:.2f} ms/token" if w.command == "latency"
               else f"{f['output_tokens_per_s']:,.0f} output tok/s")  # fmt: skip
-    return f"{w.name}: {figure} (published: {w.reference}); {out}"
+    line = f"{w.name}: {figure} (published: {w.reference}); {out}"
+    return {**entry, "status": "ok", "result": str(out), "line": line}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--gpu-name", default=None, help="device name to assume (dry runs)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default %(default)s)")
+    p.add_argument("--plot", action="store_true", help="a PNG per run (needs matplotlib)")
     args = p.parse_args(argv)
     by_name = {w.name: w for w in WORKLOADS}
     if args.list:
@@ -174,12 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     if gpu is None and not args.dry_run:
         print("error: no CUDA GPU visible; these workloads run on a GPU", file=sys.stderr)
         return 2
+    statuses = []
     with tempfile.TemporaryDirectory(prefix="membound-models-") as tmp:
         for name in names:
-            print(
-                run_workload(by_name[name], gpu or "any-gpu", Path(tmp), args.dry_run), flush=True
-            )
-    return 0
+            entry = run_workload(by_name[name], gpu or "any-gpu", Path(tmp), args.out,
+                                 args.dry_run, args.plot)  # fmt: skip
+            print(entry.pop("line"), flush=True)
+            statuses.append(entry)
+            if not args.dry_run:
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "workloads.json").write_text(
+                    json.dumps({"gpu": gpu, "workloads": statuses}, indent=2) + "\n"
+                )
+    return 1 if any(e["status"] == "failed" for e in statuses) else 0
 
 
 def _gpu_name() -> str | None:

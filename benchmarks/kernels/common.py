@@ -69,6 +69,19 @@ def git_commit() -> str | None:
     return source_commit()[0]
 
 
+def weight_bytes_read_per_step(engine: Any, batch: int = 1) -> int:
+    """Weight bytes one decode step reads: every layer and the LM head, but of the embedding
+    table only the ``batch`` looked-up rows (counting the whole table flatters the achieved
+    bandwidth by its size: ~7% at BF16 for Llama-3-8B, more once the layers are quantized).
+    The byte counts are ``membound.bench.offline.model_bytes``'s."""
+    from membound.bench.offline import model_bytes
+
+    counts = model_bytes(engine)
+    mc = engine.config.model_config
+    row_bytes = mc.hidden_size * torch.empty((), dtype=engine.dtype).element_size()
+    return counts.weight_bytes_read_per_step + batch * row_bytes
+
+
 def _driver() -> str | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
