@@ -1,84 +1,84 @@
 """GPU benchmark (not yet run): decode tokens/s of an 8B-shaped dummy model with 0%, 50% and
-90% of its layer weights offloaded to CPU memory, against the PCIe bound
-(offloaded bytes per step / measured host-to-device bandwidth).
+90% of its layer weights offloaded to CPU memory, against the PCIe bound (offloaded bytes per
+step / measured pinned host-to-device bandwidth).
 
-    PYTHONPATH=src python benchmarks/gpu_offload.py --output-json benchmarks/results/gpu_offload.json
+Each engine is dropped and collected (``gc.collect`` + ``torch.cuda.empty_cache``) before the
+next is built, so each plans its KV cache on an empty GPU. Also the optional ``offload``
+phase of benchmarks/gpu_validate.py; results go to ``--out`` (``offload.json``, rewritten
+after every run). Dry run: a tiny model on the CPU, where the engine ignores
+``cpu_offload_gb`` (the weights already live in CPU memory): only the code path is checked.
+
+    PYTHONPATH=src python benchmarks/gpu_offload.py --out "$OUT"
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-LLAMA3_8B = {
-    "architectures": ["LlamaForCausalLM"], "vocab_size": 128256, "hidden_size": 4096,
-    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-    "num_key_value_heads": 8, "max_position_embeddings": 8192, "rope_theta": 500000.0,
-    "torch_dtype": "bfloat16", "tie_word_embeddings": False,
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_phase_env import h2d_bandwidth_gbs  # noqa: E402
+from gpu_phases import GB, Target, phase_args, write_model_folder  # noqa: E402
 
 
-def h2d_bandwidth(nbytes: int = 1 << 30) -> float:
-    """Pinned host-to-device copy bandwidth in bytes/s."""
-    host = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
-    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dev.copy_(host, non_blocking=True)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(5):
-        dev.copy_(host, non_blocking=True)
-    torch.cuda.synchronize()
-    return 5 * nbytes / (time.perf_counter() - t0)
-
-
-def decode_tok_s(folder: Path, offload_gb: float, steps: int) -> tuple[float, int]:
+def decode_tok_s(t: Target, folder: Path, offload_gb: float, steps: int) -> tuple[float, int]:
     from membound.engine.engine_args import EngineArgs
     from membound.engine.llm_engine import LLMEngine
     from membound.sampling_params import SamplingParams
 
     eng = LLMEngine.from_engine_args(EngineArgs(
-        model=str(folder), load_format="dummy", max_model_len=2048, cpu_offload_gb=offload_gb,
-        gpu_memory_utilization=0.5))
-    eng.add_request("0", list(range(1, 129)), SamplingParams(temperature=0, max_tokens=steps + 8,
-                                                             ignore_eos=True))
-    for _ in range(8):  # prefill and warm-up
-        eng.step()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        eng.step()
-    torch.cuda.synchronize()
-    return steps / (time.perf_counter() - t0), eng.memory_report.offloaded_bytes
+        model=str(folder), load_format="dummy", dtype=str(t.dtype).removeprefix("torch."),
+        device=t.device.type, max_model_len=512, cpu_offload_gb=offload_gb,
+        gpu_memory_utilization=0.5, skip_tokenizer_init=True))  # fmt: skip
+    try:
+        params = SamplingParams(temperature=0, max_tokens=steps + 8, ignore_eos=True)
+        eng.add_request("0", list(range(1, 129)), params)
+        for _ in range(8):  # prefill and warm-up
+            eng.step()
+        t.sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            eng.step()
+        t.sync()
+        return steps / (time.perf_counter() - t0), eng.memory_report.offloaded_bytes
+    finally:
+        del eng
+        t.free()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--output-json", default=None)
-    args = ap.parse_args()
-    bw = h2d_bandwidth()
-    layer_gib = 218_112_000 * 2 / 1024**3  # one Llama-3-8B decoder layer in bf16
-    results = []
+def layer_bytes(cfg: dict[str, Any], elem: int) -> int:
+    h, i = cfg["hidden_size"], cfg["intermediate_size"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    return (h * (h + 2 * kv) + h * h + 3 * h * i + 2 * h) * elem
+
+
+def main() -> int:
+    _, t, res = phase_args("offload", __doc__)
+    steps = t.pick(32, 4)
+    h2d = res.attempt("pinned H2D", lambda: h2d_bandwidth_gbs(t)) if t.cuda else None
+    res.record("h2d_pinned_gbs", h2d or "not measured (no GPU)", f"pinned H2D {h2d} GB/s")
+    cfg = t.model_config()
+    one_layer = layer_bytes(cfg, torch.empty((), dtype=t.dtype).element_size())
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "config.json").write_text(json.dumps(LLAMA3_8B))
+        folder = write_model_folder(Path(tmp) / "model", cfg)
         for frac in (0.0, 0.5, 0.9):
-            gb = frac * 32 * layer_gib
-            tok_s, off = decode_tok_s(folder, gb, args.steps)
-            bound = bw / off if off else None
-            results.append({"fraction": frac, "offloaded_bytes": off, "decode_tok_s": tok_s,
-                            "pcie_bound_tok_s": bound})
-            print(json.dumps(results[-1]), flush=True)
-    report = {"benchmark": "gpu_offload", "device": torch.cuda.get_device_name(),
-              "torch": torch.__version__, "h2d_bytes_per_s": bw, "results": results}
-    if args.output_json:
-        Path(args.output_json).write_text(json.dumps(report, indent=1))
+            gb = frac * cfg["num_hidden_layers"] * one_layer / 1024**3
+            got = res.attempt(f"offload {frac}", lambda gb=gb: decode_tok_s(t, folder, gb, steps))
+            if got is None:
+                continue
+            tok_s, off = got
+            bound = h2d * GB / off if (off and h2d) else None
+            res.record(f"fraction_{frac}",
+                       {"offloaded_bytes": off, "decode_tok_s": tok_s, "pcie_bound_tok_s": bound},
+                       f"{frac:.0%} offloaded ({off / 1e9:.1f} GB): {tok_s:.1f} tok/s"
+                       + (f" (PCIe bound {bound:.1f})" if bound else ""))  # fmt: skip
+    return res.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
