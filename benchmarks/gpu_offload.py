@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_phase_env import h2d_bandwidth_gbs  # noqa: E402
-from gpu_phases import GB, Target, phase_args, write_model_folder  # noqa: E402
+from gpu_phases import GB, PhaseResult, Target, phase_args, write_model_folder  # noqa: E402
 
 
 def decode_tok_s(t: Target, folder: Path, offload_gb: float, steps: int) -> tuple[float, int]:
@@ -59,6 +59,12 @@ def layer_bytes(cfg: dict[str, Any], elem: int) -> int:
 
 def main() -> int:
     _, t, res = phase_args("offload", __doc__)
+    run(t, res)
+    return res.exit_code()
+
+
+def run(t: Target, res: PhaseResult) -> None:
+    """Decode tok/s at each offloaded fraction, recorded in ``res`` as each completes."""
     steps = t.pick(32, 4)
     h2d = res.attempt("pinned H2D", lambda: h2d_bandwidth_gbs(t)) if t.cuda else None
     res.record("h2d_pinned_gbs", h2d or "not measured (no GPU)", f"pinned H2D {h2d} GB/s")
@@ -77,7 +83,6 @@ def main() -> int:
                        {"offloaded_bytes": off, "decode_tok_s": tok_s, "pcie_bound_tok_s": bound},
                        f"{frac:.0%} offloaded ({off / 1e9:.1f} GB): {tok_s:.1f} tok/s"
                        + (f" (PCIe bound {bound:.1f})" if bound else ""))  # fmt: skip
-    return res.exit_code()
 
 
 if __name__ == "__main__":

@@ -153,6 +153,12 @@ def run_precision(t: Target, res: PhaseResult, folder: Path, name: str, quant: s
 
 def main() -> int:
     _, t, res = phase_args("e2e", __doc__)
+    run(t, res)
+    return res.exit_code()
+
+
+def run(t: Target, res: PhaseResult) -> None:
+    """Every measurement of the phase, each recorded in ``res`` as it completes."""
     from gpu_phases import copy_bandwidth_gbs
 
     s, cfg = sizes(t), t.model_config()
@@ -171,7 +177,6 @@ def main() -> int:
                                  ("int4", "int4", False)):  # fmt: skip
             res.attempt(name, lambda name=name, quant=quant, thr=thr: run_precision(
                 t, res, folder, name, quant, s, copy, thr))  # fmt: skip
-    return res.exit_code()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_phases import GB, Target, copy_bandwidth_gbs, phase_args  # noqa: E402
+from gpu_phases import GB, PhaseResult, Target, copy_bandwidth_gbs, phase_args  # noqa: E402
 
 
 def nvidia_smi() -> str:
@@ -68,6 +68,12 @@ def matmul_tflops(t: Target) -> float:
 
 def main() -> int:
     _, t, res = phase_args("env", __doc__)
+    run(t, res)
+    return res.exit_code()
+
+
+def run(t: Target, res: PhaseResult) -> None:
+    """Every measurement of the phase, each recorded in ``res`` as it completes."""
     from membound.bench.provenance import source_commit
 
     smi = nvidia_smi()
@@ -86,7 +92,6 @@ def main() -> int:
         res.record("h2d_pinned_gbs", "not measured (no GPU in the dry run)")
     tf = res.attempt("matmul", lambda: matmul_tflops(t))
     res.record("matmul_tflops", tf, f"{t.dtype} matmul {tf} TFLOP/s")
-    return res.exit_code()
 
 
 if __name__ == "__main__":

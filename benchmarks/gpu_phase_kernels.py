@@ -136,6 +136,12 @@ def quant_gemm(t: Target, res: PhaseResult, copy: float) -> None:
 
 def main() -> int:
     _, t, res = phase_args("kernels", __doc__)
+    run(t, res)
+    return res.exit_code()
+
+
+def run(t: Target, res: PhaseResult) -> None:
+    """Every measurement of the phase, each recorded in ``res`` as it completes."""
     torch.manual_seed(0)
     copy = res.attempt("copy bandwidth", lambda: copy_bandwidth_gbs(t)) or float("nan")
     res.record("copy_bandwidth_gbs", copy, f"copy bandwidth {copy:.0f} GB/s")
@@ -144,7 +150,6 @@ def main() -> int:
         res.attempt("prefill_attention", lambda: prefill_attention(t, res))
         res.attempt("moe_gemm", lambda: moe(t, res, copy))
         res.attempt("quant_gemm", lambda: quant_gemm(t, res, copy))
-    return res.exit_code()
 
 
 if __name__ == "__main__":

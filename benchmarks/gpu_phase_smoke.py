@@ -159,8 +159,11 @@ def scaled_mms(t: Target, s: dict[str, int], res: PhaseResult) -> None:
             fp8.fp8_linear_scaled_mm(x, wq, ws.reshape(-1), None, out_dtype=t.dtype),
             fp8.fp8_linear_ref(x, wq, ws.reshape(-1), None)))  # fmt: skip
     else:
-        res.record("fp8 torch._scaled_mm", {"skipped": "needs a CUDA GPU of capability >= 8.9"},
-                   "fp8 torch._scaled_mm: skipped (needs a CUDA GPU of capability >= 8.9)")
+        res.record(
+            "fp8 torch._scaled_mm",
+            {"skipped": "needs a CUDA GPU of capability >= 8.9"},
+            "fp8 torch._scaled_mm: skipped (needs a CUDA GPU of capability >= 8.9)",
+        )
     wq8, ws8 = int8.quantize_int8(w)
     check(res, "int8 torch._int_mm", t.dtype, lambda: (
         int8.int8_linear_int_mm(x, wq8, ws8.reshape(-1), None),
@@ -169,6 +172,12 @@ def scaled_mms(t: Target, s: dict[str, int], res: PhaseResult) -> None:
 
 def main() -> int:
     _, t, res = phase_args("smoke", __doc__)
+    run(t, res)
+    return res.exit_code()
+
+
+def run(t: Target, res: PhaseResult) -> None:
+    """Every measurement of the phase, each recorded in ``res`` as it completes."""
     torch.manual_seed(0)
     s = shapes(t)
     res.record("shapes", s)
@@ -177,7 +186,6 @@ def main() -> int:
             res.attempt(group.__name__, lambda group=group: group(t, s, res))
     checks: Any = {k: v for k, v in res.results.items() if isinstance(v, dict) and "ok" in v}
     res.record("passed", sum(v["ok"] for v in checks.values()), f"{len(checks)} checks run")
-    return res.exit_code()
 
 
 if __name__ == "__main__":

@@ -123,9 +123,7 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
 
 
-def bench_command(
-    w: Workload, model: Path, json_path: Path, plot: bool = False
-) -> list[str] | str:
+def bench_command(w: Workload, model: Path, json_path: Path, plot: bool = False) -> list[str] | str:
     """The bench command line for a workload (run from source), or why it cannot run yet."""
     precision: tuple[str, ...] = ("--dtype", "bfloat16")
     if w.precision == "fp8":
