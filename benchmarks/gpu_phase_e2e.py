@@ -32,7 +32,7 @@ IN_LEN = 128
 
 
 def sizes(t: Target) -> dict[str, int]:
-    return t.pick({"decode_steps": 64, "hf_batch": 32, "hf_new": 128, "prompts": 1024,
+    return t.pick({"decode_steps": 64, "hf_batch": 32, "hf_new": 128, "prompts": 512,
                    "out_len": 128, "max_num_seqs": 256},
                   {"decode_steps": 6, "hf_batch": 4, "hf_new": 6, "prompts": 4, "out_len": 6,
                    "max_num_seqs": 4})  # fmt: skip

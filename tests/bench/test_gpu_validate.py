@@ -85,8 +85,24 @@ def test_orchestrator_runs_a_phase_and_folds_its_results(tmp_path: Path) -> None
     doc = summary(tmp_path)
     (env,) = doc["phases"]
     assert env["status"] == "ok" and env["seconds"] > 0 and env["results"]["copy_bandwidth_gbs"]
-    assert doc["device"]["name"] == "cpu (dry run)"
+    assert doc["device"]["name"] == "cpu (dry run)" and doc["complete"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["env.log", "summary.json"]
+
+
+def test_tests_phase_command_and_junit_counts(tmp_path: Path) -> None:
+    """The tests phase itself (a pytest run, ~20 s of collection here) is in the slow test."""
+    validate = load("gpu_validate")
+    cmd = validate.tests_command(tmp_path, dry_run=False)
+    assert cmd[1:5] == ["-m", "pytest", "-m", "gpu and not slow"]
+    assert f"--junitxml={tmp_path / 'tests.xml'}" in cmd and cmd[-1].endswith("tests")
+    assert validate.tests_command(tmp_path, dry_run=True)[-1].endswith(".py")
+    (tmp_path / "tests.xml").write_text(
+        '<testsuites><testsuite tests="5" failures="1" errors="0" skipped="2"/>'
+        '<testsuite tests="3" failures="0" errors="1" skipped="0"/></testsuites>'
+    )
+    counts = validate.junit_counts(tmp_path / "tests.xml")
+    assert counts == {"tests": 8, "failures": 1, "errors": 1, "skipped": 2}
+    assert validate.junit_counts(tmp_path / "missing.xml") is None
 
 
 @pytest.mark.slow
