@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from membound.config import ModelConfig
 from membound.engine.engine_args import EngineArgs
 from membound.worker import weight_loader
 from membound.worker.weight_loader import load_model
