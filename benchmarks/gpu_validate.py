@@ -144,6 +144,7 @@ def fold_results(entry: dict[str, Any], out: Path, name: str) -> None:
         except json.JSONDecodeError as e:
             entry["failures"] = [f"unreadable {path.name}: {e}"]
         path.unlink()
+    (out / f".{name}.json.tmp").unlink(missing_ok=True)  # a write cut short by a kill
     if name == "tests":
         entry["results"] = {"junit": "tests.xml", "counts": junit_counts(out / "tests.xml")}
 
