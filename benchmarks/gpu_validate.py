@@ -3,7 +3,8 @@
     PYTHONPATH=src python benchmarks/gpu_validate.py --out DIR [--dry-run] [--budget-s 480]
         [--phases env,smoke,...] [--offload]
 
-Phases run in order, each a subprocess under its own timeout (never past the budget left),
+Phases run in order, each a subprocess under its own timeout (never past the budget left:
+SIGINT at the timeout, SIGKILL 15 s later),
 its output in ``DIR/<phase>.log``; ``DIR/summary.json`` is rewritten before the first phase
 and after every one:
 
@@ -115,10 +116,15 @@ def child_env(dry_run: bool, commit: str | None, dirty: bool | None) -> dict[str
     return env
 
 
+GRACE_S = 15.0  # after a timeout: SIGINT, this long to finish up (pytest writes its XML), SIGKILL
+
+
 def run_phase(
     cmd: list[str], log: Path, timeout: float, env: dict[str, str]
 ) -> tuple[str, int | None]:
-    """(status, return code); on timeout the phase's whole process group is killed."""
+    """(status, return code). On timeout the phase's process group gets SIGINT (pytest then
+    still writes its JUnit XML; the phase scripts have written each result as it came), and
+    SIGKILL ``GRACE_S`` later if it is still running."""
     with open(log, "w", encoding="utf-8") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
@@ -127,9 +133,13 @@ def run_phase(
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            f.write(f"\n[gpu_validate] killed after its {timeout:.0f} s timeout\n")
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            f.write(f"\n[gpu_validate] stopped after its {timeout:.0f} s timeout\n")
             return "timeout", None
     return ("ok" if rc == 0 else "failed"), rc
 
@@ -202,12 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     for phase, entry in zip(phases, summary.doc["phases"]):
         left = args.budget_s - summary.elapsed()
         expected = phase.dry_expected_s if args.dry_run else phase.expected_s
-        if left < expected:
+        if left - GRACE_S < expected:
             entry.update(status="skipped", seconds=0.0,
                          reason=f"needs about {expected:.0f} s, {max(left, 0):.0f} s of the "
                                 f"{args.budget_s:.0f} s budget left")  # fmt: skip
         else:
-            timeout = min(phase.timeout_s, left)
+            timeout = min(phase.timeout_s, left - GRACE_S)
             print(f"[gpu_validate] {phase.name} (timeout {timeout:.0f} s)", flush=True)
             start = time.monotonic()
             status, rc = run_phase(phase_command(phase, args.out, args.dry_run),
