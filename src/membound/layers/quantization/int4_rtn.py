@@ -115,12 +115,12 @@ class Int4LinearMethod(QuantizationMethod):
     ) -> torch.Tensor:
         x2, lead = flatten_tokens(x)  # [M, K]
         args = (layer.qweight, layer.scales, layer.zeros, layer.group_size, layer.perm)
-        triton = (
+        use_triton = (
             getattr(layer, "kernel_backend", "torch") == "triton"
             and kernel_supports(layer.group_size)
             and x2.dtype in (torch.float16, torch.bfloat16, torch.float32)
         )
-        y = int4_gemm(x2.contiguous(), *args) if triton else int4_gemm_ref(x2, *args)
+        y = int4_gemm(x2.contiguous(), *args) if use_triton else int4_gemm_ref(x2, *args)
         if bias is not None:
             y = y + bias
         return y.reshape(*lead, -1)
