@@ -25,8 +25,8 @@ from kernel_testing import (  # noqa: E402
 
 from membound.kernels.int4_gemm import (  # noqa: E402
     dequantize_int4_ref,
-    int4_gemm,
     int4_dequantize,
+    int4_gemm,
     int4_gemm_ref,
     pack_int4,
     unpack_int4,
@@ -133,3 +133,26 @@ def test_llama_8b_shapes_bf16(m: int) -> None:
     """Compiled on a GPU, bf16, the shapes the decode benchmark runs."""
     args = make((m, 4096, 14336 // 4, 128, False), torch.bfloat16, seed=m)
     check(int4_gemm(**args), args)
+
+
+def test_layer_above_16_rows_never_dequantizes_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton path of an INT4 layer at a prefill-sized batch: dequantize into the
+    activation dtype (int4_dequantize) + GEMM, never the fp32 reference of the whole weight."""
+    from membound.config import QuantizationConfig
+    from membound.kernels import int4_gemm as module
+    from membound.layers.linear import Linear
+    from membound.layers.quantization import get_linear_method
+
+    dev = device_for(torch.float32)
+    qm = get_linear_method(QuantizationConfig.for_float_checkpoint("int4"), ["t"])
+    with torch.device(dev):
+        layer = Linear(128, 64, quant_method=qm, prefix="t")
+    layer.quant_method.quantize_rows(
+        layer, randn((64, 128), torch.float32, dev, generator(2)), (0, 64)
+    )
+    layer.process_weights_after_loading()
+    layer.set_kernel_backend("triton")
+    x = randn((33, 128), torch.float32, dev, generator(3))
+    expected = int4_gemm_ref(x, layer.qweight, layer.scales, layer.zeros, layer.group_size)
+    monkeypatch.setattr(module, "dequantize_int4_ref", lambda *a: pytest.fail("fp32 dequant"))
+    torch.testing.assert_close(layer(x), expected, atol=2e-4, rtol=2e-4)
