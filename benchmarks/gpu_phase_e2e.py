@@ -5,7 +5,8 @@
 2. membound BF16: batch-1 ms/token over timed decode steps (and the weight bandwidth that
    implies: bytes a step reads, common.weight_bytes_read_per_step, vs the copy bandwidth),
    then offline throughput, 128 in / 128 out, all prompts submitted at once.
-3. membound FP8 weights (``quantization="fp8"``): the same two figures.
+3. membound FP8 weights and FP8 KV cache (``quantization="fp8"``, ``kv_cache_dtype="fp8"``,
+   what TensorRT-LLM's FP8 figures use): the same two figures.
 4. membound INT4 weights (``quantization="int4"``): batch-1 ms/token.
 
 Three engines in all, each dropped and collected before the next is built. The anchors
@@ -76,13 +77,16 @@ def transformers_baseline(t: Target, cfg: dict[str, Any], s: dict[str, int]) -> 
             "batch_size": s["hf_batch"], "output_tokens_per_s": s["hf_batch"] * s["hf_new"] / elapsed}  # fmt: skip
 
 
-def make_engine(t: Target, folder: Path, quantization: str | None, s: dict[str, int]) -> Any:
+def make_engine(
+    t: Target, folder: Path, quantization: str | None, kv_dtype: str, s: dict[str, int]
+) -> Any:
     from membound.engine.engine_args import EngineArgs
     from membound.engine.llm_engine import LLMEngine
 
     return LLMEngine.from_engine_args(EngineArgs(
         model=str(folder), load_format="dummy", dtype=str(t.dtype).removeprefix("torch."),
-        device=t.device.type, quantization=quantization, skip_tokenizer_init=True,
+        device=t.device.type, quantization=quantization, kv_cache_dtype=kv_dtype,
+        skip_tokenizer_init=True,
         max_model_len=IN_LEN + max(s["out_len"], s["decode_steps"] + 8) + 16,
         max_num_seqs=s["max_num_seqs"], gpu_memory_utilization=0.85,
         enable_prefix_caching=False))  # fmt: skip
@@ -132,11 +136,15 @@ def throughput(t: Target, engine: Any, s: dict[str, int]) -> dict:
 
 
 def run_precision(t: Target, res: PhaseResult, folder: Path, name: str, quant: str | None,
-                  s: dict[str, int], copy: float | None, with_throughput: bool) -> None:  # fmt: skip
+                  kv_dtype: str, s: dict[str, int], copy: float | None,
+                  with_throughput: bool) -> None:  # fmt: skip
     t0 = time.perf_counter()
-    engine = make_engine(t, folder, quant, s)
+    engine = make_engine(t, folder, quant, kv_dtype, s)
     res.record(f"{name}/build_s", time.perf_counter() - t0, f"{name}: engine built in "
                f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+    cc = engine.config.cache_config
+    res.record(f"{name}/config", {"quantization": quant, "kv_cache_dtype": cc.kv_cache_dtype,
+                                  "weight_bytes": engine.weights_bytes})  # fmt: skip
     try:
         with torch.inference_mode():
             lat = batch1_latency(t, engine, s, copy)
@@ -173,10 +181,10 @@ def run(t: Target, res: PhaseResult) -> None:
                    f"ms/token; batch {hf['batch_size']}: {hf['output_tokens_per_s']:,.0f} tok/s")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="membound-e2e-") as tmp:
         folder = write_model_folder(Path(tmp) / "llama-3-8b-shaped", cfg)
-        for name, quant, thr in (("bf16", None, True), ("fp8", "fp8", True),
-                                 ("int4", "int4", False)):  # fmt: skip
-            res.attempt(name, lambda name=name, quant=quant, thr=thr: run_precision(
-                t, res, folder, name, quant, s, copy, thr))  # fmt: skip
+        for name, quant, kv, thr in (("bf16", None, "auto", True), ("fp8", "fp8", "fp8", True),
+                                     ("int4", "int4", "auto", False)):  # fmt: skip
+            res.attempt(name, lambda name=name, quant=quant, kv=kv, thr=thr: run_precision(
+                t, res, folder, name, quant, kv, s, copy, thr))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Phase smoke: every Triton kernel once at Llama-3-8B shapes in bf16 against its plain-torch
-reference (computed in fp32 from the same inputs), plus FP8 ``torch._scaled_mm`` and INT8
-``torch._int_mm`` against their references. Each check is independent: a failure is
+reference (computed in fp32 from the same inputs; decode attention also over an FP8 KV
+cache), plus FP8 ``torch._scaled_mm`` and INT8 ``torch._int_mm`` against their references. Each check is independent: a failure is
 recorded with its error and the next one runs. Dry run: tiny shapes, fp32, the interpreter.
 """
 
@@ -121,6 +121,24 @@ def paged(t: Target, s: dict[str, int], res: PhaseResult) -> None:
         return c1, c2
 
     check(res, "store_kv", t.dtype, store)
+    fp8_kv(t, q, cache, tables, lens, res)
+
+
+def fp8_kv(t: Target, q: torch.Tensor, cache: torch.Tensor, tables: torch.Tensor,
+           lens: torch.Tensor, res: PhaseResult) -> None:  # fmt: skip
+    """Decode attention over an FP8 (E4M3) cache with per-tensor scales, against the
+    reference reading the same FP8 cache."""
+    from membound.kernels import paged_attention
+    from membound.kernels.kv_quant import FP8_KV_DTYPE, quantize_kv_ref
+
+    d, ks, vs = q.shape[-1], 0.02, 0.03
+    c8 = torch.stack([quantize_kv_ref(cache[0], ks, FP8_KV_DTYPE),
+                      quantize_kv_ref(cache[1], vs, FP8_KV_DTYPE)])  # fmt: skip
+    check(res, "paged_decode_attention/fp8kv", t.dtype, lambda: (
+        paged_attention.paged_decode_attention(q, c8, tables, lens, d**-0.5, num_splits=4,
+                                               k_scale=ks, v_scale=vs),
+        paged_attention.paged_decode_attention_ref(q.float(), c8, tables, lens, d**-0.5,
+                                                   k_scale=ks, v_scale=vs)))  # fmt: skip
 
 
 def gemms(t: Target, s: dict[str, int], res: PhaseResult) -> None:

@@ -46,11 +46,11 @@ def test_model_folders_and_commands(script, tmp_path: Path) -> None:  # type: ig
         ).create_engine_config()
         assert config.model_config.num_hidden_layers in (32, 80)
         cmd = script.bench_command(w, folder, tmp_path / f"{w.name}.json", plot=True)
-        if isinstance(cmd, str):  # the reason it cannot run yet, naming the missing feature
-            assert w.precision == "fp8" and "kv_cache_dtype" in cmd
-            continue
+        assert isinstance(cmd, list), cmd  # FP8 weights and FP8 KV are both supported now
         assert cmd[:4] == [sys.executable, "-m", "membound.entrypoints.cli", "bench"]
         args = parser.parse_args(cmd[3:])
+        if w.precision == "fp8":
+            assert (args.quantization, args.kv_cache_dtype) == ("fp8", "fp8")
         assert args.load_format == "dummy" and args.output_json.endswith(".json")
         assert (args.input_len, args.output_len) == (w.input_len, w.output_len)
 
@@ -61,11 +61,19 @@ def test_dry_run_and_gpu_check(script, capsys: pytest.CaptureFixture[str]) -> No
     assert "llama3-70b-fp8-h200-128x128: skipped, needs a GPU matching" in out
     assert "--load-format dummy" in out and "h100-80gb-hbm3.json" in out
     assert script.device_slug("NVIDIA H200") == "h200"
-    assert "llama3-8b-fp8-128x128: skipped, needs kv_cache_dtype='fp8'" in out
 
 
-def test_skips_are_recorded_under_out(script, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Only workloads that skip: nothing runs, yet every reason lands in --out."""
+def test_skips_are_recorded_under_out(  # type: ignore[no-untyped-def]
+    script, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only workloads that skip (here FP8 as if the config refused an FP8 KV cache, and 70B
+    off an H200): nothing runs, yet every reason, naming what is missing, lands in --out."""
+    from membound.config import ConfigError
+
+    def refuse(**kwargs: object) -> None:
+        raise ConfigError("kv_cache_dtype='fp8' is not supported yet")
+
+    monkeypatch.setattr("membound.config.engine.CacheConfig", refuse)
     names = ["llama3-8b-fp8-128x128", "llama3-70b-fp8-h200-128x128"]
     assert script.main([*names, "--gpu-name", "NVIDIA H100", "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "workloads.json").read_text())

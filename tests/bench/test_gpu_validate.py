@@ -36,12 +36,13 @@ def summary(out: Path) -> dict:
 EXPECTED = {  # phase -> results every dry run must produce
     "gpu_phase_env": ["commit", "versions", "copy_bandwidth_gbs", "matmul_tflops"],
     "gpu_phase_smoke": ["rms_norm", "paged_decode_attention/s4", "prefill_attention",
+                        "paged_decode_attention/fp8kv",
                         "moe_gemm", "int4_gemm/m1", "int4_gemm/m20", "int8 torch._int_mm",
                         "fp8 torch._scaled_mm"],
     "gpu_phase_kernels": ["decode_attention/b1/ctx64", "prefill_attention/32", "moe_gemm/t6",
                           "quant_gemm/int4/m1", "quant_gemm/fp8/m20", "quant_gemm/int8/m20"],
     "gpu_phase_e2e": ["transformers", "bf16/batch1", "bf16/throughput", "fp8/batch1",
-                      "fp8/throughput", "int4/batch1"],
+                      "fp8/throughput", "int4/batch1", "fp8/config"],
     "gpu_offload": ["fraction_0.0", "fraction_0.5", "fraction_0.9"],
 }  # fmt: skip
 
@@ -55,6 +56,8 @@ def test_phase_measures_everything_on_the_cpu(name: str, tmp_path: Path) -> None
     module.run(target, res)
     assert res.failures == []
     assert [k for k in EXPECTED[name] if k not in res.results] == []
+    if name == "gpu_phase_e2e":  # FP8 weights with an FP8 KV cache, as the anchors
+        assert res.results["fp8/config"]["kv_cache_dtype"] == "fp8"
     written = json.loads((tmp_path / f"{name}.json").read_text())
     assert written["dry_run"] is True and set(EXPECTED[name]) <= set(written["results"])
 
