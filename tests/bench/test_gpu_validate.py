@@ -3,7 +3,7 @@ its interpreter), so the prepared GPU run cannot rot before a GPU is available.
 
 The default suite runs each phase's measurements in-process (no subprocess start-up), the
 orchestrator's budget, timeout and summary logic, and one phase through the orchestrator;
-the whole dry run, every phase in its own subprocess, is marked slow (~1.5 min here)."""
+the whole dry run, every phase in its own subprocess, is marked slow (40-90 s here)."""
 
 from __future__ import annotations
 
