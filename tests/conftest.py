@@ -21,7 +21,7 @@ import torch
 from tiny_models import add_tokenizer, make_checkpoint
 
 _KERNEL_TESTS = Path(__file__).resolve().parent / "kernels"
-_GPU_MODULES = pytest.StashKey[set[str]]()
+_PIN = pytest.StashKey[pytest.MonkeyPatch]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -29,56 +29,43 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    config.stash[_GPU_MODULES] = {
-        item.module.__name__ for item in items
-        if item.get_closest_marker("gpu") and getattr(item, "module", None) is not None
-    }  # fmt: skip
     for item in items:
         marker = item.get_closest_marker("gpus")
         if marker is not None:
             needed = int(marker.args[0]) if marker.args else 2
             if torch.cuda.device_count() < needed:
-                item.add_marker(
-                    pytest.mark.skip(
-                        reason=f"needs {needed} CUDA GPUs, {torch.cuda.device_count()} visible"
-                    )
-                )
+                reason = f"needs {needed} CUDA GPUs, {torch.cuda.device_count()} visible"
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def _pin_cpu(mp: pytest.MonkeyPatch) -> None:
-    mp.setenv("CUDA_VISIBLE_DEVICES", "")
-    mp.setattr(torch.cuda, "is_available", lambda: False)
-
-
-def _cuda_test_module(path: Path) -> bool:
-    return _KERNEL_TESTS in path.parents
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cpu_module(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Modules without gpu tests run on the CPU whole (module-scoped engines included)."""
-    module = request.module.__name__
-    if (
-        not torch.cuda.is_available()
-        or module in request.config.stash.get(_GPU_MODULES, set())
-        or _cuda_test_module(Path(request.module.__file__))
-    ):
-        yield
-        return
-    with pytest.MonkeyPatch.context() as mp:
-        _pin_cpu(mp)
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _cpu_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In modules mixing both, each test not marked gpu runs on the CPU."""
-    if (
+def _runs_on_cpu(item: pytest.Item) -> bool:
+    return (
         torch.cuda.is_available()
-        and request.node.get_closest_marker("gpu") is None
-        and not _cuda_test_module(Path(str(request.node.path)))
-    ):
-        _pin_cpu(monkeypatch)
+        and item.get_closest_marker("gpu") is None
+        and _KERNEL_TESTS not in Path(str(item.path)).parents
+    )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """Pinned before any fixture of the test is set up, module- and session-scoped ones
+    included, and until its teardown ends (pytest_runtest_teardown below)."""
+    if _runs_on_cpu(item):
+        mp = pytest.MonkeyPatch()
+        mp.setenv("CUDA_VISIBLE_DEVICES", "")
+        mp.setattr(torch.cuda, "is_available", lambda: False)
+        item.stash[_PIN] = mp
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        mp = item.stash.get(_PIN, None)
+        if mp is not None:
+            mp.undo()
 
 
 @pytest.fixture(scope="session")
