@@ -13,11 +13,14 @@ from membound.core.kv_cache_manager import KVCacheManager
 from membound.core.request import Request, RequestStatus
 from membound.core.scheduler import RequestRejectedError, Scheduler
 from membound.engine.engine_args import EngineArgs, torch_dtype
+from membound.engine.intake import IntakeLimits, ValidatedRequest, process_request
 from membound.engine.output_processor import OutputProcessor
 from membound.engine.stats import EngineStats
 from membound.engine.tokenizer import Tokenizer
 from membound.outputs import RequestOutput
 from membound.sampling_params import SamplingParams
+from membound.structured_output.grammar import GrammarCompiler
+from membound.structured_output.manager import StructuredOutputManager
 from membound.worker.executor import Executor
 from membound.worker.kv_cache_alloc import KVCacheLayout
 from membound.worker.memory_profiler import MemoryReport
@@ -53,6 +56,12 @@ class LLMEngine:
         if self.tokenizer is not None:
             eos += [i for i in self.tokenizer.eos_token_ids if i not in eos]
         self.eos_token_ids = tuple(eos)
+        self.intake_limits = IntakeLimits(mc.vocab_size, sc.max_model_len,
+                                          self.kv_manager.capacity_tokens)
+        self.structured_outputs = StructuredOutputManager(
+            GrammarCompiler(self.tokenizer.to_json(), mc.vocab_size, self.eos_token_ids)
+            if self.tokenizer is not None else None
+        )
         self._next_id = 0
         self._prompt_tokens_total = 0
         self._generation_tokens_total = 0
@@ -99,41 +108,43 @@ class LLMEngine:
         self._next_id += 1
         return str(self._next_id - 1)
 
-    def tokenize_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
-        """(prompt text or None, validated token ids)."""
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("this engine has no tokenizer; pass token ids instead of text")
-            return prompt, self.tokenizer.encode(prompt)
-        ids = list(prompt)
-        vocab = self.config.model_config.vocab_size
-        bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
-        if bad:
-            raise RequestRejectedError(
-                f"prompt token ids must be integers in [0, {vocab}); got {bad[:5]}"
-            )
-        return None, ids  # token-id prompts carry no text (vLLM's convention)
+    def process_request(self, prompt: str | list[int], params: SamplingParams) -> ValidatedRequest:
+        """Validate (prompt, params) without adding it (thread-safe: reads only). Raises
+        InvalidRequestError naming the problem."""
+        return process_request(prompt, params, limits=self.intake_limits,
+                               tokenizer=self.tokenizer, grammars=self.structured_outputs)
 
     def add_request(
         self,
         request_id: str,
-        prompt: str | list[int],
-        params: SamplingParams,
+        prompt: str | list[int] | ValidatedRequest,
+        params: SamplingParams | None = None,
         priority: int = 0,
         arrival_time: float | None = None,
     ) -> None:
-        text, ids = self.tokenize_prompt(prompt)
-        self.scheduler.check_prompt_len(len(ids))
+        """Add a request: a prompt with its params, or a ValidatedRequest from
+        ``process_request`` (then ``params`` is left out)."""
+        if isinstance(prompt, ValidatedRequest):
+            if params is not None and params is not prompt.params:
+                raise ValueError("pass params inside the ValidatedRequest, not beside it")
+            req = prompt
+        else:
+            if params is None:
+                raise ValueError("add_request needs SamplingParams with a raw prompt")
+            req = self.process_request(prompt, params)
         if request_id in self.output_processor.parents:
             raise RequestRejectedError(f"request id {request_id!r} is already in use")
+        ids, params = req.prompt_token_ids, req.params
         arrival = time.monotonic() if arrival_time is None else arrival_time
         child_ids, child_params = self._children(request_id, params)
         self.output_processor.add_request(
-            request_id, text, ids, params, child_ids, child_params, arrival
+            request_id, req.prompt, ids, params, child_ids, child_params, arrival
         )
         for cid, cparams in zip(child_ids, child_params):
-            req = Request(cid, ids, cparams, self.eos_token_ids, arrival, priority)
-            self.scheduler.add_request(req)
+            if cparams.structured_outputs is not None:
+                self.structured_outputs.add(cid, cparams.structured_outputs)
+            self.scheduler.add_request(Request(cid, ids, cparams, self.eos_token_ids, arrival,
+                                               priority))
             self._prompt_tokens_total += len(ids)
 
     @staticmethod
@@ -163,6 +174,7 @@ class LLMEngine:
     # ---- the loop --------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         sched_out = self.scheduler.schedule()
+        self.structured_outputs.remove(sched_out.finished_req_ids)
         if sched_out.new_requests:
             self.output_processor.mark_scheduled(
                 [n.req_id for n in sched_out.new_requests], time.monotonic()
@@ -170,8 +182,11 @@ class LLMEngine:
         if sched_out.is_empty:
             self.executor.execute(sched_out)  # still drops finished request state
             return []
-        result = self.executor.execute(sched_out)
+        bitmasks = self.structured_outputs.bitmasks(c.req_id for c in sched_out.chunks if c.sample)
+        result = self.executor.execute(sched_out, bitmasks)
         core_outputs = self.scheduler.update_from_output(sched_out, result)
+        for o in core_outputs:
+            self.structured_outputs.accept(o.req_id, o.new_token_ids)
         self._generation_tokens_total += sum(len(o.new_token_ids) for o in core_outputs)
         outputs, stopped = self.output_processor.process(core_outputs)
         if stopped:

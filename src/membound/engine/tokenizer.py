@@ -175,6 +175,10 @@ class Tokenizer:
         """Id of the vocabulary string ``token``, or None when it is not in the vocabulary."""
         return self._backend.token_to_id(token)
 
+    def to_json(self) -> str:
+        """The backend tokenizer, serialized as tokenizer.json (for grammar engines)."""
+        return str(self._backend.to_str())
+
     def __len__(self) -> int:
         return self.vocab_size
 

@@ -125,16 +125,14 @@ class LLM:
             if isinstance(item, dict):
                 prompt = item.get("prompt_token_ids") or item["prompt"]
             try:
-                text, ids = engine.tokenize_prompt(prompt)
-                engine.scheduler.check_prompt_len(len(ids))
+                prepared.append(engine.process_request(prompt, params[i]))
             except ValueError as e:
                 raise type(e)(f"prompt {i}: {e}") from e
-            prepared.append(ids)
         order: dict[str, int] = {}
-        for i, (ids, p) in enumerate(zip(prepared, params)):
+        for i, req in enumerate(prepared):
             rid = engine.new_request_id()
             order[rid] = i
-            engine.add_request(rid, ids, p, priority=priority[i] if priority else 0)
+            engine.add_request(rid, req, priority=priority[i] if priority else 0)
         return self._drain(order, items, use_tqdm)
 
     def _drain(

@@ -3,7 +3,9 @@
 Pipeline for one step (vLLM's order), vectorised over the batch:
 
     raw logprobs (rows that ask)   <- log_softmax(raw logits)
-    min_tokens: ban EOS / stop_token_ids          (-inf)
+    logit_bias                                    (+bias)
+    min_tokens: ban EOS / stop_token_ids; bad_words (-inf)
+    grammar / allowed_token_ids: keep only allowed tokens (-inf elsewhere)
     penalties: repetition (prompt + output), presence and frequency (output only)
     greedy rows                    <- argmax of the penalised logits
     temperature -> min_p -> top_k / top_p filtering (on the temperature-scaled logits)
@@ -36,6 +38,8 @@ __all__ = [
     "Sampler",
     "SamplerOutput",
     "SamplingMetadata",
+    "apply_allowed_tokens",
+    "apply_logit_bias",
     "apply_min_p",
     "apply_min_tokens",
     "apply_penalties",
@@ -70,7 +74,9 @@ class Sampler(nn.Module):
         """``logits`` [num_rows, >= vocab_size], any float dtype; returns one token per row."""
         logits = _prepare_logits(logits, metadata)  # [num_rows, vocab_size] float32
         raw_logprobs = _raw_logprobs(logits, metadata)
+        logits = apply_logit_bias(logits, metadata)
         logits = apply_min_tokens(logits, metadata)
+        logits = apply_allowed_tokens(logits, metadata)
         logits = apply_penalties(logits, metadata)
         sampled = sample(logits, metadata)  # [num_rows] int64
         return _build_output(sampled, raw_logprobs, metadata)
@@ -83,7 +89,7 @@ def _prepare_logits(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
             f"vocab_size={md.vocab_size}"
         )
     view = logits[:, : md.vocab_size]
-    read_only = md.all_greedy and md.banned_rows is None and not md.needs_penalties
+    read_only = md.all_greedy and not md.modifies_logits
     if read_only:
         # Fast path: pure argmax, nothing is written, so no copy (casting keeps the order).
         return view
@@ -98,8 +104,23 @@ def _raw_logprobs(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor | 
     return rows.float().log_softmax(dim=-1)
 
 
+def apply_logit_bias(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """Add each row's logit_bias to its tokens."""
+    if md.bias_rows is not None and md.bias_token_ids is not None and md.bias_values is not None:
+        logits.index_put_((md.bias_rows, md.bias_token_ids), md.bias_values, accumulate=True)
+    return logits
+
+
+def apply_allowed_tokens(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """-inf on every token a row's grammar (or allowed_token_ids) does not allow now."""
+    if md.allowed_rows is not None and md.allowed_mask is not None:
+        rows = logits[md.allowed_rows]  # [num_masked, vocab_size] (a copy)
+        logits[md.allowed_rows] = rows.masked_fill_(~md.allowed_mask, _NEG_INF)
+    return logits
+
+
 def apply_min_tokens(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
-    """Ban EOS and stop_token_ids on rows that have not reached min_tokens yet."""
+    """Ban EOS and stop_token_ids on rows below min_tokens, and bad words' next tokens."""
     if md.banned_rows is not None and md.banned_token_ids is not None:
         logits[md.banned_rows, md.banned_token_ids] = _NEG_INF
     return logits

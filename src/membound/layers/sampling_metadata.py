@@ -37,9 +37,17 @@ class SamplingMetadata:
     frequency_penalty: torch.Tensor | None  # [num_rows] float32, 0.0 means off
     prompt_mask: torch.Tensor | None  # [num_rows, vocab_size] bool; set with repetition_penalty
     output_counts: torch.Tensor | None  # [num_rows, vocab_size] float32; set with any penalty
-    # min_tokens: logits[banned_rows[j], banned_token_ids[j]] = -inf.
+    # min_tokens and bad_words: logits[banned_rows[j], banned_token_ids[j]] = -inf.
     banned_rows: torch.Tensor | None  # [num_banned] int64
     banned_token_ids: torch.Tensor | None  # [num_banned] int64
+    # logit_bias: logits[bias_rows[j], bias_token_ids[j]] += bias_values[j].
+    bias_rows: torch.Tensor | None  # [num_biased] int64
+    bias_token_ids: torch.Tensor | None  # [num_biased] int64
+    bias_values: torch.Tensor | None  # [num_biased] float32
+    # grammar (structured outputs) and allowed_token_ids: on row allowed_rows[j], only the
+    # tokens where allowed_mask[j] is True may be sampled.
+    allowed_rows: torch.Tensor | None  # [num_masked] int64
+    allowed_mask: torch.Tensor | None  # [num_masked, vocab_size] bool
     # Random (non-greedy) rows with their own generator: (row, generator).
     seeded_rows: list[tuple[int, torch.Generator]]
     # Random rows drawing from default_generator; None when there are none.
@@ -52,6 +60,12 @@ class SamplingMetadata:
     @property
     def needs_penalties(self) -> bool:
         return self.output_counts is not None
+
+    @property
+    def modifies_logits(self) -> bool:
+        """True when some stage writes the logits before sampling (greedy needs a copy)."""
+        return (self.banned_rows is not None or self.needs_penalties
+                or self.bias_rows is not None or self.allowed_rows is not None)
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -70,6 +84,7 @@ def build_sampling_metadata(
     vocab_size: int,
     device: torch.device,
     default_generator: torch.Generator | None = None,
+    token_bitmasks: Sequence[torch.Tensor | None] | None = None,
 ) -> SamplingMetadata:
     """Turn per-request settings and histories into batched tensors on ``device``.
 
@@ -77,8 +92,14 @@ def build_sampling_metadata(
     ``default_generator`` (None: torch's global RNG). Generators must be on ``device``.
     ``eos_token_ids[i]`` and the request's ``stop_token_ids`` are banned while row i has
     fewer than ``min_tokens`` output tokens, whether or not ``ignore_eos`` is set.
+    ``token_bitmasks[i]`` (structured outputs) is row i's packed allowed-token bitmask, int32
+    [ceil(vocab_size / 32)] with bit ``t % 32`` of word ``t // 32`` set when token t is allowed
+    (xgrammar's layout), or None for an unconstrained row.
     """
     _check_lengths(params, prompt_token_ids, output_token_ids, generators, eos_token_ids)
+    if token_bitmasks is not None and len(token_bitmasks) != len(params):
+        raise ValueError(f"token_bitmasks has {len(token_bitmasks)} rows but params has "
+                         f"{len(params)}")
     if vocab_size < 1:
         raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
     n = len(params)
@@ -102,9 +123,9 @@ def build_sampling_metadata(
     rep, pres, freq, prompt_mask, output_counts = _penalties(
         params, prompt_token_ids, output_token_ids, vocab_size, device
     )
-    banned_rows, banned_ids = _min_tokens_bans(
-        params, output_token_ids, eos_token_ids, vocab_size, device
-    )
+    banned_rows, banned_ids = _bans(params, output_token_ids, eos_token_ids, vocab_size, device)
+    bias_rows, bias_ids, bias_values = _logit_bias(params, vocab_size, device)
+    allowed_rows, allowed_mask = allowed_token_mask(params, token_bitmasks, vocab_size, device)
     seeded_rows = [(i, g) for i, g in enumerate(generators) if g is not None and not greedy[i]]
     default_idx = [i for i, g in enumerate(generators) if g is None and not greedy[i]]
     num_logprobs = [p.logprobs for p in params]
@@ -127,6 +148,11 @@ def build_sampling_metadata(
         output_counts=output_counts,
         banned_rows=banned_rows,
         banned_token_ids=banned_ids,
+        bias_rows=bias_rows,
+        bias_token_ids=bias_ids,
+        bias_values=bias_values,
+        allowed_rows=allowed_rows,
+        allowed_mask=allowed_mask,
         seeded_rows=seeded_rows,
         default_rows=_index_tensor(default_idx, device),
         default_generator=default_generator,
@@ -207,21 +233,81 @@ def token_counts(token_ids: list[list[int]], vocab_size: int, device: torch.devi
     return counts[:, :vocab_size]
 
 
-def _min_tokens_bans(
+def _bans(
     params: list[SamplingParams],
     output_token_ids: list[list[int]],
     eos_token_ids: list[tuple[int, ...]],
     vocab_size: int,
     device: torch.device,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(rows, token ids) to set to -inf: EOS and stop_token_ids before min_tokens, and bad
+    words (a one-token word always; a longer word's last token right after its other tokens)."""
     rows: list[int] = []
     cols: list[int] = []
     for i, p in enumerate(params):
-        if len(output_token_ids[i]) >= p.min_tokens:
-            continue
-        banned = sorted({*eos_token_ids[i], *(p.stop_token_ids or ())})
-        for tok in banned:
+        banned: set[int] = set()
+        output = output_token_ids[i]
+        if len(output) < p.min_tokens:
+            banned.update(eos_token_ids[i], p.stop_token_ids or ())
+        for word in p.bad_words_token_ids or ():
+            prefix = len(word) - 1
+            if prefix == 0 or (len(output) >= prefix and tuple(output[-prefix:]) == word[:-1]):
+                banned.add(word[-1])
+        for tok in sorted(banned):
             if 0 <= tok < vocab_size:
                 rows.append(i)
                 cols.append(tok)
     return _index_tensor(rows, device), _index_tensor(cols, device)
+
+
+def _logit_bias(
+    params: list[SamplingParams], vocab_size: int, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    rows: list[int] = []
+    cols: list[int] = []
+    values: list[float] = []
+    for i, p in enumerate(params):
+        for tok, bias in (p.logit_bias or {}).items():
+            if 0 <= tok < vocab_size:
+                rows.append(i)
+                cols.append(tok)
+                values.append(bias)
+    if not rows:
+        return None, None, None
+    return (_index_tensor(rows, device), _index_tensor(cols, device),
+            torch.tensor(values, dtype=torch.float32, device=device))
+
+
+def allowed_token_mask(
+    params: list[SamplingParams],
+    token_bitmasks: Sequence[torch.Tensor | None] | None,
+    vocab_size: int,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(rows, [rows, vocab_size] bool) from grammar bitmasks and allowed_token_ids."""
+    bitmasks = token_bitmasks or [None] * len(params)
+    rows = [i for i, p in enumerate(params)
+            if bitmasks[i] is not None or p.allowed_token_ids is not None]
+    if not rows:
+        return None, None
+    mask = torch.ones((len(rows), vocab_size), dtype=torch.bool, device=device)
+    packed_rows = [j for j, i in enumerate(rows) if bitmasks[i] is not None]
+    if packed_rows:
+        packed = torch.stack([bitmasks[rows[j]] for j in packed_rows])  # type: ignore[misc]
+        index = torch.tensor(packed_rows, dtype=torch.int64, device=device)
+        mask[index] = unpack_bitmask(packed.to(device), vocab_size)
+    for j, i in enumerate(rows):
+        ids = params[i].allowed_token_ids
+        if ids is not None:
+            only = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            only[torch.tensor([t for t in ids if t < vocab_size], dtype=torch.int64,
+                              device=device)] = True
+            mask[j] &= only
+    return torch.tensor(rows, dtype=torch.int64, device=device), mask
+
+
+def unpack_bitmask(packed: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """int32 [rows, words] (bit t % 32 of word t // 32) -> bool [rows, vocab_size]."""
+    shifts = torch.arange(32, dtype=torch.int32, device=packed.device)
+    bits = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & 1  # [rows, words, 32]
+    return bits.reshape(packed.shape[0], -1)[:, :vocab_size].bool()

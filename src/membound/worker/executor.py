@@ -176,16 +176,20 @@ class Executor:
         return box["value"]  # type: ignore[no-any-return]
 
     # ---- steps ------------------------------------------------------------------------
-    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+    def execute(
+        self, sched: SchedulerOutput, token_bitmasks: dict[str, torch.Tensor] | None = None
+    ) -> ModelRunnerOutput:
+        """One step on every rank. ``token_bitmasks`` (structured outputs: allowed tokens per
+        request id) only reach rank 0, the rank that samples."""
         if self.parallel.world_size == 1:
-            return self.driver.execute(sched)
+            return self.driver.execute(sched, token_bitmasks)
         if self.failure is not None:
             raise self.failure
         try:
             if self.procs is not None:
                 self.procs.check_alive()
             self.parallel.broadcast_object(sched)
-            return self.driver.execute(sched)
+            return self.driver.execute(sched, token_bitmasks)
         except BaseException as e:
             error = self._rank_failure(e)
             if error is None:

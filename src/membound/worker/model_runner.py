@@ -87,7 +87,11 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+    def execute(
+        self, sched: SchedulerOutput, token_bitmasks: dict[str, torch.Tensor] | None = None
+    ) -> ModelRunnerOutput:
+        """One step; ``token_bitmasks`` maps a request id to its packed allowed-token bitmask
+        (structured outputs; see build_sampling_metadata), on the rank that samples."""
         for rid in sched.finished_req_ids:
             self.states.pop(rid, None)
         for new in sched.new_requests:
@@ -114,11 +118,12 @@ class ModelRunner:
         )
         hidden = self._forward(input_ids, positions, md)  # [num_tokens, hidden]
         self._prompt_logprobs(sched, hidden, md.query_start_loc, out)
-        self._sample(sched, hidden, md.query_start_loc, out)
+        self._sample(sched, hidden, md.query_start_loc, out, token_bitmasks or {})
         return out
 
     def _sample(
-        self, sched: SchedulerOutput, hidden: torch.Tensor, qsl: list[int], out: ModelRunnerOutput
+        self, sched: SchedulerOutput, hidden: torch.Tensor, qsl: list[int], out: ModelRunnerOutput,
+        token_bitmasks: dict[str, torch.Tensor],
     ) -> None:
         rows = [i for i, c in enumerate(sched.chunks) if c.sample]
         if not rows:
@@ -137,6 +142,7 @@ class ModelRunner:
             self.vocab_size,
             self.device,
             self.default_generator,
+            [token_bitmasks.get(sched.chunks[i].req_id) for i in rows] if token_bitmasks else None,
         )
         result = self.sampler(logits, md)
         for j, i in enumerate(rows):

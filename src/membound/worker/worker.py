@@ -79,8 +79,10 @@ class Worker:
             kc = replace(kc, enforce_eager=True)
         self.runner.init_data_plane(kc, sc.max_num_seqs, sc.max_model_len)
 
-    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        return self.runner.execute(sched)
+    def execute(
+        self, sched: SchedulerOutput, token_bitmasks: dict[str, torch.Tensor] | None = None
+    ) -> ModelRunnerOutput:
+        return self.runner.execute(sched, token_bitmasks)
 
     def _offload_weights(self) -> WeightOffloader | None:
         gb = self.config.cpu_offload_gb
