@@ -20,15 +20,15 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 def _idle(http: httpx.Client) -> bool:
     m = read_metrics(http)
-    return (m["membound:kv_cache_usage_perc"] == 0 and m["membound:num_requests_running"] == 0
-            and m["membound:num_requests_waiting"] == 0)
+    return (m["vllm:kv_cache_usage_perc"] == 0 and m["vllm:num_requests_running"] == 0
+            and m["vllm:num_requests_waiting"] == 0)
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
 def test_client_closing_a_stream_aborts_and_frees_kv(http: httpx.Client, path: str) -> None:
     assert wait_for(lambda: _idle(http))
     aborted_before = read_metrics(http).get(
-        f'membound:request_success_total{{finished_reason="abort",model_name="{MODEL}"}}', 0.0)
+        f'vllm:request_success_total{{finished_reason="abort",model_name="{MODEL}"}}', 0.0)
     body: dict[str, Any] = {"model": MODEL, "max_tokens": 100, "ignore_eos": True, "stream": True}
     if "chat" in path:
         body["messages"] = [{"role": "user", "content": "hi"}]
@@ -42,7 +42,7 @@ def test_client_closing_a_stream_aborts_and_frees_kv(http: httpx.Client, path: s
         assert read_metrics(http)["membound:kv_cache_used_blocks"] > 0  # still generating
     # the response is closed mid-stream: the request is aborted and its blocks freed
     assert wait_for(lambda: _idle(http), timeout=10)
-    key = f'membound:request_success_total{{finished_reason="abort",model_name="{MODEL}"}}'
+    key = f'vllm:request_success_total{{finished_reason="abort",model_name="{MODEL}"}}'
     assert read_metrics(http)[key] == aborted_before + 1
 
 
@@ -58,7 +58,7 @@ def test_client_gone_during_a_non_streaming_request_aborts_it(
 
     monkeypatch.setattr(engine, "step", slow_step)
     assert wait_for(lambda: _idle(http))
-    key = f'membound:request_success_total{{finished_reason="abort",model_name="{MODEL}"}}'
+    key = f'vllm:request_success_total{{finished_reason="abort",model_name="{MODEL}"}}'
     aborted_before = read_metrics(http).get(key, 0.0)
     body = {"model": MODEL, "prompt": "x", "max_tokens": 100, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
@@ -106,14 +106,17 @@ def test_metrics_names_and_histograms(http: httpx.Client) -> None:
                                        "ignore_eos": True})
     m = read_metrics(http)
     for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc",
-                 "prefix_cache_hit_rate", "num_preemptions_total", "prompt_tokens_total",
+                 "num_preemptions_total", "prompt_tokens_total",
                  "generation_tokens_total", "time_to_first_token_seconds_count",
                  "inter_token_latency_seconds_count", "e2e_request_latency_seconds_count",
-                 "request_queue_time_seconds_count", "request_success_total"):
+                 "request_queue_time_seconds_count", "request_success_total",
+                 "prefix_cache_queries_total", "prefix_cache_hits_total"):
+        assert f"vllm:{name}" in m, name
+    for name in ("prefix_cache_hit_rate", "kv_cache_used_blocks", "num_swaps_out_total"):
         assert f"membound:{name}" in m, name
-    assert m["membound:generation_tokens_total"] >= 3
-    assert m["membound:e2e_request_latency_seconds_count"] >= 1
-    assert m["membound:inter_token_latency_seconds_count"] >= 2
+    assert m["vllm:generation_tokens_total"] >= 3
+    assert m["vllm:e2e_request_latency_seconds_count"] >= 1
+    assert m["vllm:inter_token_latency_seconds_count"] >= 2
 
 
 def test_dead_engine_loop_fails_requests_and_health(tiny_llama: Path) -> None:

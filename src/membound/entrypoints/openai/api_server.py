@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 
 from membound.engine.async_engine import AsyncLLMEngine
 from membound.engine.engine_args import generation_defaults
+from membound.engine.intake import short
 from membound.engine.llm_engine import LLMEngine
 from membound.entrypoints.openai import serving_chat, serving_completions
 from membound.entrypoints.openai.access_log import AccessLogMiddleware
@@ -53,7 +54,6 @@ from membound.entrypoints.openai.serving_base import (
     ClientDisconnected,
     ServerState,
     parse_body,
-    prompt_token_ids,
 )
 
 logger = logging.getLogger("membound.server")
@@ -112,6 +112,7 @@ def _make_state(async_engine: AsyncLLMEngine, args: ServerArgs) -> ServerState:
         sampling_defaults=generation_defaults(engine.config),
         chat_template=args.read_chat_template(),
         parse_special_tokens_in_messages=args.parse_special_tokens_in_messages,
+        tool_call_parser=args.tool_call_parser,
     )
 
 
@@ -123,11 +124,20 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         err = OpenAIError(503, "the engine loop is not running", code="engine_dead")
         return JSONResponse(err.body(), status_code=503)
 
+    def card(name: str) -> ModelCard:
+        return ModelCard(id=name, root=state.model_path, max_model_len=state.max_model_len)
+
     @app.get("/v1/models")
     async def models() -> Response:
-        cards = [ModelCard(id=n, root=state.model_path, max_model_len=state.max_model_len)
-                 for n in state.model_names]
-        return JSONResponse(ModelList(data=cards).model_dump())
+        return JSONResponse(ModelList(data=[card(n) for n in state.model_names]).model_dump())
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> Response:
+        return JSONResponse(card(state.check_model(model_id)).model_dump())
+
+    @app.get("/version")
+    async def version() -> Response:
+        return JSONResponse({"version": _version()})
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -150,7 +160,11 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         req = await parse_body(raw, DetokenizeRequest)
         state.check_model(req.model)
         tok = state.need_tokenizer("detokenize")
-        ids = prompt_token_ids(state, req.tokens, param="tokens") if req.tokens else []
+        ids = req.tokens
+        bad = [t for t in ids if not 0 <= t < state.vocab_size]
+        if bad:
+            raise bad_request(f"tokens must be token ids in [0, {state.vocab_size}); got "
+                              f"{short(bad)}", param="tokens", code="invalid_token_id")
         return JSONResponse({"prompt": tok.decode(ids, skip_special_tokens=False)})
 
 
@@ -165,6 +179,15 @@ async def _tokenize(state: ServerState, raw: Request) -> dict[str, Any]:
     else:
         ids = serving_chat.encode_messages(state, req.messages or [], req.add_generation_prompt)
     return {"count": len(ids), "max_model_len": state.max_model_len, "tokens": ids}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("membound")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _add_exception_handlers(app: FastAPI) -> None:

@@ -22,6 +22,7 @@ _TYPES = {
     404: "invalid_request_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     500: "internal_server_error",
     503: "service_unavailable",
 }
@@ -62,6 +63,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return OpenAIError(400, message, param=param, code=code)
 
 
+def unsupported(param: str) -> OpenAIError:
+    return bad_request(f"{param} is not supported by this server; remove it from the request",
+                       param=param, code="unsupported_parameter")
+
+
 def internal_error() -> OpenAIError:
     return OpenAIError(500, "internal server error; the server log has the details",
                        code="internal_error")
@@ -79,9 +85,14 @@ _FIELD_HINTS = {
 
 def from_validation_error(e: ValidationError) -> OpenAIError:
     """A pydantic error -> 400 naming the first offending field."""
-    first = e.errors(include_url=False, include_input=False)[0]
+    errors = e.errors(include_url=False, include_input=False)
+    extra = [err for err in errors if err.get("type") == "extra_forbidden"]
+    first = extra[0] if extra else errors[0]
     parts = [str(p) for p in first.get("loc", ()) if not _is_union_tag(p)]
     loc = ".".join(parts)
+    if extra:  # OpenAI's wording for an unknown field
+        return bad_request(f"Unrecognized request argument supplied: {loc}", param=loc,
+                           code="unrecognized_argument")
     msg = first.get("msg", "invalid value")
     if parts and parts[0] in _FIELD_HINTS:
         return bad_request(_FIELD_HINTS[parts[0]], param=parts[0])

@@ -1,4 +1,6 @@
-"""Prometheus metrics for the server, named like vLLM's (``vllm:`` -> ``membound:``).
+"""Prometheus metrics for the server under vLLM's names and meanings (``vllm:...``, labelled
+``model_name``), so vLLM dashboards and autoscalers read them unchanged; figures vLLM does not
+have keep the ``membound:`` prefix.
 
 Gauges and engine counters are read from the engine's latest EngineStats snapshot at scrape
 time (a custom collector), so they are exact after every step and every abort. Histograms and
@@ -40,36 +42,51 @@ class _StatsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self._stats()
         gauges = (
-            ("num_requests_running", "Sequences running on the engine.", s.num_running),
-            ("num_requests_waiting", "Sequences waiting to be scheduled.", s.num_waiting),
-            ("kv_cache_usage_perc", "Fraction of KV cache blocks in use (0 to 1).", s.kv_usage),
-            ("kv_cache_num_blocks", "KV cache blocks in total.", s.kv_num_blocks),
-            ("kv_cache_used_blocks", "KV cache blocks in use.",
+            ("vllm:num_requests_running", "Requests (sequences) in the running batch.",
+             s.num_running),
+            ("vllm:num_requests_waiting", "Requests (sequences) waiting to be scheduled.",
+             s.num_waiting),
+            ("vllm:kv_cache_usage_perc", "KV-cache usage: 1 means 100 percent.", s.kv_usage),
+            ("membound:kv_cache_num_blocks", "KV cache blocks in total.", s.kv_num_blocks),
+            ("membound:kv_cache_used_blocks", "KV cache blocks in use.",
              s.kv_num_blocks - s.kv_num_free_blocks),
-            ("kv_cache_cached_blocks", "KV blocks indexed by the prefix cache (in use or "
-             "evictable).", s.kv_num_cached_blocks),
-            ("prefix_cache_hit_rate", "Prefix cache hit rate (tokens), since start.",
+            ("membound:kv_cache_cached_blocks", "KV blocks indexed by the prefix cache (in use "
+             "or evictable).", s.kv_num_cached_blocks),
+            ("membound:prefix_cache_hit_rate", "Prefix cache hit rate (tokens), since start.",
              s.prefix_cache_hit_rate),
         )
         for name, doc, value in gauges:
-            g = GaugeMetricFamily(f"membound:{name}", doc, labels=["model_name"])
+            g = GaugeMetricFamily(name, doc, labels=["model_name"])
             g.add_metric([self._model], float(value))
             yield g
         counters = (
-            ("num_preemptions", "Preemptions since start.", s.num_preemptions),
-            ("num_swaps_out", "Preempted sequences swapped out to CPU.", s.num_swaps_out),
-            ("num_swaps_in", "Swapped sequences brought back.", s.num_swaps_in),
-            ("prompt_tokens", "Prompt tokens admitted.", s.prompt_tokens_total),
-            ("generation_tokens", "Tokens generated.", s.generation_tokens_total),
-            ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
-             s.prefix_cache_queries_total),
-            ("prefix_cache_hits", "Prompt tokens found in the prefix cache.",
-             s.prefix_cache_hits_total),
+            ("vllm:num_preemptions", "Cumulative number of preemptions from the engine.",
+             s.num_preemptions),
+            ("membound:num_swaps_out", "Preempted sequences swapped out to CPU.",
+             s.num_swaps_out),
+            ("membound:num_swaps_in", "Swapped sequences brought back.", s.num_swaps_in),
+            ("vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total),
+            ("vllm:generation_tokens", "Number of generation tokens processed.",
+             s.generation_tokens_total),
+            ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried "
+             "tokens.", s.prefix_cache_queries_total),
+            ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached "
+             "tokens.", s.prefix_cache_hits_total),
         )
         for name, doc, value in counters:
-            c = CounterMetricFamily(f"membound:{name}", doc, labels=["model_name"])
+            c = CounterMetricFamily(name, doc, labels=["model_name"])
             c.add_metric([self._model], float(value))
             yield c
+
+
+def request_finish_reason(out: RequestOutput) -> str:
+    """One reason per request: abort if any choice was aborted, else length if any ran out of
+    tokens, else stop."""
+    reasons = {c.finish_reason or "abort" for c in out.outputs}
+    for reason in ("abort", "length"):
+        if reason in reasons:
+            return reason
+    return "stop"
 
 
 class ServerMetrics:
@@ -81,7 +98,7 @@ class ServerMetrics:
         labels = ["model_name"]
 
         def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(f"membound:{name}", doc, labels, buckets=buckets,
+            return Histogram(f"vllm:{name}", doc, labels, buckets=buckets,
                              registry=self.registry).labels(model_name)
 
         self.ttft = hist("time_to_first_token_seconds", "Time to first token.", _LATENCY_BUCKETS)
@@ -95,7 +112,8 @@ class ServerMetrics:
         self.gen_len = hist("request_generation_tokens", "Generated tokens per request.",
                             _TOKEN_BUCKETS)
         self._success = Counter(
-            "membound:request_success", "Finished requests by finish reason.",
+            "vllm:request_success", "Count of successfully processed requests (one per "
+            "request, labelled with its finish reason: stop, length or abort).",
             ["model_name", "finished_reason"], registry=self.registry,
         )
         self._model = model_name
@@ -128,7 +146,7 @@ class ServerMetrics:
     def _observe_finished(self, out: RequestOutput, now: float) -> None:
         for c in out.outputs:
             self._seen.pop((out.request_id, c.index), None)
-            self._success.labels(self._model, c.finish_reason or "abort").inc()
+        self._success.labels(self._model, request_finish_reason(out)).inc()
         m = out.metrics
         if m is not None:
             if m.first_token_time is not None:

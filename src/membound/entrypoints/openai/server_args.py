@@ -45,6 +45,13 @@ class ServerArgs:
         "encode special-token text inside chat message content (e.g. '<|im_start|>') "
         "as control tokens; only for trusted callers (default off: it is encoded as text)",
     )
+    tool_call_parser: str | None = option(
+        None,
+        "how the model writes tool calls, for tool_choice 'auto' (vLLM's flag): hermes "
+        "(Hermes, Qwen), llama3_json (Llama 3.x), mistral",
+        choices=("hermes", "llama3_json", "mistral"),
+        default_text="none: tool_choice 'auto' is refused",
+    )
     drain_timeout_s: float = option(
         30.0,
         "on SIGTERM/SIGINT: seconds running requests may take to finish (new ones get "

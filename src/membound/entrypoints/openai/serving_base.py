@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from membound.engine.async_engine import (
     EngineShutdownError,
     RequestStream,
 )
+from membound.engine.intake import InvalidRequestError, ValidatedRequest
 from membound.engine.tokenizer import Tokenizer
 from membound.entrypoints.openai.access_log import note_tokens
 from membound.entrypoints.openai.errors import (
@@ -29,12 +30,17 @@ from membound.entrypoints.openai.errors import (
     error_body,
     from_validation_error,
     internal_error,
+    unsupported,
 )
 from membound.entrypoints.openai.limits import ServerLimits
 from membound.entrypoints.openai.metrics import ServerMetrics
-from membound.entrypoints.openai.protocol import SamplingFields
+from membound.entrypoints.openai.protocol import SamplingFields, _Request
 from membound.outputs import RequestOutput
-from membound.sampling_params import SamplingParams, SamplingParamsError
+from membound.sampling_params import (
+    SamplingParams,
+    SamplingParamsError,
+    StructuredOutputsParams,
+)
 
 logger = logging.getLogger("membound.server")
 
@@ -61,6 +67,7 @@ class ServerState:
     sampling_defaults: dict[str, Any] = field(default_factory=dict)  # generation_config.json
     chat_template: str | None = None  # --chat-template; None: the model's
     parse_special_tokens_in_messages: bool = False
+    tool_call_parser: str | None = None  # --tool-call-parser: tool_choice "auto" reads calls
     _token_text: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -92,8 +99,20 @@ class ServerState:
 
 
 # ---- parsing -----------------------------------------------------------------------------
+def check_json_content_type(raw: Request) -> None:
+    """415 unless the body is declared ``application/json`` (parameters such as charset
+    allowed): a browser can send a cross-site text/plain POST without a preflight."""
+    media = raw.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        shown = f"{media!r}" if media else "none"
+        raise OpenAIError(415, f"the request body must be JSON sent with Content-Type: "
+                          f"application/json; got {shown}", code="unsupported_media_type")
+
+
 async def parse_body(raw: Request, model: type[M]) -> M:
-    """JSON body -> ``model``; every failure is a 400 (invalid UTF-8 and lone surrogates too)."""
+    """JSON body -> ``model``: 415 unless declared JSON; 400 for anything malformed (invalid
+    UTF-8, lone surrogates, unknown fields) and for known fields the server does not support."""
+    check_json_content_type(raw)
     body = await raw.body()
     try:
         obj = json.loads(body)
@@ -111,72 +130,52 @@ async def parse_body(raw: Request, model: type[M]) -> M:
             raise bad_request("the request contains an unpaired UTF-16 surrogate (\\ud800-\\udfff)"
                               " escape; strings must be valid Unicode", code="invalid_utf8") from None
     try:
-        return model.model_validate(obj)
+        parsed = model.model_validate(obj)
     except ValidationError as e:
         raise from_validation_error(e) from None
+    _refuse_unsupported(parsed, "")
+    return parsed
+
+
+def _refuse_unsupported(obj: BaseModel, prefix: str) -> None:
+    """400 for the first field sent that the server knows but does not implement."""
+    if isinstance(obj, _Request):
+        for name in obj.unsupported_fields():
+            raise unsupported(prefix + name)
+    for name in obj.model_fields_set:
+        value = getattr(obj, name, None)
+        if isinstance(value, BaseModel):
+            _refuse_unsupported(value, f"{prefix}{name}.")
 
 
 # ---- prompts and sampling ----------------------------------------------------------------
-def prompt_token_ids(state: ServerState, prompt: str | list[int], param: str = "prompt") -> list[int]:
-    """Tokenize or check one prompt; raise 400s an engine add would raise later anyway."""
-    if isinstance(prompt, str):
-        ids = state.need_tokenizer("a text prompt").encode(prompt)
-    else:
-        ids = list(prompt)
-        bad = [t for t in ids if not 0 <= t < state.vocab_size]
-        if bad:
-            raise bad_request(f"{param} token ids must be integers in [0, {state.vocab_size}); "
-                              f"got {_short(bad)}", param=param, code="invalid_token_id")
-    if not ids:
-        raise bad_request(f"{param} is empty; send at least one token", param=param)
-    return ids
-
-
-def resolve_max_tokens(
-    state: ServerState, requested: int | None, prompt_len: int, param: str = "max_tokens"
-) -> int:
-    """None -> the rest of the context; beyond the context -> a 400 clients can parse."""
-    limit = state.max_model_len
-    room = limit - prompt_len
-    if room < 1:
-        raise context_error(limit, prompt_len, None)
-    if requested is None:
-        return room
-    if requested < 1:
-        raise bad_request(f"{param} must be an integer >= 1, got {_short([requested])}", param)
-    if requested > room:
-        raise context_error(limit, prompt_len, requested)
-    return requested
-
-
-def context_error(limit: int, prompt_len: int, max_tokens: int | None) -> OpenAIError:
-    if max_tokens is None:
-        msg = (f"This model's maximum context length is {limit} tokens. However, your prompt "
-               f"has {prompt_len} tokens, which leaves no room for output. Please shorten it.")
-    else:
-        msg = (f"This model's maximum context length is {limit} tokens. However, you requested "
-               f"{_short([prompt_len + max_tokens])} tokens ({prompt_len} in the prompt, "
-               f"{_short([max_tokens])} in the completion). Please reduce the prompt or "
-               "max_tokens.")
-    return bad_request(msg, param="max_tokens", code="context_length_exceeded")
+async def validate_request(
+    state: ServerState, prompt: str | list[int], params: SamplingParams,
+    max_tokens_param: str = "max_tokens",
+) -> ValidatedRequest:
+    """The engine's one intake (tokenize, check lengths and ids, compile the grammar), run
+    off the event loop; its InvalidRequestError becomes a 400 naming the field."""
+    try:
+        return await asyncio.to_thread(state.engine.engine.process_request, prompt, params)
+    except InvalidRequestError as e:
+        param = max_tokens_param if e.param == "max_tokens" else e.param
+        raise bad_request(str(e), param=param, code=e.code) from None
 
 
 def sampling_params(
-    state: ServerState, req: SamplingFields, max_tokens: int, logprobs: int | None,
-    prompt_logprobs: int | None = None,
+    state: ServerState, req: SamplingFields, max_tokens: int | None, logprobs: int | None,
+    prompt_logprobs: int | None = None, structured: StructuredOutputsParams | None = None,
 ) -> SamplingParams:
     """Request fields -> SamplingParams; a SamplingParamsError becomes a 400 naming the field."""
-    bad = [t for t in req.stop_token_ids or () if not 0 <= t < state.vocab_size]
-    if bad:
-        raise bad_request(f"stop_token_ids must be in [0, {state.vocab_size}); got {_short(bad)}",
-                          param="stop_token_ids")
     kwargs: dict[str, Any] = {
         **state.sampling_defaults,  # the checkpoint's generation_config; request fields win
         "n": req.n, "max_tokens": max_tokens, "stop": req.stop_list(),
         "stop_token_ids": req.stop_token_ids, "seed": req.seed, "ignore_eos": req.ignore_eos,
         "min_tokens": req.min_tokens, "logprobs": logprobs, "prompt_logprobs": prompt_logprobs,
         "include_stop_str_in_output": req.include_stop_str_in_output,
-        "skip_special_tokens": req.skip_special_tokens,
+        "skip_special_tokens": req.skip_special_tokens, "logit_bias": req.logit_bias,
+        "allowed_token_ids": req.allowed_token_ids, "bad_words": req.bad_words,
+        "structured_outputs": structured if structured is not None else structured_spec(req),
     }
     for name in ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
                  "frequency_penalty", "repetition_penalty"):
@@ -191,23 +190,55 @@ def sampling_params(
         raise bad_request(f"invalid sampling parameter: {e}") from None
 
 
-def _short(values: Sequence[int]) -> str:
-    shown = [v if abs(v) < 10**20 else f"<{len(str(v))}-digit number>" for v in values[:5]]
-    more = f" and {len(values) - 5} more" if len(values) > 5 else ""
-    return f"{shown}{more}" if len(values) != 1 else f"{shown[0]}"
+def structured_spec(req: SamplingFields) -> StructuredOutputsParams | None:
+    """response_format, guided_* or structured_outputs -> one spec (at most one source)."""
+    if req.guided_decoding_backend not in (None, "xgrammar", "auto"):
+        raise bad_request(f"guided_decoding_backend {req.guided_decoding_backend!r} is not "
+                          "available; this server uses 'xgrammar'",
+                          param="guided_decoding_backend")
+    found: dict[str, dict[str, Any]] = {}
+    rf = req.response_format
+    if rf is not None and rf.type == "json_object":
+        found["response_format"] = {"json_object": True}
+    elif rf is not None and rf.type == "json_schema":
+        if rf.json_schema is None or rf.json_schema.schema_ is None:
+            raise bad_request("response_format json_schema needs json_schema.schema",
+                              param="response_format.json_schema.schema")
+        found["response_format"] = {"json": rf.json_schema.schema_,
+                                    "strict": bool(rf.json_schema.strict)}
+    guided = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+              "guided_grammar": "grammar"}
+    for name, key in guided.items():
+        if getattr(req, name) is not None:
+            found[name] = {key: getattr(req, name)}
+    so = req.structured_outputs
+    if so is not None:
+        fields = {"json": so.json_, "regex": so.regex, "choice": so.choice,
+                  "grammar": so.grammar, "json_object": so.json_object or None}
+        found["structured_outputs"] = {k: v for k, v in fields.items() if v is not None}
+    if not found:
+        return None
+    if len(found) > 1:
+        raise bad_request(f"send one way of constraining the output, not {' and '.join(found)}",
+                          param=sorted(found)[1])
+    (param, kwargs), = found.items()
+    try:
+        return StructuredOutputsParams(**kwargs)
+    except SamplingParamsError as e:
+        raise bad_request(f"{param}: {e}", param=param) from None
 
 
 # ---- submission and streams --------------------------------------------------------------
 async def submit_all(
-    state: ServerState, request_id: str, prompts: list[list[int]], params: list[SamplingParams]
+    state: ServerState, request_id: str, requests: list[ValidatedRequest]
 ) -> list[RequestStream]:
     """Add one engine request per prompt; on any failure abort the ones already added."""
     state.limits.check_queue(state.engine.num_waiting)
     streams: list[RequestStream] = []
     try:
-        for i, (ids, p) in enumerate(zip(prompts, params, strict=True)):
-            sub_id = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-            streams.append(await state.engine.add_request(sub_id, ids, p))
+        for i, r in enumerate(requests):
+            sub_id = request_id if len(requests) == 1 else f"{request_id}-{i}"
+            streams.append(await state.engine.add_request(sub_id, r, r.params))
     except BaseException as e:
         for s in streams:
             s.abort()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,7 +21,9 @@ from membound.entrypoints.openai.protocol import (
     ChatLogprobs,
     ChatMessage,
     ChatStreamChoice,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
     TokenLogprob,
     TopLogprob,
     UsageInfo,
@@ -33,14 +36,16 @@ from membound.entrypoints.openai.serving_base import (
     log_finished,
     merged,
     parse_body,
-    resolve_max_tokens,
     safe_logprob,
     sampling_params,
     sse_stream,
     stream_safe_len,
+    structured_spec,
     submit_all,
     top_items,
+    validate_request,
 )
+from membound.entrypoints.openai.tools import ToolPlan, plan_tools, template_messages
 from membound.outputs import CompletionOutput, RequestOutput
 
 
@@ -51,15 +56,20 @@ class _Job:
     req: ChatCompletionRequest
     prompt_ids: list[int]
     echo_text: str  # the last assistant message, prepended when echo is set
+    tools: ToolPlan
 
 
-def encode_messages(state: ServerState, messages: list, add_generation_prompt: bool) -> list[int]:
+def encode_messages(
+    state: ServerState, messages: list, add_generation_prompt: bool,
+    tools: list[dict[str, Any]] | None = None,
+) -> list[int]:
     """Render and tokenize chat messages; template and message errors are 400s."""
     tok = state.need_tokenizer("chat")
     if not messages:
         raise bad_request("messages is empty; send at least one message", param="messages")
     try:
-        ids = tok.encode_chat(messages, add_generation_prompt=add_generation_prompt,
+        ids = tok.encode_chat(template_messages(messages),
+                              add_generation_prompt=add_generation_prompt, tools=tools,
                               chat_template=state.chat_template,
                               parse_special_in_content=state.parse_special_tokens_in_messages)
     except (ValueError, TypeError) as e:
@@ -80,14 +90,21 @@ async def create_chat_completion(state: ServerState, raw: Request) -> Response:
     k = (req.top_logprobs or 0) if req.logprobs else None
     state.limits.check(n=req.n, max_tokens=max_tokens, stop=req.stop_list(), logprobs=k,
                        logprobs_param="top_logprobs")
-    ids = encode_messages(state, req.messages, req.add_generation_prompt)
-    params = sampling_params(state, req, resolve_max_tokens(state, max_tokens, len(ids), param), k)
+    tools = plan_tools(req, state.tool_call_parser)
+    if tools.structured is not None and structured_spec(req) is not None:
+        raise bad_request("a forced tool_choice already constrains the output; drop "
+                          "response_format / guided_* / structured_outputs", param="tool_choice")
+    ids = encode_messages(state, req.messages, req.add_generation_prompt, tools.tools)
+    params = sampling_params(state, req, max_tokens, k, structured=tools.structured)
+    if tools.parser is not None and tools.parser.needs_special_tokens:
+        params = replace(params, skip_special_tokens=False)  # the format's markers are specials
+    validated = await validate_request(state, ids, params, max_tokens_param=param)
     last = req.messages[-1]
     echo_text = ""
     if req.echo and last.get("role") == "assistant" and isinstance(last.get("content"), str):
         echo_text = last["content"]
-    job = _Job(random_id("chatcmpl"), model, req, ids, echo_text)
-    streams = await submit_all(state, job.request_id, [ids], [params])
+    job = _Job(random_id("chatcmpl"), model, req, ids, echo_text, tools)
+    streams = await submit_all(state, job.request_id, [validated])
     if req.stream:
         return AbortingStreamingResponse(
             sse_stream(_chunks(state, job, streams), job.request_id), streams
@@ -97,18 +114,26 @@ async def create_chat_completion(state: ServerState, raw: Request) -> Response:
     return JSONResponse(_response(state, job, final).model_dump())
 
 
+def _message(job: _Job, c: CompletionOutput) -> tuple[ChatMessage, str | None]:
+    """The assistant message of a finished choice and its finish_reason."""
+    text = job.echo_text + c.text
+    parsed = job.tools.parse(c.text) if job.tools.calls_tools else None
+    if parsed is None:
+        return ChatMessage(content=text), c.finish_reason
+    content, calls = parsed
+    return ChatMessage(content=content, tool_calls=calls), "tool_calls"
+
+
 def _response(state: ServerState, job: _Job, out: RequestOutput) -> ChatCompletionResponse:
     k = job.req.top_logprobs or 0
-    choices = [
-        ChatChoice(
-            index=c.index,
-            message=ChatMessage(content=job.echo_text + c.text),
+    choices = []
+    for c in out.outputs:
+        message, reason = _message(job, c)
+        choices.append(ChatChoice(
+            index=c.index, message=message,
             logprobs=_logprobs(state, c, k, 0) if job.req.logprobs else None,
-            finish_reason=c.finish_reason,
-            stop_reason=c.stop_reason,
-        )
-        for c in out.outputs
-    ]
+            finish_reason=reason, stop_reason=c.stop_reason,
+        ))
     usage = UsageInfo.of(len(job.prompt_ids), sum(len(c.token_ids) for c in out.outputs))
     return ChatCompletionResponse(id=job.request_id, model=job.model, choices=choices,
                                   usage=usage)
@@ -134,10 +159,10 @@ async def _chunks(
         for c in out.outputs:
             if done[c.index]:
                 continue
-            choice = _delta(state, job, c, sent_chars[c.index], sent_tokens[c.index])
+            choice, end = _delta(state, job, c, sent_chars[c.index], sent_tokens[c.index])
             if choice is None:
                 continue
-            sent_chars[c.index] = stream_safe_len(c.text, c.finished(), req.stop_list())
+            sent_chars[c.index] = end
             sent_tokens[c.index] = len(c.token_ids)
             done[c.index] = c.finished()
             yield chunk(choice)
@@ -152,21 +177,38 @@ async def _chunks(
 
 def _delta(
     state: ServerState, job: _Job, c: CompletionOutput, sent_chars: int, sent_tokens: int
-) -> ChatStreamChoice | None:
+) -> tuple[ChatStreamChoice | None, int]:
+    """The next chunk of one choice and how many characters it has streamed after it. Tool
+    replies hold back what may be a call; a finished one sends its calls in one delta."""
     req = job.req
-    end = stream_safe_len(c.text, c.finished(), req.stop_list())
+    finished = c.finished()
+    end = stream_safe_len(c.text, finished, req.stop_list())
+    if job.tools.calls_tools and not finished:
+        end = min(end, max(sent_chars, job.tools.hold(c.text)))
     text = c.text[sent_chars:end]
     new_tokens = len(c.token_ids) > sent_tokens
     first = sent_tokens == 0 and sent_chars == 0
     if first and job.echo_text:
         text = job.echo_text + text
-    if not (text or c.finished() or (new_tokens and req.logprobs)):
-        return None
+    if not (text or finished or (new_tokens and req.logprobs)):
+        return None, sent_chars
     logprobs = _logprobs(state, c, req.top_logprobs or 0, sent_tokens) if req.logprobs else None
-    return ChatStreamChoice(
-        index=c.index, delta=DeltaMessage(content=text) if text else DeltaMessage(),
-        logprobs=logprobs, finish_reason=c.finish_reason, stop_reason=c.stop_reason,
-    )
+    delta = DeltaMessage(content=text) if text else DeltaMessage()
+    reason = c.finish_reason
+    parsed = job.tools.parse(c.text) if finished and job.tools.calls_tools else None
+    if parsed is not None:
+        _, calls = parsed
+        unsent = c.text[sent_chars:max(sent_chars, job.tools.hold(c.text))].strip()
+        delta = DeltaMessage(content=unsent or None, tool_calls=[
+            DeltaToolCall(index=j, id=call.id, type="function",
+                          function=DeltaFunctionCall(name=call.function.name,
+                                                     arguments=call.function.arguments))
+            for j, call in enumerate(calls)
+        ])
+        reason = "tool_calls"
+    choice = ChatStreamChoice(index=c.index, delta=delta, logprobs=logprobs,
+                              finish_reason=reason, stop_reason=c.stop_reason)
+    return choice, end
 
 
 def _logprobs(state: ServerState, c: CompletionOutput, k: int, start: int) -> ChatLogprobs:

@@ -27,14 +27,13 @@ from membound.entrypoints.openai.serving_base import (
     log_finished,
     merged,
     parse_body,
-    prompt_token_ids,
-    resolve_max_tokens,
     safe_logprob,
     sampling_params,
     sse_stream,
     stream_safe_len,
     submit_all,
     top_items,
+    validate_request,
 )
 from membound.outputs import CompletionOutput, RequestOutput
 
@@ -56,19 +55,19 @@ async def create_completion(state: ServerState, raw: Request) -> Response:
     prompts = _prompt_list(req.prompt)
     state.limits.check(n=req.n, max_tokens=req.max_tokens, stop=req.stop_list(),
                        logprobs=req.logprobs, num_prompts=len(prompts))
-    if req.suffix:
-        raise bad_request("suffix is not supported", param="suffix")
-    ids = [prompt_token_ids(state, p) for p in prompts]
+    if req.best_of is not None and req.best_of != req.n:
+        raise bad_request(f"best_of={req.best_of} is not supported (only best_of equal to n, "
+                          f"{req.n}); ask for n choices and rank them yourself",
+                          param="best_of")
     k = req.logprobs
-    params = [
-        sampling_params(state, req, resolve_max_tokens(state, req.max_tokens, len(x)), k,
-                        prompt_logprobs=k if req.echo and k is not None else None)
-        for x in ids
-    ]
-    job = _Job(random_id("cmpl"), model, req, ids, [
-        p if isinstance(p, str) else _decode(state, x) for p, x in zip(prompts, ids, strict=True)
+    params = sampling_params(state, req, req.max_tokens, k,
+                             prompt_logprobs=k if req.echo and k is not None else None)
+    validated = [await validate_request(state, p, params) for p in prompts]
+    job = _Job(random_id("cmpl"), model, req, [v.prompt_token_ids for v in validated], [
+        v.prompt if v.prompt is not None else _decode(state, v.prompt_token_ids)
+        for v in validated
     ])
-    streams = await submit_all(state, job.request_id, ids, params)
+    streams = await submit_all(state, job.request_id, validated)
     if req.stream:
         return AbortingStreamingResponse(
             sse_stream(_chunks(state, job, streams), job.request_id), streams
