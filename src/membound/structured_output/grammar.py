@@ -105,7 +105,7 @@ def _compile(compiler: Any, spec: StructuredOutputsParams) -> Any:
             raise GrammarError("the JSON schema must be an object", "json")
         # no free whitespace: a model cannot pad forever between tokens
         return compiler.compile_json_schema(
-            json.dumps(schema), any_whitespace=False, strict_mode=spec.strict
+            json.dumps(length_as_pattern(schema)), any_whitespace=False, strict_mode=spec.strict
         )
     if spec.json_object:
         return compiler.compile_json_schema(
@@ -119,3 +119,23 @@ def _compile(compiler: Any, spec: StructuredOutputsParams) -> Any:
         )
     assert spec.grammar is not None
     return compiler.compile_grammar(spec.grammar)
+
+
+def length_as_pattern(schema: Any) -> Any:
+    """A copy of ``schema`` whose length-bounded strings use an equivalent ``pattern``.
+
+    xgrammar (0.2.9) compiles ``minLength``/``maxLength`` strings to a character class that
+    lets raw control characters (U+0000-U+001F) through, which JSON forbids inside strings;
+    its regex path for ``pattern`` excludes them. ``^.{min,max}$`` counts characters as the
+    length keywords do."""
+    if isinstance(schema, list):
+        return [length_as_pattern(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: length_as_pattern(v) for k, v in schema.items()}
+    bounded = "minLength" in out or "maxLength" in out
+    if out.get("type") == "string" and bounded and "pattern" not in out and "format" not in out:
+        low = int(out.pop("minLength", 0))
+        high = out.pop("maxLength", None)
+        out["pattern"] = f"^.{{{low},{'' if high is None else int(high)}}}$"
+    return out

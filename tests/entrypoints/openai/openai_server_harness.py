@@ -53,11 +53,11 @@ class LiveServer:
 
 
 def start_server(model: Path, limits: ServerLimits | None = None, api_key: str | None = API_KEY,
-                 **engine_kwargs: Any) -> LiveServer:
+                 tool_call_parser: str | None = None, **engine_kwargs: Any) -> LiveServer:
     kwargs = {"max_model_len": MAX_MODEL_LEN, "block_size": 4, **engine_kwargs}
     engine = LLMEngine.from_engine_args(EngineArgs(model=str(model), **kwargs))
     args = ServerArgs(served_model_names=(MODEL,), api_key=api_key,
-                      limits=limits or ServerLimits())
+                      limits=limits or ServerLimits(), tool_call_parser=tool_call_parser)
     return LiveServer(build_app(engine, args))
 
 

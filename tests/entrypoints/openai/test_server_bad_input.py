@@ -244,7 +244,7 @@ EDGE_OK: list[tuple[str, str, dict[str, Any]]] = [
 def test_edge_values_are_served(http: httpx.Client, path: str, kwargs: dict[str, Any]) -> None:
     r = http.post(path, **kwargs)
     assert r.status_code == 200, r.text[:500]
-    if kwargs["json"].get("stream"):
+    if kwargs.get("json", {}).get("stream"):
         assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text
     else:
         assert r.json()["usage"]["completion_tokens"] >= 1
