@@ -323,3 +323,66 @@ def test_build_rejects_mismatched_rows() -> None:
     md = _meta([SamplingParams()], 8)
     with pytest.raises(ValueError, match="does not fit"):
         Sampler()(torch.zeros(1, 4), md)
+
+
+# ---- logit_bias, bad_words, allowed tokens (grammar bitmasks) ---------------------------
+def _pack(allowed: list[list[int]], vocab: int) -> list[torch.Tensor]:
+    """Reference packing: bit t % 32 of int32 word t // 32 (xgrammar's layout)."""
+    words = (vocab + 31) // 32
+    out = []
+    for ids in allowed:
+        bits = [0] * words
+        for t in ids:
+            bits[t // 32] |= 1 << (t % 32)
+        out.append(torch.tensor([b - (1 << 32) if b >= 1 << 31 else b for b in bits],
+                                dtype=torch.int32))
+    return out
+
+
+def test_unpack_bitmask_matches_reference() -> None:
+    from membound.layers.sampling_metadata import unpack_bitmask
+
+    vocab = 77
+    allowed = [[0, 31, 32, 63, 76], list(range(vocab)), [5]]
+    mask = unpack_bitmask(torch.stack(_pack(allowed, vocab)), vocab)
+    for row, ids in zip(mask, allowed, strict=True):
+        assert row.nonzero().flatten().tolist() == sorted(ids)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 5.0])
+def test_grammar_bitmask_and_allowed_token_ids_restrict_sampling(temperature: float) -> None:
+    vocab = 64
+    params = [SamplingParams(temperature=temperature, seed=1),
+              SamplingParams(temperature=temperature, allowed_token_ids=[3, 40, 41]),
+              SamplingParams(temperature=temperature, allowed_token_ids=[7, 8, 9])]
+    masks = _pack([[1, 33, 60]], vocab) + [None] + _pack([[8, 9, 10]], vocab)
+    n = len(params)
+    md = build_sampling_metadata(params, [[]] * n, [[]] * n, [None] * n, [()] * n, vocab, CPU,
+                                 token_bitmasks=masks)
+    for _ in range(20):
+        logits = torch.randn(n, vocab) * 10
+        ids = Sampler()(logits, md).sampled_token_ids
+        assert ids[0] in (1, 33, 60) and ids[1] in (3, 40, 41) and ids[2] in (8, 9)
+
+
+def test_logit_bias_is_added() -> None:
+    vocab = 16
+    logits = torch.zeros(2, vocab)
+    logits[:, 3] = 5.0
+    params = [SamplingParams(temperature=0, logit_bias={7: 10.0}),
+              SamplingParams(temperature=0, logit_bias={3: -100.0, 9: 1.0})]
+    out = Sampler()(logits, _meta(params, vocab)).sampled_token_ids
+    assert out == [7, 9]
+    assert logits[0, 7] == 0.0  # the caller's logits are untouched
+
+
+def test_bad_words_ban_single_and_multi_token_words() -> None:
+    vocab = 16
+    logits = torch.zeros(2, vocab)
+    logits[:, 5] = 3.0
+    logits[:, 6] = 2.0
+    words = ((5,), (1, 2, 6))
+    params = [SamplingParams(temperature=0, bad_words_token_ids=words)] * 2
+    out = Sampler()(logits, _meta(params, vocab, outputs=[[0], [1, 2]])).sampled_token_ids
+    # row 0: 5 banned, 6 allowed (its prefix 1, 2 is not there); row 1: both banned
+    assert out[0] == 6 and out[1] not in (5, 6)
