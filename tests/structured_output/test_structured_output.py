@@ -17,11 +17,15 @@ from membound.sampling_params import StructuredOutputsParams as SO
 pytest.importorskip("xgrammar")
 jsonschema = pytest.importorskip("jsonschema")
 
-SCHEMA = {"type": "object",
-          "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 999},
-                         "name": {"type": "string", "minLength": 1, "maxLength": 5},
-                         "kind": {"enum": ["a", "b"]}},
-          "required": ["id", "name", "kind"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer", "minimum": 0, "maximum": 999},
+        "name": {"type": "string", "minLength": 1, "maxLength": 5},
+        "kind": {"enum": ["a", "b"]},
+    },
+    "required": ["id", "name", "kind"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +37,9 @@ def llm(tiny_llama: Path) -> Iterator[object]:
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7, 2.0])
 def test_llm_json_schema_always_validates(llm: object, temperature: float) -> None:
-    params = SamplingParams(temperature=temperature, seed=11, n=3, max_tokens=100,
-                            structured_outputs=SO(json=SCHEMA))
+    params = SamplingParams(
+        temperature=temperature, seed=11, n=3, max_tokens=100, structured_outputs=SO(json=SCHEMA)
+    )
     (out,) = llm.generate(["x"], params, use_tqdm=False)  # type: ignore[attr-defined]
     for c in out.outputs:
         assert c.finish_reason == "stop"
@@ -42,10 +47,18 @@ def test_llm_json_schema_always_validates(llm: object, temperature: float) -> No
 
 
 def test_llm_regex_choice_grammar_in_one_batch(llm: object) -> None:
-    specs = [SO(regex=r"\d{3}-[a-c]{2}"), SO(choice=["alpha", "beta"]),
-             SO(grammar='root ::= "<" ("x" | "y")+ ">"'), None]
-    params = [SamplingParams(temperature=1.0, seed=i, max_tokens=40, structured_outputs=s,
-                             ignore_eos=s is None) for i, s in enumerate(specs)]
+    specs = [
+        SO(regex=r"\d{3}-[a-c]{2}"),
+        SO(choice=["alpha", "beta"]),
+        SO(grammar='root ::= "<" ("x" | "y")+ ">"'),
+        None,
+    ]
+    params = [
+        SamplingParams(
+            temperature=1.0, seed=i, max_tokens=40, structured_outputs=s, ignore_eos=s is None
+        )
+        for i, s in enumerate(specs)
+    ]
     outs = llm.generate(["a", "b", "c", "d"], params, use_tqdm=False)  # type: ignore[attr-defined]
     texts = [o.outputs[0].text for o in outs]
     assert re.fullmatch(r"\d{3}-[a-c]{2}", texts[0])
@@ -84,9 +97,14 @@ def test_intake_rules(llm: object) -> None:
 def test_length_as_pattern_rewrites_only_bounded_strings() -> None:
     from membound.structured_output.grammar import length_as_pattern
 
-    schema = {"type": "object", "properties": {
-        "a": {"type": "string", "maxLength": 4}, "b": {"type": "string", "pattern": "x+"},
-        "c": {"type": "array", "items": {"type": "string", "minLength": 2}}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "string", "maxLength": 4},
+            "b": {"type": "string", "pattern": "x+"},
+            "c": {"type": "array", "items": {"type": "string", "minLength": 2}},
+        },
+    }
     out = length_as_pattern(schema)
     assert out["properties"]["a"] == {"type": "string", "pattern": "^.{0,4}$"}
     assert out["properties"]["b"] == {"type": "string", "pattern": "x+"}

@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
+from membound.engine.intake import ValidatedRequest
 from membound.engine.llm_engine import LLMEngine
 from membound.engine.stats import EngineStats
 from membound.outputs import RequestOutput
@@ -202,7 +203,7 @@ class AsyncLLMEngine:
     async def add_request(
         self,
         request_id: str,
-        prompt: str | list[int],
+        prompt: str | list[int] | ValidatedRequest,
         params: SamplingParams,
         priority: int = 0,
     ) -> RequestStream:
@@ -286,7 +287,8 @@ class AsyncLLMEngine:
             self._publish(aborted)
 
     def _apply_add(
-        self, request_id: str, prompt: str | list[int], params: SamplingParams, priority: int,
+        self, request_id: str, prompt: str | list[int] | ValidatedRequest, params: SamplingParams,
+        priority: int,
         accepted: asyncio.Future[None],
     ) -> None:
         try:

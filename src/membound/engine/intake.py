@@ -61,8 +61,9 @@ def process_request(
     params = _tokenize_bad_words(params, tokenizer)
     if params.structured_outputs is not None:
         if grammars is None:
-            raise InvalidRequestError("structured outputs are not available on this engine",
-                                      "structured_outputs")
+            raise InvalidRequestError(
+                "structured outputs are not available on this engine", "structured_outputs"
+            )
         from membound.structured_output.grammar import GrammarError
 
         try:
@@ -78,14 +79,19 @@ def _prompt_ids(
     if isinstance(prompt, str):
         if tokenizer is None:
             raise InvalidRequestError(
-                "this model has no tokenizer; send token ids instead of text", "prompt")
+                "this model has no tokenizer; send token ids instead of text", "prompt"
+            )
         return prompt, tokenizer.encode(prompt)
     ids = list(prompt)
-    bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size]
+    bad = [
+        t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size
+    ]
     if bad:
         raise InvalidRequestError(
             f"prompt token ids must be integers in [0, {vocab_size}); got {short(bad)}",
-            "prompt", "invalid_token_id")
+            "prompt",
+            "invalid_token_id",
+        )
     return None, ids
 
 
@@ -96,12 +102,16 @@ def _check_prompt_len(n: int, limits: IntakeLimits) -> None:
         raise InvalidRequestError(
             f"This model's maximum context length is {limits.max_model_len} tokens. However, "
             f"your prompt has {n} tokens, which leaves no room for output. Please shorten it.",
-            "prompt", "context_length_exceeded")
+            "prompt",
+            "context_length_exceeded",
+        )
     if n >= limits.kv_capacity_tokens:
         raise InvalidRequestError(
             f"the prompt has {n} tokens but the whole KV cache holds only "
             f"{limits.kv_capacity_tokens}; shorten the prompt or give the KV cache more memory",
-            "prompt", "context_length_exceeded")
+            "prompt",
+            "context_length_exceeded",
+        )
 
 
 def _resolve_max_tokens(params: SamplingParams, n: int, max_model_len: int) -> SamplingParams:
@@ -114,19 +124,25 @@ def _resolve_max_tokens(params: SamplingParams, n: int, max_model_len: int) -> S
             f"This model's maximum context length is {max_model_len} tokens. However, you "
             f"requested {short([n + params.max_tokens])} tokens ({n} in the prompt, "
             f"{short([params.max_tokens])} in the completion). Please reduce the prompt or "
-            "max_tokens.", "max_tokens", "context_length_exceeded")
+            "max_tokens.",
+            "max_tokens",
+            "context_length_exceeded",
+        )
     return params
 
 
 def _check_token_ids(params: SamplingParams, vocab_size: int) -> None:
-    named = (("stop_token_ids", params.stop_token_ids or ()),
-             ("logit_bias", tuple(params.logit_bias or ())),
-             ("allowed_token_ids", params.allowed_token_ids or ()))
+    named = (
+        ("stop_token_ids", params.stop_token_ids or ()),
+        ("logit_bias", tuple(params.logit_bias or ())),
+        ("allowed_token_ids", params.allowed_token_ids or ()),
+    )
     for param, ids in named:
         bad = [t for t in ids if not 0 <= t < vocab_size]
         if bad:
             raise InvalidRequestError(
-                f"{param} token ids must be in [0, {vocab_size}); got {short(bad)}", param)
+                f"{param} token ids must be in [0, {vocab_size}); got {short(bad)}", param
+            )
 
 
 def _tokenize_bad_words(params: SamplingParams, tokenizer: Tokenizer | None) -> SamplingParams:
@@ -134,8 +150,9 @@ def _tokenize_bad_words(params: SamplingParams, tokenizer: Tokenizer | None) -> 
     if not params.bad_words:
         return params
     if tokenizer is None:
-        raise InvalidRequestError("bad_words needs a tokenizer and this model has none",
-                                  "bad_words")
+        raise InvalidRequestError(
+            "bad_words needs a tokenizer and this model has none", "bad_words"
+        )
     seqs: dict[tuple[int, ...], None] = {}
     for word in params.bad_words:
         for text in (word, " " + word.lstrip()):
@@ -147,7 +164,9 @@ def _tokenize_bad_words(params: SamplingParams, tokenizer: Tokenizer | None) -> 
 
 def short(values: Sequence[int]) -> str:
     """At most five values, huge ones abbreviated (error messages echo client input)."""
-    shown = [v if not isinstance(v, int) or abs(v) < 10**20 else f"<{len(str(v))}-digit number>"
-             for v in values[:5]]
+    shown = [
+        v if not isinstance(v, int) or abs(v) < 10**20 else f"<{len(str(v))}-digit number>"
+        for v in values[:5]
+    ]
     more = f" and {len(values) - 5} more" if len(values) > 5 else ""
     return f"{shown}{more}" if len(values) != 1 else f"{shown[0]}"

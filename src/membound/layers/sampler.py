@@ -114,6 +114,8 @@ def apply_logit_bias(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor
 def apply_allowed_tokens(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
     """-inf on every token a row's grammar (or allowed_token_ids) does not allow now."""
     if md.allowed_rows is not None and md.allowed_mask is not None:
+        if md.allowed_rows.numel() == md.num_rows:  # every row masked: in place, no gather
+            return logits.masked_fill_(~md.allowed_mask, _NEG_INF)
         rows = logits[md.allowed_rows]  # [num_masked, vocab_size] (a copy)
         logits[md.allowed_rows] = rows.masked_fill_(~md.allowed_mask, _NEG_INF)
     return logits

@@ -290,12 +290,16 @@ def allowed_token_mask(
             if bitmasks[i] is not None or p.allowed_token_ids is not None]
     if not rows:
         return None, None
-    mask = torch.ones((len(rows), vocab_size), dtype=torch.bool, device=device)
     packed_rows = [j for j, i in enumerate(rows) if bitmasks[i] is not None]
-    if packed_rows:
-        packed = torch.stack([bitmasks[rows[j]] for j in packed_rows])  # type: ignore[misc]
-        index = torch.tensor(packed_rows, dtype=torch.int64, device=device)
-        mask[index] = unpack_bitmask(packed.to(device), vocab_size)
+    if len(packed_rows) == len(rows):  # grammar rows only (the common case): one unpack
+        packed = torch.stack([bitmasks[i] for i in rows])  # type: ignore[misc]
+        mask = unpack_bitmask(packed.to(device, non_blocking=True), vocab_size)
+    else:
+        mask = torch.ones((len(rows), vocab_size), dtype=torch.bool, device=device)
+        if packed_rows:
+            packed = torch.stack([bitmasks[rows[j]] for j in packed_rows])  # type: ignore[misc]
+            index = torch.tensor(packed_rows, dtype=torch.int64, device=device)
+            mask[index] = unpack_bitmask(packed.to(device), vocab_size)
     for j, i in enumerate(rows):
         ids = params[i].allowed_token_ids
         if ids is not None:

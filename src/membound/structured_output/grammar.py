@@ -75,8 +75,9 @@ class GrammarCompiler:
         except Exception as e:  # xgrammar raises RuntimeError / ValueError with a reason
             kind, param = _kind(spec)
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise GrammarError(f"the {kind} could not be compiled into a grammar: {reason}",
-                               param) from None
+            raise GrammarError(
+                f"the {kind} could not be compiled into a grammar: {reason}", param
+            ) from None
         self._cache[key] = compiled
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)

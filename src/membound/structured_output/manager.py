@@ -31,8 +31,9 @@ class StructuredOutputManager:
         if self.compiler is None:
             from membound.structured_output.grammar import GrammarError
 
-            raise GrammarError("structured outputs need a tokenizer and this model has none",
-                               "structured_outputs")
+            raise GrammarError(
+                "structured outputs need a tokenizer and this model has none", "structured_outputs"
+            )
         self.compiler.compile(spec)
 
     def add(self, req_id: str, spec: StructuredOutputsParams) -> None:

@@ -18,15 +18,24 @@ jsonschema = pytest.importorskip("jsonschema")
 
 WEATHER = {
     "type": "object",
-    "properties": {"city": {"enum": ["Paris", "Oslo", "Lima"]},
-                   "days": {"type": "integer", "minimum": 1, "maximum": 7}},
-    "required": ["city", "days"], "additionalProperties": False,
+    "properties": {
+        "city": {"enum": ["Paris", "Oslo", "Lima"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["city", "days"],
+    "additionalProperties": False,
 }
-TIME = {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
-        "required": ["zone"], "additionalProperties": False}
+TIME = {
+    "type": "object",
+    "properties": {"zone": {"enum": ["UTC", "CET"]}},
+    "required": ["zone"],
+    "additionalProperties": False,
+}
 TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "description": "Forecast",
-                                      "parameters": WEATHER}},
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Forecast", "parameters": WEATHER},
+    },
     {"type": "function", "function": {"name": "get_time", "parameters": TIME}},
 ]
 SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
@@ -42,8 +51,7 @@ def hermes_server(tiny_llama: Path) -> Iterator[LiveServer]:
 
 @pytest.fixture()
 def client(hermes_server: LiveServer) -> Iterator[Any]:
-    with openai.OpenAI(base_url=f"{hermes_server.url}/v1", api_key=API_KEY,
-                       max_retries=0) as c:
+    with openai.OpenAI(base_url=f"{hermes_server.url}/v1", api_key=API_KEY, max_retries=0) as c:
         yield c
 
 
@@ -57,8 +65,14 @@ def _check_calls(calls: Any) -> None:
 @pytest.mark.parametrize("temperature", [0.0, 1.0, 1.8])
 def test_named_tool_choice(client: Any, temperature: float) -> None:
     out = client.chat.completions.create(
-        model=MODEL, messages=MESSAGES, tools=TOOLS, temperature=temperature, seed=2,
-        tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=60)
+        model=MODEL,
+        messages=MESSAGES,
+        tools=TOOLS,
+        temperature=temperature,
+        seed=2,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=60,
+    )
     choice = out.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
@@ -69,9 +83,16 @@ def test_named_tool_choice(client: Any, temperature: float) -> None:
 
 @pytest.mark.parametrize("temperature", [0.0, 1.5])
 def test_required_tool_choice(client: Any, temperature: float) -> None:
-    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS,
-                                         tool_choice="required", temperature=temperature,
-                                         seed=4, max_tokens=100, parallel_tool_calls=False)
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        tools=TOOLS,
+        tool_choice="required",
+        temperature=temperature,
+        seed=4,
+        max_tokens=100,
+        parallel_tool_calls=False,
+    )
     choice = out.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert len(choice.message.tool_calls) == 1
@@ -80,8 +101,13 @@ def test_required_tool_choice(client: Any, temperature: float) -> None:
 
 def test_forced_call_stream_deltas(client: Any) -> None:
     stream = client.chat.completions.create(
-        model=MODEL, messages=MESSAGES, tools=TOOLS, stream=True, max_tokens=60,
-        tool_choice={"type": "function", "function": {"name": "get_time"}})
+        model=MODEL,
+        messages=MESSAGES,
+        tools=TOOLS,
+        stream=True,
+        max_tokens=60,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
     calls: dict[int, dict[str, str]] = {}
     reasons = []
     for chunk in stream:
@@ -98,8 +124,10 @@ def test_forced_call_stream_deltas(client: Any) -> None:
     jsonschema.validate(json.loads(calls[0]["arguments"]), TIME)
 
 
-HERMES_CALL = ('Checking.<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", '
-               '"days": 2}}</tool_call>')
+HERMES_CALL = (
+    'Checking.<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", '
+    '"days": 2}}</tool_call>'
+)
 
 
 def _literal_regex(text: str) -> str:
@@ -112,16 +140,18 @@ def test_auto_tool_choice_hermes(client: Any) -> None:
     """The model's own <tool_call> format, read by the hermes parser (a regex makes the random
     model write it)."""
     extra = {"guided_regex": _literal_regex(HERMES_CALL)}
-    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS,
-                                         max_tokens=100, extra_body=extra)
+    out = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=100, extra_body=extra
+    )
     choice = out.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content == "Checking."
     (call,) = choice.message.tool_calls
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Oslo", "days": 2}
-    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS,
-                                            max_tokens=100, stream=True, extra_body=extra)
+    stream = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=100, stream=True, extra_body=extra
+    )
     content, args, reasons = "", "", []
     for chunk in stream:
         for ch in chunk.choices:
@@ -133,8 +163,13 @@ def test_auto_tool_choice_hermes(client: Any) -> None:
 
 
 def test_auto_without_a_call_is_content(client: Any) -> None:
-    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS,
-                                         max_tokens=8, extra_body={"guided_regex": "plain"})
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        tools=TOOLS,
+        max_tokens=8,
+        extra_body={"guided_regex": "plain"},
+    )
     assert out.choices[0].message.content == "plain"
     assert not out.choices[0].message.tool_calls
     assert out.choices[0].finish_reason == "stop"
@@ -143,20 +178,38 @@ def test_auto_without_a_call_is_content(client: Any) -> None:
 def test_tool_history_is_accepted(client: Any, hermes_server: LiveServer) -> None:
     history = [
         *MESSAGES,
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 1}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": '{"city": "Paris", "days": 1}',
+                    },
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
     ]
-    out = client.chat.completions.create(model=MODEL, messages=history, tools=TOOLS,
-                                         tool_choice="none", max_tokens=4, temperature=0)
+    out = client.chat.completions.create(
+        model=MODEL, messages=history, tools=TOOLS, tool_choice="none", max_tokens=4, temperature=0
+    )
     assert out.choices[0].finish_reason in ("stop", "length")
     assert out.usage.prompt_tokens > 0
 
 
 def test_tool_choice_none_returns_content(client: Any) -> None:
-    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS,
-                                         tool_choice="none", max_tokens=4, temperature=0,
-                                         extra_body={"ignore_eos": True})
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        tools=TOOLS,
+        tool_choice="none",
+        max_tokens=4,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
     assert out.choices[0].message.tool_calls is None
     assert out.choices[0].finish_reason == "length"

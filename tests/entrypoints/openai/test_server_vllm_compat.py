@@ -27,8 +27,14 @@ def _success(http: httpx.Client, reason: str) -> float:
 def test_request_success_counts_requests_not_choices(client: Any, http: httpx.Client) -> None:
     before = _success(http, "length")
     tokens_before = read_metrics(http).get("vllm:generation_tokens_total", 0.0)
-    client.completions.create(model=MODEL, prompt="abc", n=3, max_tokens=2, temperature=1.0,
-                              extra_body={"ignore_eos": True})
+    client.completions.create(
+        model=MODEL,
+        prompt="abc",
+        n=3,
+        max_tokens=2,
+        temperature=1.0,
+        extra_body={"ignore_eos": True},
+    )
     assert _success(http, "length") == before + 1
     assert read_metrics(http)["vllm:generation_tokens_total"] == tokens_before + 6
 
@@ -54,12 +60,16 @@ def test_model_by_id_and_version(client: Any, http: httpx.Client) -> None:
 
 
 def test_unknown_and_unsupported_fields_are_refused(client: Any) -> None:
-    with pytest.raises(openai.BadRequestError, match="Unrecognized request argument supplied: "
-                       "top_kk"):
-        client.completions.create(model=MODEL, prompt="a", max_tokens=1,
-                                  extra_body={"top_kk": 3})
+    with pytest.raises(
+        openai.BadRequestError, match="Unrecognized request argument supplied: top_kk"
+    ):
+        client.completions.create(model=MODEL, prompt="a", max_tokens=1, extra_body={"top_kk": 3})
     with pytest.raises(openai.BadRequestError, match="reasoning_effort is not supported"):
-        client.chat.completions.create(model=MODEL, max_tokens=1, reasoning_effort="low",
-                                       messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model=MODEL,
+            max_tokens=1,
+            reasoning_effort="low",
+            messages=[{"role": "user", "content": "x"}],
+        )
     with pytest.raises(openai.BadRequestError, match="best_of=2 is not supported"):
         client.completions.create(model=MODEL, prompt="a", max_tokens=1, best_of=2)

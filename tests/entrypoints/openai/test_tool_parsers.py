@@ -13,8 +13,10 @@ from membound.entrypoints.openai.tools import template_messages
 
 def test_hermes_parses_calls_and_content() -> None:
     p = get_tool_parser("hermes")
-    text = ('Let me check.\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>\n'
-            '<tool_call>{"name": "g", "arguments": {}}</tool_call>')
+    text = (
+        'Let me check.\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>\n'
+        '<tool_call>{"name": "g", "arguments": {}}</tool_call>'
+    )
     content, calls = p.parse(text)
     assert content == "Let me check."
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"a": 1}), ("g", {})]
@@ -25,8 +27,9 @@ def test_hermes_parses_calls_and_content() -> None:
 
 def test_llama3_json_parses_one_or_several() -> None:
     p = get_tool_parser("llama3_json")
-    content, calls = p.parse('<|python_tag|>{"name": "f", "parameters": {"x": "y"}}; '
-                             '{"name": "g", "parameters": {}}')
+    content, calls = p.parse(
+        '<|python_tag|>{"name": "f", "parameters": {"x": "y"}}; {"name": "g", "parameters": {}}'
+    )
     assert content is None and [c.name for c in calls] == ["f", "g"]
     assert json.loads(calls[0].arguments) == {"x": "y"}
     assert p.parse("Hello there") == ("Hello there", [])
@@ -35,8 +38,10 @@ def test_llama3_json_parses_one_or_several() -> None:
 
 def test_mistral_parses_the_array() -> None:
     p = get_tool_parser("mistral")
-    content, calls = p.parse('[TOOL_CALLS][{"name": "f", "arguments": {"q": 1}}, '
-                             '{"name": "g", "arguments": "{\\"r\\": 2}"}]')
+    content, calls = p.parse(
+        '[TOOL_CALLS][{"name": "f", "arguments": {"q": 1}}, '
+        '{"name": "g", "arguments": "{\\"r\\": 2}"}]'
+    )
     assert content is None
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"q": 1}), ("g", {"r": 2})]
     assert p.parse("[TOOL_CALLS] broken")[1] == []
@@ -51,8 +56,8 @@ def test_unknown_parser_is_named() -> None:
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n"
     "{% if m.content %}{{ m.content }}{% endif %}"
-    "{% for c in m.tool_calls or [] %}<tool_call>{\"name\": \"{{ c.function.name }}\", "
-    "\"arguments\": {{ c.function.arguments | tojson }}}</tool_call>{% endfor %}"
+    '{% for c in m.tool_calls or [] %}<tool_call>{"name": "{{ c.function.name }}", '
+    '"arguments": {{ c.function.arguments | tojson }}}</tool_call>{% endfor %}'
     "<|im_end|>\n{% endfor %}"
 )
 
@@ -60,13 +65,20 @@ TEMPLATE = (
 def test_tool_history_renders_like_transformers() -> None:
     history = [
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "w", "arguments": '{"city": "Oslo"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "w", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "21C"},
     ]
-    text = ChatTemplate(TEMPLATE).render(template_messages(history),
-                                         add_generation_prompt=False)
+    text = ChatTemplate(TEMPLATE).render(template_messages(history), add_generation_prompt=False)
     assert '<tool_call>{"name": "w", "arguments": {"city": "Oslo"}}</tool_call>' in text
     assert "<|im_start|>tool\n21C<|im_end|>" in text
     assert history[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Oslo"}'

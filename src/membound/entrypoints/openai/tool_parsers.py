@@ -103,7 +103,7 @@ class MistralToolParser(MarkerParser):
         i = text.find(self.marker)
         if i < 0:
             return text, []
-        body = text[i + len(self.marker):].strip()
+        body = text[i + len(self.marker) :].strip()
         try:
             raw = json.loads(body)
         except ValueError:
@@ -132,7 +132,7 @@ class Llama3JsonToolParser(ToolParser):
     def parse(self, text: str) -> tuple[str | None, list[ParsedCall]]:
         body = text.strip()
         if body.startswith(self._tag):
-            body = body[len(self._tag):].strip()
+            body = body[len(self._tag) :].strip()
         if not body.startswith("{"):
             return text, []
         decoder = json.JSONDecoder()
@@ -162,5 +162,6 @@ def get_tool_parser(name: str) -> ToolParser:
     try:
         return PARSERS[name]()
     except KeyError:
-        raise ValueError(f"unknown tool-call parser {name!r}; choose one of "
-                         f"{', '.join(sorted(PARSERS))}") from None
+        raise ValueError(
+            f"unknown tool-call parser {name!r}; choose one of {', '.join(sorted(PARSERS))}"
+        ) from None

@@ -79,24 +79,34 @@ def plan_tools(req: ChatCompletionRequest, parser_name: str | None) -> ToolPlan:
             raise bad_request(
                 '"auto" tool choice needs the server started with --tool-call-parser '
                 "(hermes, llama3_json or mistral, matching the model); or send tool_choice "
-                '"required" or a named function', param="tool_choice")
+                '"required" or a named function',
+                param="tool_choice",
+            )
         return ToolPlan("auto", tools, None, get_tool_parser(parser_name))
     if choice == "required":
         variants = [
-            {"type": "object", "properties": {"name": {"const": name},
-                                              "parameters": f.parameters or _EMPTY_PARAMETERS},
-             "required": ["name", "parameters"], "additionalProperties": False}
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": name},
+                    "parameters": f.parameters or _EMPTY_PARAMETERS,
+                },
+                "required": ["name", "parameters"],
+                "additionalProperties": False,
+            }
             for name, f in functions.items()
         ]
-        schema: dict[str, Any] = {"type": "array", "minItems": 1,
-                                  "items": {"anyOf": variants}}
+        schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": variants}}
         if req.parallel_tool_calls is False:
             schema["maxItems"] = 1
         return ToolPlan("required", tools, StructuredOutputsParams(json=schema), None)
     name = choice.function.name  # type: ignore[union-attr]
     if name not in functions:
-        raise bad_request(f"tool_choice names the function {name!r}, which is not in tools "
-                          f"({', '.join(sorted(functions))})", param="tool_choice")
+        raise bad_request(
+            f"tool_choice names the function {name!r}, which is not in tools "
+            f"({', '.join(sorted(functions))})",
+            param="tool_choice",
+        )
     spec = StructuredOutputsParams(json=functions[name].parameters or _EMPTY_PARAMETERS)
     return ToolPlan("named", tools, spec, None, name)
 
@@ -119,15 +129,15 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _template_call(i: int, call: Any) -> dict[str, Any]:
     fn = call.get("function") if isinstance(call, Mapping) else None
     if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
-        raise bad_request(f"messages[{i}].tool_calls entries need function.name",
-                          param="messages")
+        raise bad_request(f"messages[{i}].tool_calls entries need function.name", param="messages")
     args = fn.get("arguments", "{}")
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
         except ValueError:
-            raise bad_request(f"messages[{i}].tool_calls[].function.arguments is not valid "
-                              "JSON", param="messages") from None
+            raise bad_request(
+                f"messages[{i}].tool_calls[].function.arguments is not valid JSON", param="messages"
+            ) from None
     return {**call, "function": {**fn, "arguments": args}}
 
 
