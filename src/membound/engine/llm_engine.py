@@ -141,10 +141,10 @@ class LLMEngine:
             request_id, req.prompt, ids, params, child_ids, child_params, arrival
         )
         for cid, cparams in zip(child_ids, child_params):
-            if cparams.structured_outputs is not None:
-                self.structured_outputs.add(cid, cparams.structured_outputs)
             self.scheduler.add_request(Request(cid, ids, cparams, self.eos_token_ids, arrival,
                                                priority))
+            if cparams.structured_outputs is not None:  # compiled by the intake (cached)
+                self.structured_outputs.add(cid, cparams.structured_outputs)
             self._prompt_tokens_total += len(ids)
 
     @staticmethod

@@ -220,8 +220,10 @@ def test_plan_bad_input_is_a_400_naming_the_problem(http: httpx.Client, body: di
 
 
 def test_plan_body_must_be_a_json_object(http: httpx.Client) -> None:
-    assert http.post("/console/api/plan", content=b"[1]").status_code == 400
-    assert http.post("/console/api/plan", content=b"{nope").status_code == 400
+    headers = {"Content-Type": "application/json"}
+    assert http.post("/console/api/plan", content=b"[1]", headers=headers).status_code == 400
+    assert http.post("/console/api/plan", content=b"{nope", headers=headers).status_code == 400
+    assert http.post("/console/api/plan", content=b"{}").status_code == 415  # not declared JSON
 
 
 def test_missing_static_files_leave_the_api_serving(tmp_path: Any) -> None:

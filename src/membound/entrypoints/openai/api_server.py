@@ -4,7 +4,8 @@
 request -> AccessLogMiddleware (one INFO line per request) -> BodyTimeoutMiddleware (408)
         -> DrainMiddleware (503 while shutting down) -> ConsolePages -> APIKeyMiddleware (401)
         -> BodySizeLimitMiddleware (413) -> ErrorMiddleware (500, no traceback)
-        -> routes (OpenAIError -> its status; bad JSON/types -> 400)
+        -> routes (OpenAIError -> its status; a body not declared application/json -> 415;
+           bad JSON/types, unknown or unsupported fields -> 400)
 ```
 The header read timeout and the graceful shutdown live around the app (lifecycle.py).
 """
