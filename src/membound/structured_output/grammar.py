@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,9 +36,11 @@ def import_xgrammar() -> Any:
 
 class GrammarCompiler:
     """One per engine: the tokenizer's vocabulary as xgrammar sees it, and compiled grammars
-    by spec (LRU). ``encoded_vocab`` and ``vocab_json`` come from the tokenizer's backend
-    (``Tokenizer.backend_json()``); ``vocab_size`` is the model's (bitmask width), which may
-    exceed the tokenizer's."""
+    by spec (LRU). ``tokenizer_json`` is the tokenizer serialized (``Tokenizer.to_json()``);
+    ``vocab_size`` is the model's (the bitmask width), which may exceed the tokenizer's;
+    ``stop_token_ids`` are the engine's EOS ids, the only tokens allowed once a grammar is
+    complete. Thread-safe: the server compiles on worker threads while the engine thread
+    makes matchers; a compile runs outside the lock, so a slow one never stalls a cache hit."""
 
     def __init__(self, tokenizer_json: str, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
         self._tokenizer_json = tokenizer_json
@@ -45,28 +48,36 @@ class GrammarCompiler:
         self.stop_token_ids = tuple(stop_token_ids)
         self._compiler: Any = None
         self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._init_lock = threading.Lock()
 
     def _xgr_compiler(self) -> Any:
-        if self._compiler is None:
-            xgr = import_xgrammar()
-            from tokenizers import Tokenizer as _Backend
-            from transformers import PreTrainedTokenizerFast
+        with self._init_lock:
+            if self._compiler is None:
+                self._compiler = self._build_compiler()
+            return self._compiler
 
-            backend = _Backend.from_str(self._tokenizer_json)
-            hf = PreTrainedTokenizerFast(tokenizer_object=backend)
-            info = xgr.TokenizerInfo.from_huggingface(
-                hf, vocab_size=self.vocab_size, stop_token_ids=list(self.stop_token_ids) or None
-            )
-            self._compiler = xgr.GrammarCompiler(info, max_threads=1)
-        return self._compiler
+    def _build_compiler(self) -> Any:
+        """xgrammar reads the vocabulary through a transformers fast tokenizer (its own
+        dependency) to detect the byte-level / SentencePiece encoding."""
+        xgr = import_xgrammar()
+        from tokenizers import Tokenizer as _Backend
+        from transformers import PreTrainedTokenizerFast
+
+        hf = PreTrainedTokenizerFast(tokenizer_object=_Backend.from_str(self._tokenizer_json))
+        info = xgr.TokenizerInfo.from_huggingface(
+            hf, vocab_size=self.vocab_size, stop_token_ids=list(self.stop_token_ids) or None
+        )
+        return xgr.GrammarCompiler(info, max_threads=1)
 
     def compile(self, spec: StructuredOutputsParams) -> xgrammar.CompiledGrammar:
         """The compiled grammar of ``spec``; GrammarError names what could not compile."""
         key = spec.cache_key()
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
         compiler = self._xgr_compiler()
         try:
             compiled = _compile(compiler, spec)
@@ -78,9 +89,10 @@ class GrammarCompiler:
             raise GrammarError(
                 f"the {kind} could not be compiled into a grammar: {reason}", param
             ) from None
-        self._cache[key] = compiled
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[key] = compiled
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
         return compiled
 
     def matcher(self, spec: StructuredOutputsParams) -> Any:
