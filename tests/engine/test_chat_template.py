@@ -114,8 +114,11 @@ def test_content_parts_are_joined() -> None:
     chat = [{"role": "user", "content": parts, "name": "bob"}]
     assert normalize_messages(chat) == [{"role": "user", "content": "a\nb", "name": "bob"}]
     assert chat[0]["content"] is parts  # caller's messages untouched
-    calls = [{"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]
-    assert normalize_messages(calls)[0]["content"] is None
+    calls = [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}]
+    (normalized,) = normalize_messages(calls)
+    assert normalized["content"] is None
+    assert normalized["tool_calls"][0]["function"] == {"name": "f", "arguments": {"a": 1}}
 
 
 @pytest.mark.parametrize(

@@ -197,7 +197,9 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
 
     Each message is a mapping with a string ``role`` and a ``content`` that is a string, a list
     of ``{"type": "text", "text": ...}`` parts (joined with newlines), or ``None`` for an
-    assistant message that only carries ``tool_calls``. Other keys pass through unchanged.
+    assistant message that only carries ``tool_calls``. Tool calls' JSON-text ``arguments``
+    become dicts (transformers' convention); tool results are ``{"role": "tool",
+    "tool_call_id", "content"}``. Other keys pass through unchanged.
     """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise ChatTemplateError(
@@ -222,6 +224,33 @@ def _normalize_message(index: int, message: Any) -> dict[str, Any]:
         raise ChatTemplateError(f"{where} (role {role!r}) has no 'content'; add the message text")
     out = dict(message)
     out["content"] = _content_text(where, role, message["content"], message)
+    if message.get("tool_calls"):
+        out["tool_calls"] = _tool_calls(where, message["tool_calls"])
+    return out
+
+
+def _tool_calls(where: str, calls: Any) -> list[dict[str, Any]]:
+    """OpenAI's tool calls with ``function.arguments`` as a dict, as templates expect (OpenAI
+    sends the arguments as JSON text; transformers' templates render them with ``tojson``)."""
+    if not isinstance(calls, Sequence) or isinstance(calls, (str, bytes)):
+        raise ChatTemplateError(f"{where}.tool_calls must be a list of tool calls")
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+            raise ChatTemplateError(
+                f"{where}.tool_calls[{j}] needs function.name, like "
+                '{"type": "function", "function": {"name": "f", "arguments": "{}"}}'
+            )
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except ValueError:
+                raise ChatTemplateError(
+                    f"{where}.tool_calls[{j}].function.arguments is not valid JSON"
+                ) from None
+        out.append({**call, "function": {**fn, "arguments": args}})
     return out
 
 

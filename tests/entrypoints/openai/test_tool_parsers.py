@@ -1,4 +1,5 @@
-"""Tool-call parsers (hermes, llama3_json, mistral) and tool history for chat templates."""
+"""Tool-call parsers (hermes, llama3_json, mistral) and tool history for chat templates
+(engine/chat_template.py turns OpenAI's JSON-text arguments into dicts, as templates expect)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pytest
 
 from membound.engine.chat_template import ChatTemplate
 from membound.entrypoints.openai.tool_parsers import get_tool_parser
-from membound.entrypoints.openai.tools import template_messages
 
 
 def test_hermes_parses_calls_and_content() -> None:
@@ -78,7 +78,19 @@ def test_tool_history_renders_like_transformers() -> None:
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "21C"},
     ]
-    text = ChatTemplate(TEMPLATE).render(template_messages(history), add_generation_prompt=False)
+    text = ChatTemplate(TEMPLATE).render(history, add_generation_prompt=False)
     assert '<tool_call>{"name": "w", "arguments": {"city": "Oslo"}}</tool_call>' in text
     assert "<|im_start|>tool\n21C<|im_end|>" in text
     assert history[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Oslo"}'
+
+
+def test_bad_tool_calls_in_history_are_named() -> None:
+    from membound.engine.chat_template import ChatTemplateError
+
+    bad = [{"role": "assistant", "content": None,
+            "tool_calls": [{"function": {"name": "f", "arguments": "{x"}}]}]
+    with pytest.raises(ChatTemplateError, match=r"messages\[0\].tool_calls\[0\].function.arguments"):
+        ChatTemplate(TEMPLATE).render(bad)
+    with pytest.raises(ChatTemplateError, match="needs function.name"):
+        ChatTemplate(TEMPLATE).render([{"role": "assistant", "content": None,
+                                        "tool_calls": [{"function": {}}]}])

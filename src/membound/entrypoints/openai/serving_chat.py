@@ -45,7 +45,7 @@ from membound.entrypoints.openai.serving_base import (
     top_items,
     validate_request,
 )
-from membound.entrypoints.openai.tools import ToolPlan, plan_tools, template_messages
+from membound.entrypoints.openai.tools import ToolPlan, plan_tools
 from membound.outputs import CompletionOutput, RequestOutput
 
 
@@ -68,8 +68,7 @@ def encode_messages(
     if not messages:
         raise bad_request("messages is empty; send at least one message", param="messages")
     try:
-        ids = tok.encode_chat(template_messages(messages),
-                              add_generation_prompt=add_generation_prompt, tools=tools,
+        ids = tok.encode_chat(messages, add_generation_prompt=add_generation_prompt, tools=tools,
                               chat_template=state.chat_template,
                               parse_special_in_content=state.parse_special_tokens_in_messages)
     except (ValueError, TypeError) as e:

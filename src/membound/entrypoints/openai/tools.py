@@ -16,7 +16,6 @@ function's parameters (unless ``max_tokens`` cuts them: then the reply is the ra
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,36 +108,6 @@ def plan_tools(req: ChatCompletionRequest, parser_name: str | None) -> ToolPlan:
         )
     spec = StructuredOutputsParams(json=functions[name].parameters or _EMPTY_PARAMETERS)
     return ToolPlan("named", tools, spec, None, name)
-
-
-def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages as chat templates expect them (transformers' convention): an assistant's
-    ``tool_calls[].function.arguments`` as a dict rather than OpenAI's JSON string."""
-    out = []
-    for i, m in enumerate(messages):
-        calls = m.get("tool_calls") if isinstance(m, Mapping) else None
-        if not calls:
-            out.append(m)
-            continue
-        if not isinstance(calls, list):
-            raise bad_request(f"messages[{i}].tool_calls must be a list", param="messages")
-        out.append({**m, "tool_calls": [_template_call(i, c) for c in calls]})
-    return out
-
-
-def _template_call(i: int, call: Any) -> dict[str, Any]:
-    fn = call.get("function") if isinstance(call, Mapping) else None
-    if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
-        raise bad_request(f"messages[{i}].tool_calls entries need function.name", param="messages")
-    args = fn.get("arguments", "{}")
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except ValueError:
-            raise bad_request(
-                f"messages[{i}].tool_calls[].function.arguments is not valid JSON", param="messages"
-            ) from None
-    return {**call, "function": {**fn, "arguments": args}}
 
 
 def _tool_call(p: ParsedCall) -> ToolCall:
