@@ -213,3 +213,18 @@ def test_tool_choice_none_returns_content(client: Any) -> None:
     )
     assert out.choices[0].message.tool_calls is None
     assert out.choices[0].finish_reason == "length"
+
+
+def test_auto_parallel_tool_calls_false_keeps_one(client: Any) -> None:
+    two = ('<tool_call>{"name": "get_time", "arguments": {"zone": "UTC"}}</tool_call>'
+           '<tool_call>{"name": "get_time", "arguments": {"zone": "CET"}}</tool_call>')
+    extra = {"guided_regex": _literal_regex(two)}
+    both = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS,
+                                          max_tokens=200, extra_body=extra)
+    assert [c.function.arguments for c in both.choices[0].message.tool_calls] == [
+        '{"zone": "UTC"}', '{"zone": "CET"}']
+    one = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS,
+                                         max_tokens=200, parallel_tool_calls=False,
+                                         extra_body=extra)
+    (call,) = one.choices[0].message.tool_calls
+    assert call.function.arguments == '{"zone": "UTC"}'

@@ -34,6 +34,7 @@ class ToolPlan:
     structured: StructuredOutputsParams | None  # the grammar of a forced call
     parser: ToolParser | None  # auto: the model family's format
     function: str | None = None  # named: the function's name
+    single: bool = False  # parallel_tool_calls false: auto keeps the first call only
 
     @property
     def calls_tools(self) -> bool:
@@ -57,6 +58,8 @@ class ToolPlan:
             return (None, calls) if calls else None
         if self.mode == "auto" and self.parser is not None:
             content, parsed = self.parser.parse(text)
+            if self.single:
+                parsed = parsed[:1]
             return (content, [_tool_call(p) for p in parsed]) if parsed else None
         return None
 
@@ -81,7 +84,8 @@ def plan_tools(req: ChatCompletionRequest, parser_name: str | None) -> ToolPlan:
                 '"required" or a named function',
                 param="tool_choice",
             )
-        return ToolPlan("auto", tools, None, get_tool_parser(parser_name))
+        return ToolPlan("auto", tools, None, get_tool_parser(parser_name),
+                        single=req.parallel_tool_calls is False)
     if choice == "required":
         variants = [
             {
