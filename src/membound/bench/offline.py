@@ -86,7 +86,7 @@ def engine_config_section(engine: Any, args: argparse.Namespace) -> dict[str, An
         "precision": precision,
         "kv_dtype": kv_dtype,
         "dtype": cfg.dtype,
-        "tp": 1,
+        "tp": cfg.parallel_config.tensor_parallel_size,
         "device": cfg.device,
         "load_format": cfg.load_format,
         "max_model_len": cfg.scheduler_config.max_model_len,

@@ -12,9 +12,11 @@ A benchmark file is read through ``BenchmarkRecord`` (fields listed in docs/plan
 
 Per file, for the GPU its device name matches:
 
-    memory efficiency  = achieved_weight_bandwidth_gbs / datasheet bandwidth, or else
-                         ideal memory-bound decode step / measured TPOT
+    memory efficiency  = ideal memory-bound decode step / measured TPOT (median when
+                         recorded), or else achieved_weight_bandwidth_gbs / table bandwidth
     compute efficiency = ideal compute-bound prefill of the batch / measured TTFT
+    throughput runs    = the factor bounding their decode step, fitted so the predicted
+                         output tokens/s (bench_model.py) equals the measured one
     power fraction     = measured average power / (TDP x GPUs)
 
 Factors are averaged per GPU; GPUs without data keep the defaults.
@@ -29,83 +31,14 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
 
+from membound.planner.bench_record import BenchmarkRecord, read_benchmark, record_shape
 from membound.planner.errors import PlannerError
 from membound.planner.hardware import GPUSpec, HardwareTable
-from membound.planner.model_cost import model_cost
+from membound.planner.model_cost import ModelCost, model_cost
 from membound.planner.model_shape import ModelShape
-from membound.planner.presets import load_model
 from membound.planner.roofline import Efficiency, decode_step, prefill
 
-
-@dataclass(frozen=True)
-class BenchmarkRecord:
-    """The fields the planner reads from one membound benchmark JSON file."""
-
-    path: str
-    device_name: str
-    model_name: str | None
-    model_config: dict[str, Any] | None
-    precision: str = "bf16"
-    kv_dtype: str = "bf16"
-    tp: int = 1
-    batch_size: int = 1
-    input_len: int = 128
-    output_len: int = 128
-    tpot_ms_mean: float | None = None
-    ttft_ms_mean: float | None = None
-    output_tokens_per_s: float | None = None
-    achieved_weight_bandwidth_gbs: float | None = None
-    avg_power_w: float | None = None
-    energy_j_per_token: float | None = None
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], path: str = "<dict>") -> BenchmarkRecord:
-        device, model = raw.get("device") or {}, raw.get("model") or {}
-        config, figures = raw.get("config") or {}, raw.get("figures") or {}
-        if not isinstance(device, dict) or not device.get("name"):
-            raise PlannerError(f"{path}: benchmark JSON needs device.name")
-        if isinstance(model, str):
-            model = {"name": model}
-
-        def num(key: str) -> float | None:
-            value = figures.get(key)
-            return float(value) if isinstance(value, (int, float)) and value > 0 else None
-
-        try:
-            return cls(
-                path=path,
-                device_name=str(device["name"]),
-                model_name=model.get("name"),
-                model_config=model.get("config"),
-                precision=str(config.get("precision", "bf16")),
-                kv_dtype=str(config.get("kv_dtype", "bf16")),
-                tp=int(config.get("tp", 1)),
-                batch_size=int(config.get("batch_size", 1)),
-                input_len=int(config.get("input_len", 128)),
-                output_len=int(config.get("output_len", 128)),
-                tpot_ms_mean=num("tpot_ms_mean"),
-                ttft_ms_mean=num("ttft_ms_mean"),
-                output_tokens_per_s=num("output_tokens_per_s"),
-                achieved_weight_bandwidth_gbs=num("achieved_weight_bandwidth_gbs"),
-                avg_power_w=num("avg_power_w"),
-                energy_j_per_token=num("energy_j_per_token"),
-            )
-        except (TypeError, ValueError) as e:
-            raise PlannerError(f"{path}: a config field is not a number: {e}") from e
-
-
-def read_benchmark(path: str | os.PathLike[str]) -> BenchmarkRecord:
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except FileNotFoundError as e:
-        raise PlannerError(f"benchmark file {path!r} does not exist") from e
-    except (OSError, ValueError) as e:
-        raise PlannerError(f"benchmark file {path!r} is not valid JSON: {e}") from e
-    if not isinstance(raw, dict):
-        raise PlannerError(f"benchmark file {path!r} must hold a JSON object")
-    return BenchmarkRecord.from_dict(raw, path)
+__all__ = ["BenchmarkRecord", "Calibration", "Fit", "calibrate", "fit_record", "read_benchmark"]
 
 
 @dataclass(frozen=True)
@@ -154,20 +87,6 @@ class Fit:
     notes: tuple[str, ...] = ()
 
 
-def _record_shape(rec: BenchmarkRecord) -> ModelShape | None:
-    if isinstance(rec.model_config, dict):
-        try:
-            return ModelShape.from_hf_dict(rec.model_config, rec.model_name or "model")
-        except PlannerError:
-            return None
-    if rec.model_name:
-        try:
-            return load_model(rec.model_name)
-        except PlannerError:
-            return None
-    return None
-
-
 def _bounded(value: float, what: str, notes: list[str]) -> float | None:
     if value > 1.0:
         notes.append(f"{what} efficiency {value:.2f} > 1 is impossible; file ignored for it")
@@ -190,16 +109,16 @@ def fit_record(rec: BenchmarkRecord, table: HardwareTable) -> Fit:
         return Fit(rec.path, None, notes=(f"device {rec.device_name!r} is not in the table",))
     notes: list[str] = []
     memory = compute = power = None
-    if rec.achieved_weight_bandwidth_gbs:
-        memory = _bounded(rec.achieved_weight_bandwidth_gbs / gpu.bandwidth_gbs, "memory", notes)
-    shape = _record_shape(rec)
-    if shape is None and (rec.tpot_ms_mean or rec.ttft_ms_mean):
+    shape = record_shape(rec)
+    if shape is None and (rec.tpot_ms or rec.ttft_ms or rec.kind == "throughput"):
         notes.append(f"model {rec.model_name!r} unknown: latency figures not used")
     if shape is not None:
         try:
-            memory, compute = _fit_latency(rec, gpu, shape, memory, notes)
+            memory, compute = _fit_figures(rec, gpu, shape, notes)
         except PlannerError as e:
             notes.append(f"latency figures not used: {e}")
+    if memory is None and rec.achieved_weight_bandwidth_gbs:
+        memory = _bounded(rec.achieved_weight_bandwidth_gbs / gpu.bandwidth_gbs, "memory", notes)
     if gpu.tdp_w:
         watts = rec.avg_power_w
         if watts is None and rec.energy_j_per_token and rec.output_tokens_per_s:
@@ -209,27 +128,72 @@ def fit_record(rec: BenchmarkRecord, table: HardwareTable) -> Fit:
     return Fit(rec.path, gpu.name, memory, compute, power, tuple(notes))
 
 
-def _fit_latency(
-    rec: BenchmarkRecord, gpu: GPUSpec, shape: ModelShape, memory: float | None, notes: list[str]
+def _fit_figures(
+    rec: BenchmarkRecord, gpu: GPUSpec, shape: ModelShape, notes: list[str]
 ) -> tuple[float | None, float | None]:
+    """(memory, compute) efficiencies from TPOT and TTFT (latency runs, medians preferred),
+    or from output tokens/s (throughput runs: the factor that bounds their decode step)."""
     cost = model_cost(shape, rec.precision, rec.kv_dtype, rec.tp)
+    if rec.kind == "throughput":
+        from membound.planner.bench_model import fit_throughput
+
+        fitted = fit_throughput(rec, gpu, cost, Efficiency())
+        if fitted is None:
+            notes.append("throughput faster than the roofline allows; ignored")
+            return None, None
+        key, value = fitted
+        return (value, None) if key == "memory" else (None, value)
+    if not gpu.overlap:
+        return _fit_no_overlap(rec, gpu, cost, notes)
     ideal = Efficiency.ideal()
-    compute = None
-    if memory is None and rec.tpot_ms_mean:
+    memory = compute = None
+    if rec.tpot_ms:
         step = decode_step(cost, gpu, rec.batch_size, rec.input_len + rec.output_len / 2, ideal)
         if step.bound == "memory":
-            measured = rec.tpot_ms_mean / 1e3 - step.comm_s
+            measured = rec.tpot_ms / 1e3 - step.comm_s
             memory = _ratio(step.memory_s, measured, "memory", notes)
         else:
             notes.append("decode step is compute-bound: TPOT not used for memory efficiency")
-    if rec.ttft_ms_mean:
-        pre = prefill(cost, gpu, rec.batch_size, rec.input_len, ideal)
+    if rec.ttft_ms:
+        pre = prefill(cost, gpu, rec.batch_size, rec.input_len, ideal, rec.max_num_batched_tokens)
         if pre.bound == "compute":
-            measured = rec.ttft_ms_mean / 1e3 - pre.comm_s
+            measured = rec.ttft_ms / 1e3 - pre.comm_s
             compute = _ratio(pre.compute_s, measured, "compute", notes)
         else:
             notes.append("prefill is memory-bound: TTFT not used for compute efficiency")
     return memory, compute
+
+
+def _fit_no_overlap(
+    rec: BenchmarkRecord, gpu: GPUSpec, cost: ModelCost, notes: list[str]
+) -> tuple[float | None, float | None]:
+    """A device whose steps take compute + memory (a CPU): TPOT = m1/em + c1/ec and
+    TTFT = m2/em + c2/ec, solved for both efficiencies (one figure alone: the other factor
+    at its default)."""
+    ideal, default = Efficiency.ideal(), Efficiency()
+    step = decode_step(cost, gpu, rec.batch_size, rec.input_len + rec.output_len / 2, ideal)
+    pre = prefill(cost, gpu, rec.batch_size, rec.input_len, ideal, rec.max_num_batched_tokens)
+    t = rec.tpot_ms / 1e3 - step.comm_s if rec.tpot_ms else None
+    f = rec.ttft_ms / 1e3 - pre.comm_s if rec.ttft_ms else None
+    if t is not None and f is not None:
+        det = step.memory_s * pre.compute_s - pre.memory_s * step.compute_s
+        inv_m = (t * pre.compute_s - f * step.compute_s) / det if det else -1.0
+        inv_c = (step.memory_s * f - pre.memory_s * t) / det if det else -1.0
+        if inv_m > 0 and inv_c > 0 and inv_m >= 1:
+            return 1 / inv_m, _bounded(1 / inv_c, "compute", notes)
+        if inv_c > 0 and 1 / inv_m <= 1.25:  # measured ceilings: within noise of the copy
+            notes.append(f"memory efficiency fitted at {1 / inv_m:.2f}: the measured "
+                         "bandwidth is low (a busy machine?); held at 1")  # fmt: skip
+            return 1.0, _ratio(pre.compute_s, f - pre.memory_s, "compute", notes)
+        notes.append("TPOT and TTFT do not fit compute + memory with efficiencies in (0, 1]")
+        return None, None
+    if t is not None:
+        rest = t - step.compute_s / default.compute
+        return _ratio(step.memory_s, rest, "memory", notes), None
+    if f is not None:
+        rest = f - pre.memory_s / default.memory
+        return None, _ratio(pre.compute_s, rest, "compute", notes)
+    return None, None
 
 
 def calibrate(

@@ -36,12 +36,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_plan_options(plan)
     plan.set_defaults(func=run_plan_command)
-    modes = plan.add_subparsers(dest="plan_mode", metavar="{calibrate,audit}")
+    modes = plan.add_subparsers(dest="plan_mode", metavar="{calibrate,compare,audit}")
     cal = modes.add_parser("calibrate", help="fit efficiency factors to benchmark JSON")
     cal.add_argument("files", nargs="+", metavar="RESULT.json")
     cal.add_argument("-o", "--output", metavar="FILE", help="write the calibration JSON here")
     _add_shared(cal)
     cal.set_defaults(func=run_calibrate_command)
+    cmp = modes.add_parser(
+        "compare", help="predict what benchmark runs measured, beside what they measured"
+    )
+    cmp.add_argument("files", nargs="+", metavar="RESULT.json")
+    cmp.add_argument("--calibration", metavar="FILE", default=argparse.SUPPRESS,
+                     help="output of 'membound plan calibrate' (default: typical factors)")  # fmt: skip
+    _add_shared(cmp)
+    cmp.set_defaults(func=run_compare_command)
     aud = modes.add_parser("audit", help="flag claimed figures above the physical bounds")
     aud.add_argument("claims", metavar="CLAIMS.csv")
     _add_shared(aud)
@@ -117,7 +125,7 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
     from membound.planner.report import render_calibration_text, render_json
 
     records = [read_benchmark(path) for path in args.files]
-    calibration, fits = calibrate(records, hardware_table(args))
+    calibration, fits = calibrate(records, hardware_table(args, measure=False))
     if getattr(args, "json", False):
         print(render_json(calibration.to_dict()))
     else:
@@ -133,12 +141,34 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
 
 
 @_guarded
+def run_compare_command(args: argparse.Namespace) -> int:
+    """``membound plan compare results/*.json [--calibration FILE]``."""
+    from membound.planner.bench_model import compare_record
+    from membound.planner.calibrate import read_benchmark
+    from membound.planner.report import (
+        comparisons_to_dict,
+        render_comparisons_text,
+        render_json,
+    )
+
+    path = getattr(args, "calibration", None)
+    calibration = Calibration.load(path) if path else Calibration()
+    table = hardware_table(args, measure=False)
+    comparisons = [compare_record(read_benchmark(p), table, calibration) for p in args.files]
+    if getattr(args, "json", False):
+        print(render_json(comparisons_to_dict(comparisons)))
+    else:
+        print(render_comparisons_text(comparisons))
+    return 0
+
+
+@_guarded
 def run_audit_command(args: argparse.Namespace) -> int:
     """``membound plan audit CLAIMS.csv``: exit 1 when a claim is impossible."""
     from membound.planner.audit import audit, read_claims
     from membound.planner.report import audit_to_dict, render_audit_text, render_json
 
-    verdicts = audit(read_claims(args.claims), hardware_table(args))
+    verdicts = audit(read_claims(args.claims), hardware_table(args, measure=False))
     if getattr(args, "json", False):
         print(render_json(audit_to_dict(verdicts)))
     else:

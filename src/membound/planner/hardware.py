@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class GPUSpec:
     dense_fp8_tflops: float | None = None  # None: no FP8 tensor cores
     dense_int8_tops: float | None = None
     dense_fp4_tflops: float | None = None
+    dense_fp32_tflops: float | None = None  # None: not in the table (a measured device has it)
     tdp_w: float | None = None
     interconnect: str = "none"
     interconnect_gbs: float = 0.0  # per GPU, both directions together, as datasheets print
@@ -52,13 +54,21 @@ class GPUSpec:
     memory_note: str = ""
     aliases: tuple[str, ...] = ()
     device_patterns: tuple[str, ...] = ()  # regexes matched against reported device names
+    # Compute and memory traffic overlap within a pass (GPUs). A CPU core streams weights and
+    # multiplies in turn, so a step takes their sum (measured: bench/device_probe.py).
+    overlap: bool = True
+    # Measured matmul rate by rows (tokens in the pass), per compute class: ((class,
+    # ((rows, tflops), ...)), ...). Empty: the dense peak at any row count (datasheets).
+    matmul_rows_tflops: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()
 
     def __post_init__(self) -> None:
         for field in ("memory_bytes", "bandwidth_gbs", "dense_bf16_tflops"):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise PlannerError(f"GPU {self.name!r}: {field} must be positive, got {value!r}")
-        for field in ("dense_fp8_tflops", "dense_int8_tops", "dense_fp4_tflops", "tdp_w"):
+        optional = ("dense_fp8_tflops", "dense_int8_tops", "dense_fp4_tflops",
+                    "dense_fp32_tflops", "tdp_w")  # fmt: skip
+        for field in optional:
             value = getattr(self, field)
             if value is not None and not value > 0:
                 raise PlannerError(
@@ -75,9 +85,26 @@ class GPUSpec:
     def memory_gib(self) -> float:
         return self.memory_bytes / GIB
 
+    def matmul_tflops(self, compute: str, rows: float) -> float | None:
+        """Rate of a matmul with ``rows`` rows: the measured curve interpolated in log(rows)
+        and held flat beyond its ends, or the dense peak when there is no curve."""
+        curve = dict(self.matmul_rows_tflops).get(compute)
+        if not curve:
+            return self.dense_peak_tflops(compute)
+        points = sorted(curve)
+        rows = max(rows, 1.0)
+        if rows <= points[0][0]:
+            return points[0][1]
+        for (r0, t0), (r1, t1) in zip(points, points[1:]):
+            if rows <= r1:
+                w = math.log(rows / r0) / math.log(r1 / r0)
+                return t0 + w * (t1 - t0)
+        return points[-1][1]
+
     def dense_peak_tflops(self, compute: str) -> float | None:
-        """Dense peak for a compute class ("bf16", "fp8", "int8", "fp4"); None if absent."""
+        """Dense peak for a compute class ("fp32", "bf16", "fp8", "int8", "fp4"); None if absent."""
         return {
+            "fp32": self.dense_fp32_tflops,
             "bf16": self.dense_bf16_tflops,
             "fp8": self.dense_fp8_tflops,
             "int8": self.dense_int8_tops,
@@ -259,6 +286,11 @@ def _field_values(name: str, fields: dict[str, Any]) -> dict[str, Any]:
             values["memory_bytes"] = int(float(value) * _MEMORY_KEYS[key])
         elif key in ("aliases", "device_patterns"):
             values[key] = tuple(value)
+        elif key == "matmul_rows_tflops":  # {"fp32": {"1": 0.01, "16": 0.1}, ...}
+            values[key] = tuple(
+                (c, tuple(sorted((int(r), float(t)) for r, t in curve.items())))
+                for c, curve in value.items()
+            )
         elif key in _FIELDS:
             values[key] = value
         else:

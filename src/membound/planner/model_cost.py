@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from membound.planner.errors import PlannerError
 from membound.planner.model_shape import ModelShape
 from membound.planner.precision import (
-    UNQUANTIZED_BYTES,
     kv_dtype_bytes,
     normalize_kv_dtype,
     weight_format,
@@ -201,15 +200,16 @@ def model_cost(shape: ModelShape, precision: str, kv_dtype: str, tp: int = 1) ->
     fmt = weight_format(precision)
     kv_dtype = normalize_kv_dtype(kv_dtype)
     params = param_counts(shape)
-    vectors = vector_params(shape) * UNQUANTIZED_BYTES
-    embed_gpu = math.ceil(shape.vocab_size / tp) * shape.hidden_size * UNQUANTIZED_BYTES
-    total = vectors + params.embedding * UNQUANTIZED_BYTES
+    plain = fmt.unquantized_bytes  # embeddings, lm_head, norms, routers
+    vectors = vector_params(shape) * plain
+    embed_gpu = math.ceil(shape.vocab_size / tp) * shape.hidden_size * plain
+    total = vectors + params.embedding * plain
     per_gpu = vectors + embed_gpu
     dense_read = vectors
     experts = linear_flops = lm_flops = 0
     for g in linear_groups(shape):
         out_f, in_f = g.gpu_shape(shape, tp)
-        size = fmt.matrix_bytes if g.quantized else (lambda o, i: o * i * UNQUANTIZED_BYTES)
+        size = fmt.matrix_bytes if g.quantized else (lambda o, i: o * i * plain)
         flops = 2 * g.active * out_f * in_f
         if g.name == "lm_head":
             lm_flops = flops

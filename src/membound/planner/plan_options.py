@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from membound.planner.calibrate import Calibration
 from membound.planner.errors import PlannerError
-from membound.planner.hardware import HardwareTable, load_hardware
+from membound.planner.hardware import HardwareTable, read_hardware_file
+from membound.planner.local_device import DEVICES, LOCAL_NAME, cached_local_device, local_device
 from membound.planner.precision import KV_DTYPES, WEIGHT_PRECISIONS, normalize_kv_dtype
 from membound.planner.roofline import Efficiency
 
@@ -63,7 +64,12 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
     ``--target-tpot`` in seconds (``0.5``, ``500ms``), counts checked positive.
     """
     p.add_argument("--model", metavar="NAME|PATH", help="preset name or config.json / folder")
-    p.add_argument("--gpu", metavar="NAME[,NAME...]", help="GPUs to compare (default: all)")
+    p.add_argument(
+        "--gpu",
+        metavar="NAME[,NAME...]",
+        help="GPUs to compare (default: all in the table); 'local' is the device at hand, "
+        "measured once and cached",
+    )
     p.add_argument(
         "--precision",
         choices=WEIGHT_PRECISIONS,
@@ -91,6 +97,7 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--hardware-file", metavar="FILE", help="TOML or JSON adding/overriding GPUs")
     p.add_argument("--calibration", metavar="FILE", help="output of 'membound plan calibrate'")
+    add_local_options(p)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, metavar="FRACTION")
     p.add_argument(
         "--power-fraction",
@@ -103,15 +110,53 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="draw the roofline with each option on it")
 
 
-def hardware_table(args: argparse.Namespace) -> HardwareTable:
-    """The GPU table ``args`` selects: the built-in one with ``args.hardware_file`` merged in
-    and ``args.price_per_gpu_hour`` (``"2.5"`` for every GPU, or ``"h100=2.5,h200=3"``)
-    applied; either attribute may be absent or None.
+def add_local_options(p: argparse.ArgumentParser, *, shared: bool = False) -> None:
+    """``--remeasure`` and ``--local-device``: how ``--gpu local`` is measured."""
+    default = argparse.SUPPRESS if shared else None
+    p.add_argument(
+        "--remeasure",
+        action="store_true",
+        default=argparse.SUPPRESS if shared else False,
+        help="measure the local device again instead of reading its cached record",
+    )
+    p.add_argument(
+        "--local-device",
+        choices=DEVICES,
+        default=default,
+        help="what 'local' measures: auto (CUDA when present), cpu or cuda",
+    )
 
-    Raises PlannerError for an unreadable hardware file, a price that is not a non-negative
-    number, or an unknown GPU name.
+
+def _wants_local(args: argparse.Namespace) -> bool:
+    names = (getattr(args, "gpu", None) or "").split(",")
+    return any(n.strip().lower() == LOCAL_NAME for n in names)
+
+
+def hardware_table(args: argparse.Namespace, *, measure: bool = True) -> HardwareTable:
+    """The GPU table ``args`` selects: the built-in one, plus the device at hand as
+    ``local`` when ``args.gpu`` names it (measured once and cached, or again with
+    ``args.remeasure``; with ``measure=False`` only a cached record is used, when there is
+    one), with ``args.hardware_file`` merged in and ``args.price_per_gpu_hour``
+    (``"2.5"`` for every GPU, or ``"h100=2.5,h200=3"``) applied; any attribute may be
+    absent or None.
+
+    Raises PlannerError for an unreadable hardware file, a failed measurement, a price that
+    is not a non-negative number, or an unknown GPU name.
     """
-    table = load_hardware(getattr(args, "hardware_file", None))
+    table = HardwareTable()
+    local = None
+    if measure and (_wants_local(args) or getattr(args, "remeasure", False)):
+        local = local_device(
+            getattr(args, "local_device", None) or "auto",
+            remeasure=bool(getattr(args, "remeasure", False)),
+        )
+    elif not measure:
+        local = cached_local_device()
+    if local is not None:  # first, so a benchmark's exact device name matches it
+        table = HardwareTable((local.gpu_spec(), *table.gpus))
+    hardware_file = getattr(args, "hardware_file", None)
+    if hardware_file is not None:
+        table = table.with_overrides(read_hardware_file(hardware_file))
     text = getattr(args, "price_per_gpu_hour", None)
     if not text:
         return table

@@ -7,6 +7,7 @@ and at which tensor-core rate its matmuls run:
 ========== ======== ===================================================== ========
 precision  bits     scales stored with the weights                        compute
 ========== ======== ===================================================== ========
+fp32       32       none (everything, embeddings and norms too, in fp32)  fp32
 bf16/fp16  16       none                                                  bf16
 fp8        8        one fp32 scale per output channel                     fp8
 int8       8        one fp32 scale per output channel (W8A8)              int8
@@ -17,7 +18,8 @@ nvfp4      4 (E2M1) one FP8 E4M3 scale per 16 elements + fp32 per tensor  fp4
 ========== ======== ===================================================== ========
 
 Only the transformer-block linears are quantized; embeddings, ``lm_head``, norms,
-biases and MoE routers stay in bf16, as AWQ, GPTQ and ModelOpt checkpoints ship them.
+biases and MoE routers stay in bf16, as AWQ, GPTQ and ModelOpt checkpoints ship them
+(in fp32 for ``fp32``: the engine's CPU default today, which keeps every tensor in fp32).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from membound.planner.errors import PlannerError, choices_text
 
 # Compute classes a GPU publishes a dense peak for (see hardware.GPUSpec.dense_peak).
-COMPUTE_CLASSES: tuple[str, ...] = ("bf16", "fp8", "int8", "fp4")
+COMPUTE_CLASSES: tuple[str, ...] = ("fp32", "bf16", "fp8", "int8", "fp4")
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,14 @@ class WeightFormat:
     group_zero_bits: int = 0  # per group per output channel
     per_input_row_bytes: int = 0  # GPTQ g_idx
     per_tensor_bytes: int = 0  # NVFP4 global scale
+    unquantized_bytes: int = 2  # embeddings, lm_head, norms, routers: bf16 (fp32 for fp32)
     description: str = ""
 
     def __post_init__(self) -> None:
         if self.compute not in COMPUTE_CLASSES:
             raise PlannerError(f"compute class {self.compute!r} is not one of {COMPUTE_CLASSES}")
-        if self.element_bits not in (4, 8, 16):
-            raise PlannerError(f"element_bits must be 4, 8 or 16, got {self.element_bits}")
+        if self.element_bits not in (4, 8, 16, 32):
+            raise PlannerError(f"element_bits must be 4, 8, 16 or 32, got {self.element_bits}")
 
     def matrix_bytes(self, out_features: int, in_features: int) -> int:
         """Bytes of one ``[out_features, in_features]`` weight matrix with all its scales."""
@@ -98,6 +101,7 @@ WEIGHT_FORMATS: dict[str, WeightFormat] = {
             per_input_row_bytes=4,
             description="GPTQ INT4 weight-only, group 128, with g_idx",
         ),
+        WeightFormat("fp32", 32, "fp32", unquantized_bytes=4, description="float32"),
         WeightFormat("mxfp4", 4, "fp4", group_size=32, group_scale_bits=8, description="OCP MXFP4"),
         WeightFormat(
             "nvfp4",
@@ -126,8 +130,11 @@ _KV_ALIASES = {
     "auto": "bf16",
 }
 
-# Bytes of the unquantized parts (embeddings, lm_head, norms, routers).
-UNQUANTIZED_BYTES = 2
+
+def activation_compute(precision: str) -> str:
+    """Compute class attention (activations x activations) runs at: fp32 for ``fp32``
+    weights, bf16 for everything else (quantized formats keep bf16 activations)."""
+    return "fp32" if weight_format(precision).compute == "fp32" else "bf16"
 
 
 def weight_format(precision: str) -> WeightFormat:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from membound.planner.audit import Verdict
+from membound.planner.bench_model import Comparison
 from membound.planner.calibrate import Calibration, Fit
 from membound.planner.hardware import GIB
 from membound.planner.plan import OptionResult, PlanResult, plan_to_dict
@@ -174,3 +175,38 @@ def render_audit_text(verdicts: list[Verdict]) -> str:
                "bound tok/s", "share", "bound", "verdict", "notes"]  # fmt: skip
     flagged = sum(v.verdict == "impossible" for v in verdicts)
     return "\n".join([*_table(headers, rows), "", f"{flagged} impossible claim(s)"])
+
+
+def comparisons_to_dict(comparisons: list[Comparison]) -> dict[str, Any]:
+    """``plan compare --json``: per file, each figure predicted, measured and their ratio."""
+    return {
+        "schema_version": 1,
+        "runs": [
+            {
+                "path": c.path, "gpu": c.gpu, "kind": c.kind, "batch_size": c.batch_size,
+                "input_len": c.input_len, "output_len": c.output_len,
+                "precision": c.precision, "tp": c.tp, "efficiency": c.efficiency_source,
+                "figures": {
+                    name: {"predicted": float(f"{p:.6g}"), "measured": float(f"{m:.6g}"),
+                           "ratio": float(f"{p / m:.4g}")}
+                    for name, p, m in c.rows
+                },
+                "notes": list(c.notes),
+            }
+            for c in comparisons
+        ],
+    }  # fmt: skip
+
+
+def render_comparisons_text(comparisons: list[Comparison]) -> str:
+    rows = [[c.path, c.gpu or "?", c.kind, str(c.batch_size), f"{c.input_len}/{c.output_len}",
+             c.precision, name, _num(p, ",.1f"), _num(m, ",.1f"), f"{p / m:.2f}"]
+            for c in comparisons for name, p, m in c.rows]  # fmt: skip
+    headers = ["file", "GPU", "kind", "batch", "in/out", "precision", "figure", "predicted",
+               "measured", "ratio"]  # fmt: skip
+    lines = _table(headers, rows)
+    for c in comparisons:
+        lines.append(f"  {c.path}: " + "; ".join(
+            ([f"efficiency {c.efficiency_source}"] if c.efficiency_source else []) + list(c.notes)
+        ))  # fmt: skip
+    return "\n".join(lines)

@@ -1,11 +1,13 @@
 """How fast: decode steps, prefill, TTFT, TPOT and tokens/s from a roofline.
 
-A forward pass on one GPU takes ``max(compute, memory) + communication``:
+A forward pass on one GPU takes ``max(compute, memory) + communication`` (on a device that
+cannot overlap them, a CPU core, ``compute + memory + communication``):
 
     memory   = (weights read + KV read) / (bandwidth x eff.memory)   [+ CPU-offloaded
                weights streamed over the host link, when the model does not fit]
     compute  = linear FLOPs / (dense peak of the precision x eff.compute)
-               + attention FLOPs / (bf16 peak x eff.compute)
+               + attention FLOPs / (bf16 peak, fp32 for fp32 weights, x eff.compute);
+               a measured device uses its matmul rate at the pass's row count instead
     comm     = all-reduces under TP: ring traffic 2 (TP-1)/TP x batch x hidden x 2 bytes
                per all-reduce, over half the datasheet (bidirectional) link rate, plus a
                fixed latency each; Falcon-style parallel attention needs one per layer,
@@ -24,7 +26,7 @@ from dataclasses import dataclass, fields
 from membound.planner.errors import PlannerError
 from membound.planner.hardware import GPUSpec
 from membound.planner.model_cost import ModelCost
-from membound.planner.precision import weight_format
+from membound.planner.precision import activation_compute, weight_format
 from membound.planner.workload import Workload
 
 
@@ -73,10 +75,13 @@ class StepTime:
     comm_s: float = 0.0
     flops: float = 0.0
     bytes: float = 0.0
+    overlap: bool = True  # compute and memory overlap (GPU); a CPU core does one, then the other
 
     @property
     def total_s(self) -> float:
-        return max(self.compute_s, self.memory_s) + self.comm_s
+        if self.overlap:
+            return max(self.compute_s, self.memory_s) + self.comm_s
+        return self.compute_s + self.memory_s + self.comm_s
 
     @property
     def bound(self) -> str:
@@ -86,8 +91,8 @@ class StepTime:
 _ZERO = StepTime(0.0, 0.0)
 
 
-def linear_peak_tflops(gpu: GPUSpec, precision: str) -> tuple[float, str | None]:
-    """Dense peak the precision's matmuls run at on ``gpu``, and a note if it falls back.
+def linear_compute(gpu: GPUSpec, precision: str) -> tuple[str, str | None]:
+    """Compute class the precision's matmuls run in on ``gpu``, and a note if it falls back.
 
     A precision the hardware cannot compute in (FP8 on A100, FP4 before Blackwell) is
     modelled as weight-only storage: the weights are dequantized and the matmuls run at
@@ -95,14 +100,34 @@ def linear_peak_tflops(gpu: GPUSpec, precision: str) -> tuple[float, str | None]
     """
     fmt = weight_format(precision)
     peak = gpu.dense_peak_tflops(fmt.compute)
+    if peak is None and fmt.compute == "fp32":
+        raise PlannerError(
+            f"precision fp32: {gpu.name} has no FP32 matmul rate in the table; give "
+            "dense_fp32_tflops in a --hardware-file, or plan on --gpu local (measured)"
+        )
     if peak is not None:
         if fmt.weight_only:
-            return peak, f"{fmt.name}: weight-only, dequantized to bf16 (BF16 rate)"
-        return peak, None
-    return gpu.dense_bf16_tflops, (
+            return fmt.compute, f"{fmt.name}: weight-only, dequantized to bf16 (BF16 rate)"
+        return fmt.compute, None
+    return "bf16", (
         f"{fmt.name}: {gpu.name} has no {fmt.compute.upper()} tensor cores; modelled as "
         "weight-only storage dequantized to bf16 (BF16 rate)"
     )
+
+
+def linear_peak_tflops(gpu: GPUSpec, precision: str) -> tuple[float, str | None]:
+    """Dense peak the precision's matmuls run at on ``gpu``, and a note if it falls back."""
+    compute, note = linear_compute(gpu, precision)
+    return gpu.dense_peak_tflops(compute) or gpu.dense_bf16_tflops, note
+
+
+def _rates(gpu: GPUSpec, precision: str, rows: float) -> tuple[float, float]:
+    """TFLOP/s of the linear and the attention matmuls of a pass over ``rows`` tokens
+    (the measured rows curve where the device has one, else the dense peaks)."""
+    compute, _ = linear_compute(gpu, precision)
+    attention = "fp32" if activation_compute(precision) == "fp32" else "bf16"
+    linear_rate = gpu.matmul_tflops(compute, rows) or gpu.dense_bf16_tflops
+    return linear_rate, gpu.matmul_tflops(attention, rows) or gpu.dense_bf16_tflops
 
 
 def _allreduce_s(cost: ModelCost, gpu: GPUSpec, tokens: int, eff: Efficiency) -> float:
@@ -128,16 +153,17 @@ def decode_step(
 ) -> StepTime:
     """One decode step: ``batch`` sequences each attending to ``context`` keys."""
     ctx = max(0, round(context))
-    peak, _ = linear_peak_tflops(gpu, cost.precision)
+    peak, attn_peak = _rates(gpu, cost.precision, batch)
     linear = batch * (cost.linear_flops_per_token_per_gpu + cost.lm_head_flops_per_token_per_gpu)
     attention = batch * cost.attention_flops(ctx)
-    compute_s = (linear / (peak * 1e12) + attention / (gpu.dense_bf16_tflops * 1e12)) / eff.compute
+    compute_s = (linear / (peak * 1e12) + attention / (attn_peak * 1e12)) / eff.compute
     read = cost.weight_read_bytes(batch) + batch * cost.kv_bytes_for_context(ctx)
     memory_s = read / (gpu.bandwidth_gbs * 1e9 * eff.memory)
     if offload_bytes_per_gpu:
         memory_s += offload_bytes_per_gpu / (gpu.host_link_gbs * 1e9 * eff.interconnect)
     comm_s = _allreduce_s(cost, gpu, batch, eff)
-    return StepTime(compute_s, memory_s, comm_s, linear + attention, read + offload_bytes_per_gpu)
+    moved = read + offload_bytes_per_gpu
+    return StepTime(compute_s, memory_s, comm_s, linear + attention, moved, gpu.overlap)
 
 
 def prefill(
@@ -154,11 +180,11 @@ def prefill(
         return _ZERO
     tokens = num_seqs * input_len
     chunks = math.ceil(tokens / chunk_tokens)
-    peak, _ = linear_peak_tflops(gpu, cost.precision)
+    peak, attn_peak = _rates(gpu, cost.precision, min(tokens, chunk_tokens))
     linear = tokens * cost.linear_flops_per_token_per_gpu
     linear += num_seqs * cost.lm_head_flops_per_token_per_gpu  # logits of the last token only
     attention = num_seqs * cost.prefill_attention_flops(input_len)
-    compute_s = (linear / (peak * 1e12) + attention / (gpu.dense_bf16_tflops * 1e12)) / eff.compute
+    compute_s = (linear / (peak * 1e12) + attention / (attn_peak * 1e12)) / eff.compute
     read = chunks * cost.weight_read_bytes(min(tokens, chunk_tokens))
     written = tokens * cost.kv_bytes_per_token_per_gpu
     memory_s = (read + written) / (gpu.bandwidth_gbs * 1e9 * eff.memory)
@@ -167,7 +193,7 @@ def prefill(
     comm_s = _allreduce_s(cost, gpu, tokens, eff)
     if cost.tp > 1:  # latency is paid per chunk, not per token
         comm_s += (chunks - 1) * _allreduce_s(cost, gpu, 0, eff)
-    return StepTime(compute_s, memory_s, comm_s, linear + attention, read + written)
+    return StepTime(compute_s, memory_s, comm_s, linear + attention, read + written, gpu.overlap)
 
 
 @dataclass(frozen=True)
