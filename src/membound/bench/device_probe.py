@@ -91,22 +91,22 @@ def _bandwidths(
     return 2 * nbytes / copy_s / 1e9, nbytes / read_s / 1e9
 
 
-def _rows_curve(dtype: Any, repeats: int, rows: Sequence[int]) -> dict[str, float]:
-    """TFLOP/s of [m, K] x [K, K] products for each m in ``rows`` (weight in cache)."""
+def _rows_curve(dtype: Any, repeats: int, rows: Sequence[int], k: int) -> dict[str, float]:
+    """TFLOP/s of [m, k] x [k, k] products for each m in ``rows`` (weight in cache)."""
     import torch
 
-    w = torch.randn(ROWS_K, ROWS_K).to(dtype)
+    w = torch.randn(k, k).to(dtype)
     out = {}
     for m in rows:
-        x = torch.randn(m, ROWS_K).to(dtype)
-        inner = max(1, 256 // m)  # enough work per timing on a small m
+        x = torch.randn(m, k).to(dtype)
+        inner = max(1, 32 // m)  # enough work per timing on a small m
 
         def run(x: Any = x, inner: int = inner) -> None:
             for _ in range(inner):
                 torch.nn.functional.linear(x, w)
 
         seconds = _best_seconds(run, lambda: None, repeats) / inner
-        out[str(m)] = 2 * m * ROWS_K * ROWS_K / seconds / 1e12
+        out[str(m)] = 2 * m * k * k / seconds / 1e12
     return out
 
 
@@ -125,7 +125,7 @@ def resolve_device(device: str) -> str:
 
 def probe(
     device: str = "auto", *, copy_mib: int | None = None, matmul_n: int | None = None,
-    repeats: int = 5, rows: Sequence[int] = ROWS,
+    repeats: int = 5, rows: Sequence[int] = ROWS, rows_k: int = ROWS_K,
 ) -> dict[str, Any]:  # fmt: skip
     """Measure ``device`` and return the plain record described in the module docstring."""
     import torch
@@ -149,7 +149,7 @@ def probe(
         seconds = _best_seconds(lambda a=a, b=b: a @ b, sync, repeats)
         matmul[name] = 2 * matmul_n**3 / seconds / 1e12
         if device == "cpu":
-            curves[name] = _rows_curve(dtype, repeats, rows)
+            curves[name] = _rows_curve(dtype, repeats, rows, rows_k)
     info = device_info(device)
     return {
         "probe_version": PROBE_VERSION,
@@ -164,6 +164,7 @@ def probe(
         "matmul_tflops": matmul,
         "matmul_n": matmul_n,
         "matmul_rows_tflops": curves,
+        "matmul_rows_k": rows_k,
         "overlap": device == "cuda",
         "engine_dtype": engine_dtype,
         "cores": os.cpu_count() or 1,
@@ -185,10 +186,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--copy-mib", type=int, default=None, help="copy size (CPU 256, CUDA 1024)")
     p.add_argument("--matmul-n", type=int, default=None, help="matrix side (CPU 1024, CUDA 8192)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats; the fastest counts")
+    p.add_argument(
+        "--rows",
+        default=",".join(map(str, ROWS)),
+        help="row counts of the CPU rows curve, comma-separated",
+    )
+    p.add_argument("--rows-k", type=int, default=ROWS_K,
+                   help="inner and output size of the rows curve's weight")  # fmt: skip
     args = p.parse_args(argv)
     try:
+        rows = tuple(int(r) for r in args.rows.split(",") if r.strip())
+        if not rows or min(rows) < 1 or args.rows_k < 1:
+            raise ValueError(f"--rows {args.rows!r}: give positive row counts, e.g. 1,16,128")
         record = probe(args.device, copy_mib=args.copy_mib, matmul_n=args.matmul_n,
-                       repeats=args.repeats)  # fmt: skip
+                       repeats=args.repeats, rows=rows, rows_k=args.rows_k)  # fmt: skip
     except ValueError as e:
         print(f"device_probe: error: {e}", file=sys.stderr)
         return 2

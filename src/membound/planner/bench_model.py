@@ -15,6 +15,7 @@ checking the planner against one needs the same shape of run:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -123,11 +124,9 @@ def fit_throughput(
         return None
     ideal = Efficiency.ideal()
     key = predict_run(rec, gpu, cost, ideal).tpot_bound
-    fixed = {"memory": base.memory, "compute": base.compute}
 
     def rate(value: float) -> float:
-        eff = Efficiency(**{**fixed, key: value}, interconnect=base.interconnect,
-                         allreduce_latency_s=base.allreduce_latency_s)  # fmt: skip
+        eff = dataclasses.replace(base, **{key: value})
         return predict_run(rec, gpu, cost, eff).output_tokens_per_s
 
     if rate(1.0) < measured:

@@ -117,7 +117,7 @@ def fit_record(rec: BenchmarkRecord, table: HardwareTable) -> Fit:
             memory, compute = _fit_figures(rec, gpu, shape, notes)
         except PlannerError as e:
             notes.append(f"latency figures not used: {e}")
-    if memory is None and rec.achieved_weight_bandwidth_gbs:
+    if memory is None and rec.achieved_weight_bandwidth_gbs and gpu.overlap:
         memory = _bounded(rec.achieved_weight_bandwidth_gbs / gpu.bandwidth_gbs, "memory", notes)
     if gpu.tdp_w:
         watts = rec.avg_power_w

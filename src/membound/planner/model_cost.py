@@ -141,6 +141,7 @@ class ModelCost:
     expert_bytes_per_gpu: int  # all routed experts on one rank
     linear_flops_per_token_per_gpu: int  # 2 x active linear weights, lm_head excluded
     lm_head_flops_per_token_per_gpu: int
+    expert_flops_per_token_per_gpu: int  # the routed experts' part of linear_flops
     kv_heads_per_gpu: int
 
     @property
@@ -168,8 +169,14 @@ class ModelCost:
 
     def weight_read_bytes(self, tokens: int) -> int:
         """Weight bytes one forward pass over ``tokens`` tokens reads on one GPU."""
+        return self.dense_read_bytes_per_gpu + self.expert_read_bytes(tokens)
+
+    def expert_read_bytes(self, tokens: int) -> int:
+        """Routed-expert bytes a pass over ``tokens`` tokens reads on one GPU: each MoE layer
+        reads the experts its tokens touch, ``E (1 - (1 - k/E)^tokens)`` of ``E`` under
+        uniform routing (k per token for one token, all of them for a large batch)."""
         frac = expected_experts_fraction(self.shape, tokens)
-        return self.dense_read_bytes_per_gpu + round(self.expert_bytes_per_gpu * frac)
+        return round(self.expert_bytes_per_gpu * frac)
 
     def attention_flops(self, context: int) -> int:
         """QK^T and AV FLOPs for one query token attending to ``context`` keys, one GPU."""
@@ -206,7 +213,7 @@ def model_cost(shape: ModelShape, precision: str, kv_dtype: str, tp: int = 1) ->
     total = vectors + params.embedding * plain
     per_gpu = vectors + embed_gpu
     dense_read = vectors
-    experts = linear_flops = lm_flops = 0
+    experts = linear_flops = lm_flops = expert_flops = 0
     for g in linear_groups(shape):
         out_f, in_f = g.gpu_shape(shape, tp)
         size = fmt.matrix_bytes if g.quantized else (lambda o, i: o * i * plain)
@@ -218,6 +225,7 @@ def model_cost(shape: ModelShape, precision: str, kv_dtype: str, tp: int = 1) ->
                 continue
         else:
             linear_flops += flops
+            expert_flops += flops if g.expert else 0
         full_bytes = g.count * size(g.out_features, g.in_features)
         gpu_bytes = g.count * size(out_f, in_f)
         total += full_bytes
@@ -238,5 +246,6 @@ def model_cost(shape: ModelShape, precision: str, kv_dtype: str, tp: int = 1) ->
         expert_bytes_per_gpu=experts,
         linear_flops_per_token_per_gpu=linear_flops,
         lm_head_flops_per_token_per_gpu=lm_flops,
+        expert_flops_per_token_per_gpu=expert_flops,
         kv_heads_per_gpu=math.ceil(shape.num_kv_heads / tp),
     )
