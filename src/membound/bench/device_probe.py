@@ -17,9 +17,8 @@ reads, validates and caches it). The record holds what the roofline needs:
     matmul_rows_tflops  CPU only: {dtype: {rows: TFLOP/s}} of [rows, 1024] x [1024, 1024]
                         products, rows 1 ... 512, the weight in cache: how fast a decode step
                         of B sequences (B rows) can multiply. A CPU core streams weights and
-                        multiplies in turn, so the planner adds the two times (measured here:
-                        SmolLM2's GEMM stack at 16 rows took the 1-row streaming time plus
-                        16 rows at this rate, within 1 %)
+                        multiplies in turn, so the planner adds the two times
+                        (benchmarks/results/planner_local_cpu/gemm_stack_rows.log)
     overlap             whether compute and memory traffic overlap within a pass (CUDA: yes,
                         CPU: no)
     cores, threads      CPU cores (os.cpu_count) and the torch threads the measurement used

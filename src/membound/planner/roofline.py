@@ -138,8 +138,8 @@ def _rates(gpu: GPUSpec, precision: str, rows: float) -> tuple[float, float]:
 def _hidden_row_s(cost: ModelCost, gpu: GPUSpec, passes: int) -> float:
     """On a device that does not overlap compute and memory (a CPU), the arithmetic of one
     row per pass: a matrix-vector product hides it under the weight stream, so only rows
-    beyond the first add time (measured: SmolLM2's GEMM stack at 16 rows took the 1-row
-    time plus the 16-row arithmetic minus about one row's). 0 where they overlap."""
+    beyond the first add time (benchmarks/results/planner_local_cpu/gemm_stack_rows.log).
+    0 where they overlap."""
     if gpu.overlap:
         return 0.0
     rate, _ = _rates(gpu, cost.precision, 1)
@@ -174,7 +174,7 @@ def decode_step(
     linear = batch * (cost.linear_flops_per_token_per_gpu + cost.lm_head_flops_per_token_per_gpu)
     attention = batch * cost.attention_flops(ctx)
     slow = batch * cost.expert_flops_per_token_per_gpu * (1 / eff.moe - 1)  # see Efficiency.moe
-    linear_s = (linear + slow) / (peak * 1e12) - _hidden_row_s(cost, gpu, 1)
+    linear_s = max(0.0, (linear + slow) / (peak * 1e12) - _hidden_row_s(cost, gpu, 1))
     compute_s = (linear_s + attention / (attn_peak * 1e12)) / eff.compute
     experts = cost.expert_read_bytes(batch)
     read = cost.weight_read_bytes(batch) + batch * cost.kv_bytes_for_context(ctx)
@@ -205,7 +205,7 @@ def prefill(
     linear += num_seqs * cost.lm_head_flops_per_token_per_gpu  # logits of the last token only
     attention = num_seqs * cost.prefill_attention_flops(input_len)
     slow = tokens * cost.expert_flops_per_token_per_gpu * (1 / eff.moe - 1)
-    linear_s = (linear + slow) / (peak * 1e12) - _hidden_row_s(cost, gpu, chunks)
+    linear_s = max(0.0, (linear + slow) / (peak * 1e12) - _hidden_row_s(cost, gpu, chunks))
     compute_s = (linear_s + attention / (attn_peak * 1e12)) / eff.compute
     read = chunks * cost.weight_read_bytes(min(tokens, chunk_tokens))
     experts = chunks * cost.expert_read_bytes(min(tokens, chunk_tokens)) * (1 / eff.moe - 1)
