@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -129,3 +130,23 @@ def test_probe_writes_a_record_the_planner_reads(tmp_path: Path) -> None:
     assert spec.dense_fp32_tflops and spec.dense_fp32_tflops > 0
     assert dict(spec.matmul_rows_tflops)["fp32"][0][0] == 1
     assert record.device_name.startswith("cpu: ")  # as membound bench names the device
+
+
+def test_cpu_step_adds_rows_beyond_the_first_never_less_than_zero() -> None:
+    from membound.planner.model_cost import model_cost
+    from membound.planner.presets import preset_shape
+    from membound.planner.roofline import decode_step
+
+    spec = ld.LocalDevice.from_dict(RECORD, "rec.json").gpu_spec()
+    fp32 = model_cost(preset_shape("llama-3-8b"), "fp32", "fp32")
+    ideal = Efficiency.ideal()
+    one, many = decode_step(fp32, spec, 1, 100, ideal), decode_step(fp32, spec, 16, 100, ideal)
+    assert one.total_s == pytest.approx(one.memory_s + one.compute_s)
+    per_row = fp32.linear_flops_per_token_per_gpu + fp32.lm_head_flops_per_token_per_gpu
+    attention = 16 * fp32.attention_flops(100) / (0.04e12)
+    linear = (16 * per_row / 0.04e12) - per_row / 0.01e12  # 16 rows at the 16-row rate, less one
+    assert many.compute_s == pytest.approx(linear + attention)
+    # AMX-like bf16: 128 rows run faster than 128 single rows would; the credit stops at 0
+    amx = dataclasses.replace(spec, matmul_rows_tflops=(("bf16", ((1, 0.001), (128, 1.0))),))
+    bf16 = model_cost(preset_shape("llama-3-8b"), "bf16", "bf16")
+    assert decode_step(bf16, amx, 128, 0, ideal).compute_s == 0.0
