@@ -232,8 +232,9 @@ class EngineConfig:
     device: str = "cpu"
     dtype: str = "float32"
     load_format: str = option(
-        "auto", "'dummy' gives random weights (benchmarks)",
-        choices=("auto", "safetensors", "dummy"))
+        "auto", "'dummy' gives random weights (benchmarks); 'gguf_dequantized' loads every "
+        "tensor of a .gguf file dense at --dtype (exact comparisons)",
+        choices=("auto", "safetensors", "dummy", "gguf_dequantized"))
     seed: int = option(0, "engine seed for unseeded sampling and dummy weights")
     cpu_offload_gb: float = option(
         0.0, "GiB of layer weights kept in CPU memory, streamed to the GPU")
@@ -258,10 +259,11 @@ class EngineConfig:
             )
         if not (self.cpu_offload_gb >= 0 and math.isfinite(self.cpu_offload_gb)):
             raise ConfigError(f"cpu_offload_gb must be >= 0, got {self.cpu_offload_gb}")
-        if self.load_format not in ("auto", "safetensors", "dummy"):
+        if self.load_format not in ("auto", "safetensors", "dummy", "gguf_dequantized"):
             raise ConfigError(
                 f"load_format {self.load_format!r} is not supported; use 'auto', "
-                "'safetensors' or 'dummy' (random weights)"
+                "'safetensors', 'dummy' (random weights) or 'gguf_dequantized' (a .gguf file "
+                "loaded dense)"
             )
         normalize_dtype_name(self.dtype)
         gen = self.generation_config

@@ -279,6 +279,17 @@ class ModelConfig:
         return cls.from_dict(raw, generation_config=gen)
 
     @classmethod
+    def from_gguf(cls, file: Any, *, dequantize: bool = False) -> ModelConfig:
+        """Read a GGUF file's metadata and tensor table (``file``: a path or an open
+        ``membound.gguf.reader.GGUFFile``); see config/gguf.py. Its Q4_0/Q4_1/Q4_K linears
+        stay int4 in memory (``quantization`` "gguf") unless ``dequantize``."""
+        from membound.config.gguf import gguf_model_fields
+        from membound.gguf.reader import GGUFFile
+
+        opened = file if isinstance(file, GGUFFile) else GGUFFile(file)
+        return cls(**gguf_model_fields(opened, dequantize))
+
+    @classmethod
     def from_dict(
         cls, raw: dict[str, Any], generation_config: dict[str, Any] | None = None
     ) -> ModelConfig:

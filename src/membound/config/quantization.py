@@ -11,7 +11,9 @@ from typing import Any
 
 from membound.config.errors import ConfigError
 
-QUANTIZATION_METHODS: tuple[str, ...] = ("fp8", "int8", "int4", "awq", "gptq", "mxfp4", "nvfp4")
+QUANTIZATION_METHODS: tuple[str, ...] = (
+    "fp8", "int8", "int4", "awq", "gptq", "mxfp4", "nvfp4", "gguf",
+)
 # Checkpoint layouts each method loads; "float" means a float checkpoint quantized while loading.
 _QUANT_FORMATS: dict[str, tuple[str, ...]] = {
     "fp8": ("float", "fp8", "compressed-tensors", "modelopt"),
@@ -21,9 +23,10 @@ _QUANT_FORMATS: dict[str, tuple[str, ...]] = {
     "gptq": ("gptq", "gptq_v2"),
     "mxfp4": ("float", "mxfp4"),
     "nvfp4": ("float", "modelopt"),
+    "gguf": ("gguf",),  # Q4_0/Q4_1/Q4_K blocks of a GGUF file (ModelConfig.from_gguf)
 }
-_WEIGHT_ONLY = ("int4", "awq", "gptq", "mxfp4", "nvfp4")
-_DEFAULT_GROUP = {"int4": 128, "awq": 128, "gptq": 128, "mxfp4": 32, "nvfp4": 16}
+_WEIGHT_ONLY = ("int4", "awq", "gptq", "mxfp4", "nvfp4", "gguf")
+_DEFAULT_GROUP = {"int4": 128, "awq": 128, "gptq": 128, "mxfp4": 32, "nvfp4": 16, "gguf": 32}
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class QuantizationConfig:
     @classmethod
     def for_float_checkpoint(cls, method: str) -> QuantizationConfig:
         """``quantization=method`` on an unquantized checkpoint: quantize while loading."""
-        if method in ("awq", "gptq"):
+        if method in ("awq", "gptq", "gguf"):
             raise ConfigError(
                 f"quantization={method!r} loads pre-quantized {method.upper()} checkpoints and "
                 "this checkpoint is not quantized; use quantization='int4' to quantize it "

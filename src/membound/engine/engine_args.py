@@ -26,7 +26,7 @@ from membound.config import (
     resolve_quantization,
 )
 from membound.config.options import add_option, option, option_dest, options
-from membound.model_source import resolve_model_path
+from membound.model_source import is_gguf_path, read_model_config, resolve_model_path
 
 _CONFIGS = (CacheConfig, SchedulerConfig, KernelConfig, ParallelConfig, EngineConfig)
 
@@ -86,7 +86,10 @@ class EngineArgs:
                 "--trust-remote-code (the architecture must be one membound supports)"
             )
         path = resolve_model_path(self.model)
-        model_config = ModelConfig.from_hf(path)
+        model_config = read_model_config(
+            path, gguf_dequantize=self.load_format == "gguf_dequantized",
+            gguf_tokenizer=not self.skip_tokenizer_init and self.tokenizer is None,
+        )
         quant = resolve_quantization(model_config.quantization, self.quantization)
         model_config = replace(model_config, quantization=quant)
         device = resolve_device(self.device)
@@ -131,6 +134,8 @@ class EngineArgs:
             return None
         if self.tokenizer is not None:
             return resolve_model_path(self.tokenizer)
+        if is_gguf_path(model_path):
+            return model_path  # its tokenizer was checked with its config
         has = os.path.isfile(os.path.join(model_path, "tokenizer.json"))
         return model_path if has else None
 

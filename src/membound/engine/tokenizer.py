@@ -101,8 +101,11 @@ class Tokenizer:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str]) -> Tokenizer:
-        """Load the tokenizer of the model folder ``path`` (see the module docstring)."""
+        """Load the tokenizer of the model folder ``path`` (see the module docstring), or
+        of a GGUF file (built from its vocabulary, merges and metadata: membound.gguf)."""
         folder = Path(path)
+        if folder.is_file() and _is_gguf(folder):
+            return cls.from_gguf(folder)
         if not folder.is_dir():
             raise TokenizerError(
                 f"tokenizer path {str(folder)!r} is not a directory; pass the local model folder "
@@ -127,6 +130,18 @@ class Tokenizer:
             chat_templates=_read_chat_templates(folder, config),
             name=str(folder),
         )
+
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        """The tokenizer stored in a GGUF file's metadata (see membound/gguf/tokenizer.py)."""
+        from membound.gguf.reader import GGUFError, GGUFFile
+        from membound.gguf.tokenizer import tokenizer_parts
+
+        try:
+            backend, config, templates = tokenizer_parts(GGUFFile(path))
+        except GGUFError as exc:
+            raise TokenizerError(str(exc)) from exc
+        return cls(backend, tokenizer_config=config, chat_templates=templates, name=str(path))
 
     def _special_token_id(self, token: str) -> int:
         """Id of a special token named by the config, registered as special like HF does
@@ -302,6 +317,12 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TokenizerError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
+
+
+def _is_gguf(path: Path) -> bool:
+    from membound.gguf.reader import is_gguf_file
+
+    return is_gguf_file(path)
 
 
 def _missing_tokenizer_json_message(folder: Path) -> str:

@@ -254,7 +254,12 @@ def load_model(
     expert_parallel: bool = False,
 ) -> nn.Module:
     """Build the model (this rank's shard of it under ``parallel``) directly on ``device`` in
-    ``dtype`` and fill its weights."""
+    ``dtype`` and fill its weights (a GGUF file: membound/gguf/loader.py)."""
+    if load_format != "dummy" and path is not None and os.path.isfile(path):
+        from membound.gguf.loader import load_gguf_model
+
+        return load_gguf_model(config, path, dtype=dtype, device=device,
+                               max_positions=max_positions, progress=progress, parallel=parallel)
     headers = None
     if load_format != "dummy":
         if path is None:

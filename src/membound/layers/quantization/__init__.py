@@ -7,7 +7,7 @@ the formats.
 
 from __future__ import annotations
 
-from membound.layers.quantization import awq, fp4, fp8, gptq, int4_rtn, int8  # noqa: F401
+from membound.layers.quantization import awq, fp4, fp8, gguf, gptq, int4_rtn, int8  # noqa: F401
 from membound.layers.quantization.base import (
     QuantizationMethod,
     QuantizedWeightError,

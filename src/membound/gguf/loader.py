@@ -1,0 +1,176 @@
+"""Load a GGUF file into a built model: check every tensor first, then stream them in.
+
+Each GGUF tensor becomes one or more checkpoint tensors under Hugging Face names
+(names.py), so the model's own ``load_weights`` and its layers' quantization methods do the
+copying, exactly as for safetensors:
+
+- a decoder linear kept int4 (``config.quantization`` "gguf", module not ``ignored``) gives
+  ``<module>.qweight`` / ``.scales`` / ``.zeros`` decoded from its blocks (tensors.py);
+- anything else gives ``<name>`` dequantized to float32 (the layer casts to the engine dtype).
+
+Llama q/k rows are put back in HF order on the way. The whole file is validated against a
+copy of the model built on the meta device (no memory) BEFORE the real model is allocated,
+so a bad file never half-loads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from membound.config import ModelConfig
+from membound.distributed.context import ParallelContext
+from membound.gguf.names import PERMUTED_QK_ARCHITECTURES, hf_module, hf_name
+from membound.gguf.reader import GGUFError, GGUFFile, GGUFTensorInfo
+from membound.gguf.tensors import decode_int4, dequantize, unpermute_rows
+from membound.gguf.types import INT4_BLOCK_TYPES
+from membound.layers.checkpoint_tensor import LazyTensor
+from membound.models.registry import build_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One checkpoint tensor made from a GGUF tensor: ``part`` is "float" or one of the int4
+    pieces ("qweight", "scales", "zeros")."""
+
+    info: GGUFTensorInfo
+    part: str
+    shape: tuple[int, ...]
+    header_dtype: str  # safetensors spelling, for the shared validation
+
+
+def plan_tensors(file: GGUFFile, config: ModelConfig) -> dict[str, _Source]:
+    """Checkpoint name -> source, for every tensor of the file; unknown tensors raise."""
+    quant = config.quantization
+    plan: dict[str, _Source] = {}
+    unknown = []
+    for info in file.tensors.values():
+        name = hf_name(info.name)
+        if name is None:
+            unknown.append(info.name)
+            continue
+        module = hf_module(info.name)
+        if (quant is not None and module is not None and not quant.is_ignored(module)
+                and info.ggml_type in INT4_BLOCK_TYPES):
+            rows, cols = info.shape
+            groups = cols // 32
+            plan[f"{module}.qweight"] = _Source(info, "qweight", (rows, cols), "U8")
+            plan[f"{module}.scales"] = _Source(info, "scales", (rows, groups), "F32")
+            plan[f"{module}.zeros"] = _Source(info, "zeros", (rows, groups), "F32")
+        else:
+            plan[name] = _Source(info, "float", info.shape, "F32")
+    if unknown:
+        raise GGUFError(
+            f"{file.path} has tensors membound does not know for {file.architecture}: "
+            f"{', '.join(sorted(unknown)[:10])}; this file's model variant is not supported"
+        )
+    return plan
+
+
+def validate_gguf(file: GGUFFile, config: ModelConfig, plan: dict[str, _Source],
+                  max_positions: int | None) -> None:
+    """Check names, shapes and completeness against a meta-device copy of the model."""
+    from membound.worker.weight_loader import CheckpointError, validate_checkpoint
+
+    with torch.device("meta"):
+        meta = build_model(config, max_positions, None, False)
+    headers = {name: (file.path, s.shape, s.header_dtype) for name, s in plan.items()}
+    try:
+        validate_checkpoint(meta, headers)
+    except CheckpointError as e:
+        raise GGUFError(f"{file.path} does not match its own metadata: {e}") from e
+
+
+class _Reader:
+    """Reads (and decodes once) the GGUF tensor behind the checkpoint tensors it feeds."""
+
+    def __init__(self, file: GGUFFile, config: ModelConfig) -> None:
+        self.file = file
+        arch = file.architecture
+        self.heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
+        self.permute = arch in PERMUTED_QK_ARCHITECTURES
+        self._cached: tuple[str, tuple[np.ndarray, ...]] | None = None
+
+    def arrays(self, source: _Source) -> dict[str, np.ndarray]:
+        info = source.info
+        if self._cached is None or self._cached[0] != info.name:
+            data = self.file.tensor_data(info.name)
+            if source.part == "float":
+                arrays: tuple[np.ndarray, ...] = (dequantize(data, info.ggml_type, info.shape),)
+            else:
+                arrays = decode_int4(data, info.ggml_type, info.shape)  # type: ignore[arg-type]
+            arrays = tuple(self._unpermute(info.name, a) for a in arrays)
+            self._cached = (info.name, arrays)
+        arrays = self._cached[1]
+        if source.part == "float":
+            return {"float": arrays[0]}
+        return dict(zip(("qweight", "scales", "zeros"), arrays))
+
+    def _unpermute(self, name: str, a: np.ndarray) -> np.ndarray:
+        piece = name.split(".")[2] if name.startswith("blk.") else ""
+        if self.permute and piece in self.heads:
+            return unpermute_rows(a, self.heads[piece])
+        return a
+
+    def lazy(self, source: _Source) -> LazyTensor:
+        def read(slices: tuple[slice, ...] | None) -> torch.Tensor:
+            a = self.arrays(source)[source.part]
+            t = torch.from_numpy(a if a.flags.writeable else a.copy())
+            return t if slices is None else t[slices]
+
+        return LazyTensor(read, source.shape)
+
+
+def iterate_gguf(file: GGUFFile, config: ModelConfig, plan: dict[str, _Source],
+                 progress: bool) -> Iterator[tuple[str, LazyTensor]]:
+    from tqdm import tqdm
+
+    reader = _Reader(file, config)
+    for name, source in tqdm(plan.items(), desc="Loading GGUF", unit="tensor",
+                             disable=not progress):
+        yield name, reader.lazy(source)
+
+
+def describe_plan(file: GGUFFile, plan: dict[str, _Source], dtype: torch.dtype) -> str:
+    """"210 tensors stay int4 (Q4_1 x210); at float32: Q8_0 x1 (token_embd.weight), F32 x61"."""
+    kept = Counter(s.info.ggml_type for s in plan.values() if s.part == "qweight")
+    dense = [s.info for s in plan.values() if s.part == "float"]
+    types = Counter(i.ggml_type for i in dense)
+    parts = []
+    for t, n in sorted(types.items()):
+        few = [i.name for i in dense if i.ggml_type == t][:3] if t not in ("F32",) else []
+        parts.append(f"{t} x{n}" + (f" ({', '.join(few)}{'...' if n > 3 else ''})" if few else ""))
+    int4 = ", ".join(f"{t} x{n}" for t, n in sorted(kept.items()))
+    dtype_name = str(dtype).removeprefix("torch.")
+    return (f"GGUF {file.path}: {sum(kept.values())} tensors stay int4 in memory"
+            f"{f' ({int4})' if int4 else ''}; loaded at {dtype_name}: {'; '.join(parts)}")
+
+
+def load_gguf_model(
+    config: ModelConfig, path: str, *, dtype: torch.dtype, device: torch.device,
+    max_positions: int | None = None, progress: bool = False,
+    parallel: ParallelContext | None = None,
+) -> nn.Module:
+    """Validate the whole file, then build the model on ``device`` and stream it in."""
+    from membound.layers.checkpoint_tensor import owns_checkpoint_loading
+    from membound.worker.weight_loader import _default_dtype
+
+    file = GGUFFile(path)
+    plan = plan_tensors(file, config)
+    validate_gguf(file, config, plan, max_positions)
+    logger.info("%s", describe_plan(file, plan, dtype))
+    with _default_dtype(dtype), torch.device(device):
+        model = build_model(config, max_positions, parallel, False)
+    model.load_weights(iterate_gguf(file, config, plan, progress))  # type: ignore[operator]
+    for module in model.modules():
+        if owns_checkpoint_loading(module):
+            module.process_weights_after_loading()  # type: ignore[operator]
+    return model.eval()
