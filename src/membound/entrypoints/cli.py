@@ -47,7 +47,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
         help="generate text for one or more prompts",
-        description="Generate text. MODEL (a checkpoint folder or hub id) may be omitted to "
+        description="Generate text. MODEL (a checkpoint folder, .gguf file or hub id) may be "
+        "omitted to "
         "use the bundled default model.",
     )
     p.add_argument("args", nargs="+", metavar="[MODEL] PROMPT",
@@ -84,7 +85,8 @@ def split_model_and_prompts(
         return model, args
     first = args[0]
     expanded = os.path.expanduser(first)
-    if os.path.isfile(os.path.join(expanded, "config.json")) or _looks_like_path(first):
+    gguf = expanded.lower().endswith(".gguf") and os.path.isfile(expanded)
+    if os.path.isfile(os.path.join(expanded, "config.json")) or gguf or _looks_like_path(first):
         return first, args[1:]
     if len(args) > 1 and _HUB_ID.match(first) and not os.path.exists(expanded):
         return first, args[1:]
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_info(sub)
     for module in (
+        "membound.entrypoints.chat_cli",
         "membound.entrypoints.openai.cli",
         "membound.bench.cli",
         "membound.entrypoints.eval",

@@ -28,7 +28,7 @@ from membound.config import ModelConfig
 from membound.distributed.context import ParallelContext
 from membound.gguf.names import PERMUTED_QK_ARCHITECTURES, hf_module, hf_name
 from membound.gguf.reader import GGUFError, GGUFFile, GGUFTensorInfo
-from membound.gguf.tensors import decode_int4, dequantize, unpermute_rows
+from membound.gguf.tensors import decode_int4, dequantize, int4_layout, unpermute_rows
 from membound.gguf.types import INT4_BLOCK_TYPES
 from membound.layers.checkpoint_tensor import LazyTensor
 from membound.models.registry import build_model
@@ -60,11 +60,10 @@ def plan_tensors(file: GGUFFile, config: ModelConfig) -> dict[str, _Source]:
         module = hf_module(info.name)
         if (quant is not None and module is not None and not quant.is_ignored(module)
                 and info.ggml_type in INT4_BLOCK_TYPES):
-            rows, cols = info.shape
-            groups = cols // 32
-            plan[f"{module}.qweight"] = _Source(info, "qweight", (rows, cols), "U8")
-            plan[f"{module}.scales"] = _Source(info, "scales", (rows, groups), "F32")
-            plan[f"{module}.zeros"] = _Source(info, "zeros", (rows, groups), "F32")
+            rows, cols = info.shape  # stored transposed: [in // 8, out], [in // 32, out]
+            plan[f"{module}.qweight"] = _Source(info, "qweight", (cols // 8, rows), "I32")
+            plan[f"{module}.scales"] = _Source(info, "scales", (cols // 32, rows), "F32")
+            plan[f"{module}.zeros"] = _Source(info, "zeros", (cols // 32, rows), "F32")
         else:
             plan[name] = _Source(info, "float", info.shape, "F32")
     if unknown:
@@ -107,7 +106,9 @@ class _Reader:
                 arrays: tuple[np.ndarray, ...] = (dequantize(data, info.ggml_type, info.shape),)
             else:
                 arrays = decode_int4(data, info.ggml_type, info.shape)  # type: ignore[arg-type]
-            arrays = tuple(self._unpermute(info.name, a) for a in arrays)
+            arrays = tuple(self._unpermute(info.name, a) for a in arrays)  # rows = outputs
+            if source.part != "float":
+                arrays = int4_layout(*arrays)
             self._cached = (info.name, arrays)
         arrays = self._cached[1]
         if source.part == "float":

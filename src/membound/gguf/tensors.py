@@ -6,12 +6,11 @@
   weights and to raw quantized rows alike (blocks never cross rows).
 - ``decode_int4``: Q4_0 / Q4_1 / Q4_K rows -> (q 0..15, scale, zero) per group of 32 with
   ``w = (q - zero) * scale`` exactly (zero may be fractional: Q4_1's and Q4_K's minimums).
+- ``int4_layout``: those pieces packed and transposed into the int4 layers' stored layout.
 - ``dequantize``: any LOADABLE type -> float32, through the gguf package (llama.cpp's formulas).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
@@ -82,5 +81,16 @@ def _with_offset(
     return q.reshape(rows, cols), np.where(flat, offset, scale).astype(np.float32), zero
 
 
-def tensor_view(file: Any, name: str) -> np.ndarray:
-    return file.tensor_data(name)
+def int4_layout(
+    q: np.ndarray, scale: np.ndarray, zero: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``decode_int4``'s row-major pieces -> membound's int4 layout (kernels/int4_gemm.py):
+    qweight [in // 8, out] int32 (nibble j of word i holds input 8i + j), scales and zeros
+    [in // 32, out]. Numpy bit operations: no int64 temporaries of the whole weight."""
+    rows, cols = q.shape
+    groups = q.reshape(rows, cols // 8, 8).astype(np.uint32)
+    words = np.zeros((rows, cols // 8), dtype=np.uint32)
+    for j in range(8):
+        words |= groups[..., j] << np.uint32(4 * j)
+    return (np.ascontiguousarray(words.view(np.int32).T), np.ascontiguousarray(scale.T),
+            np.ascontiguousarray(zero.T))

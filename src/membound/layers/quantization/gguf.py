@@ -1,16 +1,15 @@
 """GGUF int4 blocks (Q4_0, Q4_1, Q4_K) kept 4-bit in memory, in the int4 layout.
 
-The loader (membound/gguf/loader.py) decodes each GGUF tensor into the same three pieces an
-int4 layer stores, per output row and group of 32 inputs:
+The loader (membound/gguf/loader.py) decodes each GGUF tensor straight into int4_rtn.py's
+stored layout (group size 32), so loading is a copy of output columns:
 
-    qweight [out, in] uint8 (values 0..15)   scales [out, in // 32]   zeros [out, in // 32]
-    W[n, k] = (q[n, k] - zeros[n, k // 32]) * scales[n, k // 32]
-
-and this method packs them into int4_rtn.py's layout (``qweight [in // 8, out]`` int32,
-group size 32). Unlike AWQ/GPTQ the zero points are real numbers (Q4_1 and Q4_K store a
-minimum, not an integer zero), so ``zeros`` is held in the model dtype rather than uint8 and
-the product runs through the int4 reference path (dequantize + GEMM, the CPU path); the
-Triton kernel, which reads uint8 zeros, is not used for these layers.
+    qweight [in // 8, out] int32 (8 values per word along the input)
+    scales  [in // 32, out]   zeros [in // 32, out]   (float)
+    W^T[k, n] = (q[k, n] - zeros[k // 32, n]) * scales[k // 32, n]
+ Unlike AWQ/GPTQ the zero points are real numbers (Q4_1 and Q4_K store a
+minimum, not an integer zero), so ``zeros`` is held in the model dtype rather than uint8.
+Compute is the int4 layers' own (``Int4LinearMethod.apply``: the CPU path), except that
+the Triton kernel, which reads uint8 zeros, is replaced by dequantize + GEMM.
 """
 
 from __future__ import annotations
@@ -47,24 +46,20 @@ class GGUFInt4LinearMethod(Int4LinearMethod):
     def checkpoint_specs(self, input_size: int, output_size: int) -> dict[str, TensorSpec]:
         groups = input_size // self.group_size(input_size)
         return {
-            "qweight": spec((output_size, input_size), kinds=("uint8",)),
-            "scales": spec((output_size, groups)),
-            "zeros": spec((output_size, groups)),
+            "qweight": spec((input_size // 8, output_size), kinds=("int32",)),
+            "scales": spec((groups, output_size)),
+            "zeros": spec((groups, output_size)),
         }
 
     def load(
         self, layer: nn.Module, suffix: str, loaded: torch.Tensor, rows: tuple[int, int], name: str
     ) -> None:
-        if suffix == "qweight":
-            check_kind(loaded, ("uint8",), name)
-            self.store_columns(layer, rows, q=on_device(layer, loaded, "qweight").t(), name=name)
-        elif suffix in ("scales", "zeros"):
-            check_kind(loaded, ("float",), name)
-            param = getattr(layer, suffix)
-            copy_slice(param, on_device(layer, loaded, suffix).t().to(param.dtype), 1,
-                       rows[0], rows[1], name)
-        else:
+        if suffix not in ("qweight", "scales", "zeros"):
             raise KeyError(name)
+        check_kind(loaded, ("int32",) if suffix == "qweight" else ("float",), name)
+        param = getattr(layer, suffix)
+        copy_slice(param, on_device(layer, loaded, suffix).to(param.dtype), 1, rows[0], rows[1],
+                   name)
 
     def quantize_rows(self, layer: nn.Module, weight: torch.Tensor, rows: tuple[int, int]) -> None:
         """Dummy weights: round-to-nearest int4 (integer zero points)."""
@@ -75,6 +70,9 @@ class GGUFInt4LinearMethod(Int4LinearMethod):
     def apply(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
+        """The int4 layers' own compute, except the Triton kernel (it reads uint8 zeros)."""
+        if getattr(layer, "kernel_backend", "torch") != "triton":
+            return super().apply(layer, x, bias)
         x2, lead = flatten_tokens(x)  # [M, K]
         y = int4_gemm_ref(x2, layer.qweight, layer.scales, layer.zeros, layer.group_size)
         if bias is not None:
