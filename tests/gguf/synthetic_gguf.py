@@ -15,14 +15,19 @@ import numpy as np
 gguf = __import__("pytest").importorskip("gguf")
 
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 256, 4, 2, 512, 2
-TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n" \
-           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """convert_hf_to_gguf.py's LlamaModel.permute (q: n_head, k: n_head_kv)."""
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def byte_vocab() -> tuple[list[str], list[int], list[str]]:
@@ -45,26 +50,37 @@ def hf_weights(seed: int = 0, vocab: int = 264) -> dict[str, np.ndarray]:
         return (rng.standard_normal((rows, cols)) * 0.1).astype(np.float32)
 
     kv = KV_HEADS * HIDDEN // HEADS
-    w = {"model.embed_tokens.weight": mat(vocab, HIDDEN),
-         "model.norm.weight": (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32)}
+    w = {
+        "model.embed_tokens.weight": mat(vocab, HIDDEN),
+        "model.norm.weight": (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32),
+    }
     for i in range(LAYERS):
         p = f"model.layers.{i}."
-        w |= {p + "self_attn.q_proj.weight": mat(HIDDEN, HIDDEN),
-              p + "self_attn.k_proj.weight": mat(kv, HIDDEN),
-              p + "self_attn.v_proj.weight": mat(kv, HIDDEN),
-              p + "self_attn.o_proj.weight": mat(HIDDEN, HIDDEN),
-              p + "mlp.gate_proj.weight": mat(FFN, HIDDEN),
-              p + "mlp.up_proj.weight": mat(FFN, HIDDEN),
-              p + "mlp.down_proj.weight": mat(HIDDEN, FFN),
-              p + "input_layernorm.weight": np.ones(HIDDEN, np.float32),
-              p + "post_attention_layernorm.weight": np.ones(HIDDEN, np.float32)}
+        w |= {
+            p + "self_attn.q_proj.weight": mat(HIDDEN, HIDDEN),
+            p + "self_attn.k_proj.weight": mat(kv, HIDDEN),
+            p + "self_attn.v_proj.weight": mat(kv, HIDDEN),
+            p + "self_attn.o_proj.weight": mat(HIDDEN, HIDDEN),
+            p + "mlp.gate_proj.weight": mat(FFN, HIDDEN),
+            p + "mlp.up_proj.weight": mat(FFN, HIDDEN),
+            p + "mlp.down_proj.weight": mat(HIDDEN, FFN),
+            p + "input_layernorm.weight": np.ones(HIDDEN, np.float32),
+            p + "post_attention_layernorm.weight": np.ones(HIDDEN, np.float32),
+        }
     return w
 
 
-_TO_GGUF = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-            "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-            "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-            "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+_TO_GGUF = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
 
 
 def gguf_name(hf: str) -> str:
@@ -77,8 +93,13 @@ def gguf_name(hf: str) -> str:
 
 
 def write_tiny_llama(
-    path: Path, linear_type: str = "F32", *, arch: str = "llama", tokenizer: bool = True,
-    embed_type: str = "F32", weights: dict[str, np.ndarray] | None = None,
+    path: Path,
+    linear_type: str = "F32",
+    *,
+    arch: str = "llama",
+    tokenizer: bool = True,
+    embed_type: str = "F32",
+    weights: dict[str, np.ndarray] | None = None,
     raw_linear: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Write the file; ``raw_linear`` maps GGUF names to (raw uint8 data, ggml type) to store

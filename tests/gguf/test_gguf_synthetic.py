@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from synthetic_gguf import (
     HEADS,
     KV_HEADS,
@@ -72,9 +71,11 @@ def _logits(path: Path, **kw) -> torch.Tensor:  # type: ignore[no-untyped-def]
     from membound import LLM, SamplingParams
 
     llm = LLM(str(path), dtype="float32", num_kv_blocks=16, max_model_len=64, **kw)
-    out = llm.generate([{"prompt_token_ids": [5, 9, 40, 77, 3, 120]}],
-                       SamplingParams(temperature=0, max_tokens=4, logprobs=5, ignore_eos=True),
-                       use_tqdm=False)[0].outputs[0]
+    out = llm.generate(
+        [{"prompt_token_ids": [5, 9, 40, 77, 3, 120]}],
+        SamplingParams(temperature=0, max_tokens=4, logprobs=5, ignore_eos=True),
+        use_tqdm=False,
+    )[0].outputs[0]
     return out
 
 
@@ -89,11 +90,13 @@ def test_each_type_loads_and_int4_matches_dense(tmp_path: Path, kind: str) -> No
         for hf, value in w.items():
             if value.ndim == 2 and "embed" not in hf:
                 from synthetic_gguf import gguf_name
+
                 rows, cols = value.shape
                 data = random_q4_k(rows, cols, seed=rows + cols)
                 if kind == "Q6_K":  # 210 bytes per 256: random bytes with a small fp16 scale
                     data = np.random.default_rng(cols).integers(
-                        0, 256, (rows, cols // 256 * 210), dtype=np.uint8)
+                        0, 256, (rows, cols // 256 * 210), dtype=np.uint8
+                    )
                     data[:, 208::210] = 0
                     data[:, 209::210] = 0x1C  # fp16 ~0.004
                 raw[gguf_name(hf)] = (data, kind)
@@ -113,13 +116,14 @@ def test_q_k_rows_back_in_hf_order(tmp_path: Path) -> None:
 
     path = tmp_path / "f32.gguf"
     w = write_tiny_llama(path, "F32")
-    model = load_gguf_model(ModelConfig.from_gguf(path), str(path), dtype=torch.float32,
-                            device=torch.device("cpu"))
+    model = load_gguf_model(
+        ModelConfig.from_gguf(path), str(path), dtype=torch.float32, device=torch.device("cpu")
+    )
     qkv = model.model.layers[0].self_attn.qkv_proj.weight
     q = torch.from_numpy(w["model.layers.0.self_attn.q_proj.weight"])
     k = torch.from_numpy(w["model.layers.0.self_attn.k_proj.weight"])
     assert torch.equal(qkv[: q.shape[0]], q)
-    assert torch.equal(qkv[q.shape[0]: q.shape[0] + k.shape[0]], k)
+    assert torch.equal(qkv[q.shape[0] : q.shape[0] + k.shape[0]], k)
     assert HEADS != KV_HEADS
 
 
@@ -194,9 +198,13 @@ def test_wrong_shape_refused_before_allocation(tmp_path: Path, monkeypatch) -> N
     write_tiny_llama(path, weights=w)
     built = []
     real_build = loader.build_model
-    monkeypatch.setattr(loader, "build_model", lambda *a: built.append(
-        str(torch.get_default_device())) or real_build(*a))
+    monkeypatch.setattr(
+        loader,
+        "build_model",
+        lambda *a: built.append(str(torch.get_default_device())) or real_build(*a),
+    )
     with pytest.raises(GGUFError, match=rf"{path} does not match.*up_proj"):
-        loader.load_gguf_model(ModelConfig.from_gguf(path), str(path), dtype=torch.float32,
-                               device=torch.device("cpu"))
+        loader.load_gguf_model(
+            ModelConfig.from_gguf(path), str(path), dtype=torch.float32, device=torch.device("cpu")
+        )
     assert built == ["meta"]

@@ -11,8 +11,9 @@ ones above it):
                    derived from it (stdlib only)
   quantization.py  QuantizationConfig, resolve_quantization, QUANTIZATION_METHODS and the
                    parsers of each checkpoint's ``quantization_config`` layout
-  model.py         ModelConfig.from_hf / from_dict, RopeScaling, MoEConfig,
+  model.py         ModelConfig.from_hf / from_dict / from_gguf, RopeScaling, MoEConfig,
                    SUPPORTED_ARCHITECTURES, read_generation_defaults
+  gguf.py          GGUF metadata and tensor table -> ModelConfig fields (from_gguf)
   engine.py        CacheConfig, SchedulerConfig, KernelConfig, ParallelConfig
                    (check_tensor_parallel), EngineConfig
 

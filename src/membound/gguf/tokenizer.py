@@ -30,8 +30,9 @@ _QWEN2_SPLIT = (
 )
 # tokenizer.ggml.pre -> split regex (as transformers' GGUF_PRE_TOKENIZER_SPLITS); others: GPT-2's
 PRE_TOKENIZER_SPLITS: dict[str, str] = {
-    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx"),
-                    _LLAMA3_SPLIT),
+    **dict.fromkeys(
+        ("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx"), _LLAMA3_SPLIT
+    ),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), _QWEN2_SPLIT),
 }
 _SPECIAL_IDS = {
@@ -64,8 +65,10 @@ def check_tokenizer(file: GGUFFile) -> None:
             "tokenizer folder> (--tokenizer)"
         )
     if not isinstance(file.get("tokenizer.ggml.merges"), list):
-        raise GGUFError(f"{file.path}: the BPE vocabulary has no tokenizer.ggml.merges; "
-                        "re-convert the file with llama.cpp's convert_hf_to_gguf.py")
+        raise GGUFError(
+            f"{file.path}: the BPE vocabulary has no tokenizer.ggml.merges; "
+            "re-convert the file with llama.cpp's convert_hf_to_gguf.py"
+        )
 
 
 def tokenizer_parts(file: GGUFFile) -> tuple[Any, dict[str, Any], dict[str, str]]:
@@ -84,23 +87,40 @@ def tokenizer_parts(file: GGUFFile) -> tuple[Any, dict[str, Any], dict[str, str]
         for i, tok in enumerate(tokens)
     }
     merges = [tuple(m.split(" ")) for m in file.get("tokenizer.ggml.merges")]
-    backend = Backend(BPE(vocab, merges, dropout=None, unk_token=None, fuse_unk=False,
-                          byte_fallback=False, continuing_subword_prefix="",
-                          end_of_word_suffix=""))
+    backend = Backend(
+        BPE(
+            vocab,
+            merges,
+            dropout=None,
+            unk_token=None,
+            fuse_unk=False,
+            byte_fallback=False,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+        )
+    )
     split = PRE_TOKENIZER_SPLITS.get(str(file.get("tokenizer.ggml.pre", "")), _GPT2_SPLIT)
     if split is None:
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(split), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     backend.decoder = decoders.ByteLevel()
-    control = [AddedToken(t, normalized=False, special=True)
-               for t, k in zip(tokens, types) if k == CONTROL and set(t) <= alphabet]
+    control = [
+        AddedToken(t, normalized=False, special=True)
+        for t, k in zip(tokens, types)
+        if k == CONTROL and set(t) <= alphabet
+    ]
     backend.add_special_tokens(control)
-    user = [AddedToken(t, normalized=False, special=False)
-            for t, k in zip(tokens, types) if k == USER_DEFINED and t in vocab]
+    user = [
+        AddedToken(t, normalized=False, special=False)
+        for t, k in zip(tokens, types)
+        if k == USER_DEFINED and t in vocab
+    ]
     backend.add_tokens(user)
     config = _special_tokens(file, tokens)
     backend.post_processor = _post_processor(file, config, processors)
@@ -126,8 +146,9 @@ def _post_processor(file: GGUFFile, config: dict[str, Any], processors: Any) -> 
     bos = config.get("bos_token") if file.get("tokenizer.ggml.add_bos_token", False) else None
     eos = config.get("eos_token") if file.get("tokenizer.ggml.add_eos_token", False) else None
     single = " ".join([*([f"{bos}:0"] if bos else []), "$A:0", *([f"{eos}:0"] if eos else [])])
-    pair = " ".join([single, *([f"{bos}:1"] if bos else []), "$B:1",
-                     *([f"{eos}:1"] if eos else [])])
+    pair = " ".join(
+        [single, *([f"{bos}:1"] if bos else []), "$B:1", *([f"{eos}:1"] if eos else [])]
+    )
     ids = file.get("tokenizer.ggml.bos_token_id"), file.get("tokenizer.ggml.eos_token_id")
     special = [(tok, i) for tok, i in zip((bos, eos), ids) if tok]
     return processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
@@ -142,14 +163,17 @@ def _chat_templates(file: GGUFFile) -> dict[str, str]:
     prefix = "tokenizer.chat_template."
     for key, value in file.metadata.items():
         if key.startswith(prefix) and isinstance(value, str):
-            templates[key[len(prefix):]] = value
+            templates[key[len(prefix) :]] = value
     return templates
 
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (the byte-level alphabet)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars = list(printable)
     extra = 0
     for b in range(256):

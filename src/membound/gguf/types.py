@@ -12,6 +12,15 @@ from __future__ import annotations
 FLOAT_TYPES = ("F32", "F16", "BF16")
 INT4_BLOCK_TYPES = ("Q4_0", "Q4_1", "Q4_K")
 LOADABLE_TYPES = FLOAT_TYPES + (
-    "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "Q8_0",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
 )
 GROUP_SIZE = 32  # values per int4 group (one Q4_0/Q4_1 block, one Q4_K sub-block)

@@ -58,8 +58,9 @@ class GGUFInt4LinearMethod(Int4LinearMethod):
             raise KeyError(name)
         check_kind(loaded, ("int32",) if suffix == "qweight" else ("float",), name)
         param = getattr(layer, suffix)
-        copy_slice(param, on_device(layer, loaded, suffix).to(param.dtype), 1, rows[0], rows[1],
-                   name)
+        copy_slice(
+            param, on_device(layer, loaded, suffix).to(param.dtype), 1, rows[0], rows[1], name
+        )
 
     def quantize_rows(self, layer: nn.Module, weight: torch.Tensor, rows: tuple[int, int]) -> None:
         """Dummy weights: round-to-nearest int4 (integer zero points)."""
@@ -67,9 +68,7 @@ class GGUFInt4LinearMethod(Int4LinearMethod):
         self.store_columns(layer, rows, q=q.t(), scales=s.t())
         copy_slice(layer.zeros, z.t().to(layer.zeros.dtype), 1, rows[0], rows[1], "zeros")
 
-    def apply(
-        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor:
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The int4 layers' own compute, except the Triton kernel (it reads uint8 zeros)."""
         if getattr(layer, "kernel_backend", "torch") != "triton":
             return super().apply(layer, x, bias)
