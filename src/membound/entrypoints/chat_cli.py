@@ -61,8 +61,6 @@ def run_chat(args: argparse.Namespace) -> int:
 
     engine_args = EngineArgs.from_cli_args(args)
     kwargs = {k: v for k, v in vars(engine_args).items() if k != "model"}
-    if kwargs.get("max_model_len") is None:
-        kwargs["max_model_len"] = 4096  # a chat needs no 8k-token KV cache on a laptop
     llm = LLM(chat_model(args.model), **kwargs)
     params = llm.get_default_sampling_params(
         temperature=args.temperature,
