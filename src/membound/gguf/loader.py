@@ -148,7 +148,8 @@ def iterate_gguf(
 
 
 def describe_plan(file: GGUFFile, plan: dict[str, _Source], dtype: torch.dtype) -> str:
-    """ "210 tensors stay int4 (Q4_1 x210); at float32: Q8_0 x1 (token_embd.weight), F32 x61"."""
+    """The start-up line naming how each ggml type loaded (int4 in memory, or dense at
+    ``dtype``), e.g. ``210 tensors stay int4 in memory (Q4_1 x210); loaded at float32: ...``."""
     kept = Counter(s.info.ggml_type for s in plan.values() if s.part == "qweight")
     dense = [s.info for s in plan.values() if s.part == "float"]
     types = Counter(i.ggml_type for i in dense)

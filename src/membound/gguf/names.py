@@ -55,7 +55,7 @@ def hf_name(gguf_name: str) -> str | None:
 
 
 def linear_piece(gguf_name: str) -> str | None:
-    """ "attn_q", "ffn_down", ... for a decoder linear's weight; None for anything else."""
+    """The GGUF piece (attn_q, ffn_down, ...) of a decoder linear's weight; None otherwise."""
     m = _BLOCK_NAME.match(gguf_name)
     if m is None or m[3] != "weight" or m[2] not in LINEAR_PIECES:
         return None
