@@ -1,15 +1,18 @@
 """CPU benchmark: membound's engine against transformers' batched generate().
 
-Workload (the engine-core issue's): a ~150M-parameter Llama-shaped random checkpoint in fp32;
-64 requests with prompt lengths uniform in 16..512 and output lengths uniform in 16..256
-(ignore_eos), all submitted at once. Reports output tokens/s for both and their ratio, the
-same at batch 1, and the KV memory efficiency at peak (tokens stored / slots allocated).
+Workload (the engine-core issue's): a ~150M-parameter Llama-shaped random checkpoint in fp32
+(``--shape 150m``; ``--shape 40m`` is a ~40M-parameter one, where per-step host overhead
+weighs most); 64 requests with prompt lengths uniform in 16..512 and output lengths uniform
+in 16..256 (ignore_eos), all submitted at once. Reports output tokens/s for both and their
+ratio, the same at batch 1, and the KV memory efficiency at peak (tokens stored / slots
+allocated).
 
 transformers runs the batch as its users do: left-padded to the longest prompt, one
 generate() call with max_new_tokens = the longest requested output. Its "useful" tokens/s
 counts only the tokens each request asked for; its raw rate counts every generated token.
 
     python benchmarks/cpu_engine_vs_transformers.py --output-json benchmarks/results/cpu_engine_vs_transformers.json
+    python benchmarks/cpu_engine_vs_transformers.py --shape 40m --output-json benchmarks/results/cpu_engine_vs_transformers_40m.json
 """
 
 from __future__ import annotations
@@ -37,6 +40,16 @@ SHAPE_150M: dict[str, Any] = {
     "rope_theta": 500000.0,
     "tie_word_embeddings": False,
 }
+SHAPE_40M: dict[str, Any] = {
+    **SHAPE_150M,
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "tie_word_embeddings": True,
+}
+SHAPES = {"150m": SHAPE_150M, "40m": SHAPE_40M}
 
 
 def make_checkpoint(folder: Path, shape: dict[str, Any]) -> int:
@@ -132,6 +145,7 @@ def _git_commit() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="150m")
     ap.add_argument("--num-prompts", type=int, default=64)
     ap.add_argument("--input-len", type=int, nargs=2, default=[16, 512])
     ap.add_argument("--output-len", type=int, nargs=2, default=[16, 256])
@@ -146,7 +160,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from membound.entrypoints.sysinfo import collect_info
 
-    shape = dict(SHAPE_150M)
+    shape = dict(SHAPES[args.shape])
     if args.scale != 1.0:
         shape["num_hidden_layers"] = max(1, int(shape["num_hidden_layers"] * args.scale))
     max_len = args.input_len[1] + args.output_len[1] + 1

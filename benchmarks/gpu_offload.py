@@ -45,7 +45,7 @@ def decode_tok_s(t: Target, folder: Path, offload_gb: float, steps: int) -> tupl
         for _ in range(steps):
             eng.step()
         t.sync()
-        return steps / (time.perf_counter() - t0), eng.memory_report.offloaded_bytes
+        return steps / (time.perf_counter() - t0), eng.info.memory_report.offloaded_bytes
     finally:
         del eng
         t.free()

@@ -144,7 +144,7 @@ def run_precision(t: Target, res: PhaseResult, folder: Path, name: str, quant: s
                f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
     cc = engine.config.cache_config
     res.record(f"{name}/config", {"quantization": quant, "kv_cache_dtype": cc.kv_cache_dtype,
-                                  "weight_bytes": engine.weights_bytes})  # fmt: skip
+                                  "weight_bytes": engine.info.weights_bytes})  # fmt: skip
     try:
         with torch.inference_mode():
             lat = batch1_latency(t, engine, s, copy)

@@ -83,17 +83,18 @@ def step_times_ms(engine: LLMEngine, context: int, steps: int) -> list[float]:
 def forward_ms(engine: LLMEngine, context: int) -> float:
     """GPU time of the decode forward alone: the batch-1 graph's replay, or an eager call on
     the same static inputs (a sequence of ``context`` tokens in blocks 0.., slot -1)."""
-    runner = engine.runner
+    worker = engine.executor.driver  # rank 0's worker: its runner and model
+    runner = worker.runner
     graphs = runner.cuda_graphs
     if graphs is not None:
         return time_ms(graphs.graphs[1].replay, warmup=3, iters=20)
     from membound.worker.cuda_graph import CUDAGraphRunner
 
-    bs = engine.kv_layout.block_size
-    static = CUDAGraphRunner(engine.model, runner.kv_caches, [1], context + 1, bs, None,
-                             engine.device)  # fmt: skip
+    bs = engine.info.block_size
+    static = CUDAGraphRunner(worker.model, runner.kv_caches, [1], context + 1, bs, None,
+                             worker.device)  # fmt: skip
     static.seq_lens[0] = context
-    static.block_tables[0] = torch.arange(static.max_blocks, device=engine.device)
+    static.block_tables[0] = torch.arange(static.max_blocks, device=worker.device)
     return time_ms(lambda: static.forward_static(1), warmup=3, iters=20)
 
 
@@ -105,7 +106,7 @@ def measure(folder: Path, eager: bool, args: argparse.Namespace) -> dict[str, An
     kv_read = args.context * engine.config.model_config.kv_bytes_per_token(2)
     result = {
         "mode": "eager" if eager else "cuda_graph",
-        "weights_bytes": engine.weights_bytes,
+        "weights_bytes": engine.info.weights_bytes,
         "weight_bytes_read_per_step": weights,
         "kv_bytes_read": kv_read,
         "forward_ms": fwd,

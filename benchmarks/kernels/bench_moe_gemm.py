@@ -18,7 +18,7 @@ import argparse
 import torch
 from common import GB, Report, copy_bandwidth_gbs, require_cuda, time_ms
 
-from membound.layers.attention.backend import TORCH_OPS, TRITON_OPS
+from membound.kernels.contract import TORCH_OPS, TRITON_OPS
 from membound.layers.moe import fused_experts, select_experts
 
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]

@@ -78,7 +78,7 @@ def weight_bytes_read_per_step(engine: Any, batch: int = 1) -> int:
 
     counts = model_bytes(engine)
     mc = engine.config.model_config
-    row_bytes = mc.hidden_size * torch.empty((), dtype=engine.dtype).element_size()
+    row_bytes = mc.hidden_size * torch.empty((), dtype=getattr(torch, engine.info.dtype)).element_size()
     return counts.weight_bytes_read_per_step + batch * row_bytes
 
 

@@ -120,7 +120,7 @@ def main() -> None:
             wbytes = weight_bytes_read_per_step(engine, batch=1)
             tpot = decode_tpot(engine, args.decode_steps)
             thr = offline(engine, args)
-            row = {"format": fmt, "weight_bytes": engine.weights_bytes,
+            row = {"format": fmt, "weight_bytes": engine.info.weights_bytes,
                    "weight_bytes_read_per_step": wbytes, "tpot_ms": tpot * 1e3,
                    "decode_tokens_per_s": 1 / tpot,
                    "achieved_weight_bandwidth_gbs": wbytes / tpot / GB, **thr}  # fmt: skip

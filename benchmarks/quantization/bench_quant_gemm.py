@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
 from common import GB, Report, copy_bandwidth_gbs, require_cuda, time_ms  # noqa: E402
 
 from membound.config import QuantizationConfig  # noqa: E402
+from membound.kernels.contract import TRITON_OPS  # noqa: E402
 from membound.kernels.int4_gemm import int4_gemm  # noqa: E402
 from membound.layers.linear import Linear  # noqa: E402
 from membound.layers.quantization import get_linear_method  # noqa: E402
@@ -46,13 +47,12 @@ def build(fmt: str, n: int, k: int, dev: torch.device) -> Linear:
         old = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)
         try:
-            layer = Linear(k, n, quant_method=qm, prefix=f"bench.{fmt}")
+            layer = Linear(k, n, quant_method=qm, prefix=f"bench.{fmt}", ops=TRITON_OPS)
         finally:
             torch.set_default_dtype(old)
     w = torch.randn(n, k, device=dev, dtype=torch.float32) * 0.02
     layer.quant_method.quantize_rows(layer, w, (0, n))
     layer.process_weights_after_loading()
-    layer.set_kernel_backend("triton")
     return layer
 
 

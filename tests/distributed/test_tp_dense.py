@@ -44,9 +44,11 @@ def test_kv_cache_per_rank_and_planner_agree(gqa: Path, gqa_tp2: LLM) -> None:
     """Rank 0 holds ceil(2 KV heads / 2) = 1 head; the per-rank byte budget buys the number
     of blocks the planner predicts for the same per-GPU KV budget."""
     engine = gqa_tp2.llm_engine
-    layout = engine.kv_layout
-    assert layout.num_kv_heads == 1
-    assert tuple(engine.runner.kv_caches[0].shape) == (2, layout.num_blocks, 4, 1, 16)
+    layout = engine.executor.driver.kv_layout  # rank 0's worker
+    assert layout.num_kv_heads == 1 and engine.info.num_blocks == layout.num_blocks
+    assert engine.info.tensor_parallel_size == 2
+    kv_caches = engine.executor.driver.runner.kv_caches
+    assert tuple(kv_caches[0].shape) == (2, layout.num_blocks, 4, 1, 16)
     cost = model_cost(ModelShape.from_file(gqa), "bf16", "fp32", tp=2)  # fp32 KV, as here
     assert cost.kv_heads_per_gpu == layout.num_kv_heads
     assert cost.kv_bytes_per_token_per_gpu * layout.block_size == layout.bytes_per_block

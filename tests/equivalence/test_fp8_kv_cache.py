@@ -32,9 +32,10 @@ def fp8_reference(tiny_llama: Path) -> list[list[int]]:
 def test_fp8_cache_holds_four_times_the_blocks_of_fp32(tiny_llama: Path) -> None:
     budget = {"kv_cache_memory_bytes": 1 << 20, "max_model_len": 128}
     plain, fp8 = engine(tiny_llama, **budget), engine(tiny_llama, **budget, **FP8)
-    assert fp8.runner.kv_caches[0].dtype == FP8_KV_DTYPE
-    assert fp8.kv_layout.num_blocks == 4 * plain.kv_layout.num_blocks
-    assert fp8.memory_report.kv_bytes == plain.memory_report.kv_bytes
+    assert fp8.executor.driver.runner.kv_caches[0].dtype == FP8_KV_DTYPE
+    assert fp8.info.kv_precision == "float8_e4m3fn" and plain.info.kv_precision == "float32"
+    assert fp8.info.num_blocks == 4 * plain.info.num_blocks
+    assert fp8.info.memory_report.kv_bytes == plain.info.memory_report.kv_bytes
 
 
 def test_fp8_prefix_caching_and_chunking_identical(
@@ -58,7 +59,8 @@ def test_fp8_preemption_identical(
     assert eng.stats().num_preemptions > 0
     if mode == "swap":
         assert eng.stats().num_swaps_in > 0
-        assert eng.runner.swap_space.cpu_caches[0].element_size() == 1  # FP8 bytes on the CPU
+        swap = eng.executor.driver.runner.kv_swap
+        assert swap is not None and swap.cpu_caches[0].element_size() == 1  # FP8 bytes on CPU
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -94,7 +96,8 @@ def test_checkpoint_scales_are_read(
     folder = _with_scales(tiny_llama, tmp_path / "scaled", names, 0.25)
     with caplog.at_level("INFO"):
         eng = engine(folder, **FP8)
-    attn = [m for m in eng.model.modules() if hasattr(m, "kv_scales_from_checkpoint")]
+    model = eng.executor.driver.model
+    attn = [m for m in model.modules() if hasattr(m, "kv_scales_from_checkpoint")]
     assert [(a.k_scale, a.v_scale) for a in attn] == [(0.25, 0.125)] * 2
     assert "K/V scales from the checkpoint (2 of 2 layers" in caplog.text
     assert run(eng, shared_prefix_prompts()[:2], GREEDY)  # runs

@@ -63,10 +63,15 @@ def test_swap_preserves_seeded_sampling(tiny_llama: Path) -> None:
 
 def test_memory_report_on_cpu(tiny_llama: Path) -> None:
     eng = engine(tiny_llama, kv_cache_memory_bytes=1 << 20, max_model_len=128)
-    rep = eng.memory_report
-    per_block = eng.kv_layout.bytes_per_block
+    info = eng.info
+    rep = info.memory_report
+    per_block = info.bytes_per_block
     assert rep.num_blocks == (1 << 20) // per_block and rep.kv_bytes == rep.num_blocks * per_block
-    assert rep.weights_bytes == sum(p.numel() * 4 for p in eng.model.parameters())
+    assert (info.num_blocks, info.kv_bytes) == (rep.num_blocks, rep.kv_bytes)
+    model = eng.executor.driver.model
+    assert rep.weights_bytes == info.weights_bytes == sum(p.numel() * 4 for p in model.parameters())
+    assert (info.dtype, info.weight_precision, info.kv_precision) == ("float32",) * 3
+    assert info.kernel_backend == "cpu" and info.tensor_parallel_size == 1
     text = rep.format()
     assert "activations not measured on CPU" in text
     assert f"{rep.num_blocks} blocks = {rep.num_blocks * 4} tokens" in text

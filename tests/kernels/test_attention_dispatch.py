@@ -7,11 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from membound.layers.attention.backend import (
+from membound.kernels.contract import (
+    CPU_OPS,
+    TORCH_OPS,
     KernelBackend,
-    install_kernel_backend,
+    kernel_ops,
     select_kernel_backend,
 )
+from membound.kernels.cpu_attention import DecodePlan, decode_bytes_per_token
 from membound.layers.attention.layer import Attention
 from membound.layers.attention.metadata import build_attention_metadata
 from membound.layers.norm import RMSNorm
@@ -30,12 +33,10 @@ def test_metadata_splits_decodes_and_prefills() -> None:
     assert md.prefill.token_idx.tolist() == [0, 1, 2, 4, 5] and md.prefill.token_range is None
     assert md.prefill.query_start_loc.tolist() == [0, 3, 5]
     assert md.prefill.seq_lens.tolist() == [3, 6] and md.prefill.max_query_len == 3
-    assert md.num_decodes == 2 and [p.token_start for p in md.prefills] == [0, 4]
-    # masks are still there for readers that want them
-    assert md.decode_mask is not None and md.decode_mask.shape == (2, 1, 1, 12)
-    assert md.decode_mask[0, 0, 0].tolist() == [False] * 5 + [True] * 4 + [False] * 3
-    assert md.prefills[1].mask.tolist() == [[False, True, True, True, True, False],
-                                            [False, False, True, True, True, True]]
+    assert md.slot_mapping is not None and md.num_tokens == 7
+    # positions 0-2 | 8 | 4-5 | 4, through each sequence's table
+    assert md.slot_mapping.tolist() == [0, 1, 2, 12, 20, 21, 28]
+    assert md.seq_lens_per_token.tolist() == [3, 3, 3, 9, 6, 6, 5]
 
 
 def test_metadata_contiguous_ranges_and_no_cache() -> None:
@@ -44,7 +45,8 @@ def test_metadata_contiguous_ranges_and_no_cache() -> None:
     assert md.prefill is not None and md.prefill.token_range == (2, 6)
     md = build_attention_metadata([2, 1], [2, 1], None, 16, CPU)  # no KV cache: all prefill
     assert md.decode is None and md.prefill is not None and md.prefill.block_tables is None
-    assert md.prefill.token_range == (0, 3) and md.prefills[0].mask.shape == (2, 2)
+    assert md.prefill.token_range == (0, 3) and md.slot_mapping is None
+    assert md.prefill.query_start_loc.tolist() == [0, 2, 3]
 
 
 def test_backend_selection() -> None:
@@ -53,8 +55,9 @@ def test_backend_selection() -> None:
     assert select_kernel_backend(CPU, "torch") is KernelBackend.TORCH
     with pytest.raises(ValueError, match="not one of"):
         select_kernel_backend(CPU, "cuda")
-    model = torch.nn.Sequential(RMSNorm(8), Attention(4, 2, 16, 0.25))
-    assert install_kernel_backend(model, KernelBackend.TORCH) == 2
+    # layers get their ops when built; without any they run the references
+    assert RMSNorm(8).ops is TORCH_OPS and Attention(4, 2, 16, 0.25).ops is TORCH_OPS
+    assert RMSNorm(8, ops=CPU_OPS).ops is kernel_ops(KernelBackend.CPU) is CPU_OPS
 
 
 @pytest.mark.parametrize("window", [None, 3, 6])
@@ -64,8 +67,8 @@ def test_layer_matches_reference_layer_on_a_mixed_step(
     backend: KernelBackend, with_cache: bool, window: int | None
 ) -> None:
     """A step mixing decodes and prefill chunks (one with cached context), run through two
-    layers sharing the step's metadata (the second reuses any per-step plan): the backend's
-    layers against the reference layer. Window 3 skips whole blocks in decode and prefill."""
+    layers sharing the step's metadata (and the CPU backend's per-step decode plan, built
+    once as the runner does): the backend's layers against the reference layer. Window 3 skips whole blocks in decode and prefill."""
     if backend is KernelBackend.TRITON:
         pytest.importorskip("triton")
     assert select_kernel_backend(CPU, backend.value) is backend
@@ -77,17 +80,23 @@ def test_layer_matches_reference_layer_on_a_mixed_step(
                                   sliding_window=window)  # fmt: skip
     t = sum(query_lens)
     q, k, v = (torch.randn(t, n, d, generator=gen) for n in (h, kvh, kvh))
+    caches = [torch.randn(2, 11, bs, kvh, d, generator=torch.Generator().manual_seed(s))
+              for s in (1, 2)]  # fmt: skip
     outs = []
     for b in (KernelBackend.TORCH, backend):
-        for seed in (1, 2):  # two layers, each with its own cache, one metadata
-            layer = Attention(h, kvh, d, d**-0.5)
-            layer.set_kernel_backend(b)
-            cache = torch.randn(2, 11, bs, kvh, d, generator=torch.Generator().manual_seed(seed))
+        ops = kernel_ops(b)
+        if with_cache and b is KernelBackend.CPU:
+            assert md.decode is not None
+            md.backend_decode = ops.plan_decode(
+                block_tables=md.decode.block_tables, seq_lens=md.decode.seq_lens, block_size=bs,
+                sliding_window=window, bytes_per_token=decode_bytes_per_token(caches[0]),
+            )
+            assert isinstance(md.backend_decode, DecodePlan)
+        for cache in caches:  # two layers, each with its own cache, one metadata
+            layer = Attention(h, kvh, d, d**-0.5, ops)
             outs.append(layer(q, k, v, cache if with_cache else None, md))  # [T, H * D]
     torch.testing.assert_close(outs[2], outs[0], atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(outs[3], outs[1], atol=2e-5, rtol=2e-5)
-    if with_cache and backend is KernelBackend.CPU:
-        assert md.decode is not None and md.decode.plan is not None
 
 
 def test_kernels_import_and_refs_run_without_triton() -> None:
@@ -101,7 +110,7 @@ import sys
 sys.modules["triton"] = None  # import triton -> ImportError
 import torch
 from membound.kernels import activation, cpu_attention, kv_store, paged_attention, prefill_attention, rms_norm, rotary
-from membound.layers.attention.backend import KernelBackend, select_kernel_backend
+from membound.kernels.contract import KernelBackend, select_kernel_backend
 x = torch.randn(2, 8)
 assert activation.silu_and_mul_ref(x).shape == (2, 4)
 assert select_kernel_backend(torch.device("cpu")) is KernelBackend.CPU

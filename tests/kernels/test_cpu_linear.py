@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from membound.kernels.contract import CPU_OPS
 from membound.kernels.cpu_linear import prefers_column_major, to_column_major
-from membound.layers.attention.backend import KernelBackend, install_kernel_backend
 from membound.layers.linear import Linear
 from membound.layers.vocab_embedding import LMHead, VocabEmbedding
 
@@ -39,12 +39,13 @@ def test_to_column_major_keeps_shape_values_and_parameter() -> None:
 
 
 def test_cpu_backend_relayouts_wide_linears_and_keeps_outputs() -> None:
-    wide, tall = Linear(16, 48), Linear(48, 16)
+    wide, tall = Linear(16, 48, ops=CPU_OPS), Linear(48, 16, ops=CPU_OPS)
     for layer in (wide, tall):
         torch.nn.init.normal_(layer.weight)
     x16, x48 = torch.randn(3, 16), torch.randn(3, 48)
     expected = wide(x16), tall(x48)
-    install_kernel_backend(torch.nn.Sequential(wide, tall), KernelBackend.CPU)
+    for layer in (wide, tall):  # the post-load step lays the weight out for the CPU backend
+        layer.process_weights_after_loading()
     assert is_column_major(wide.weight) and tall.weight.is_contiguous()
     torch.testing.assert_close(wide(x16), expected[0])
     torch.testing.assert_close(tall(x48), expected[1])
@@ -52,10 +53,11 @@ def test_cpu_backend_relayouts_wide_linears_and_keeps_outputs() -> None:
 
 def test_cpu_backend_leaves_a_tied_head_row_major() -> None:
     table = VocabEmbedding(64, 8)
-    tied, untied = LMHead(64, 8, table), LMHead(64, 8, None)
+    tied, untied = LMHead(64, 8, table, kernel_backend="cpu"), LMHead(64, 8, None, None, "cpu")
     for p in (table.weight, untied.weight):
         torch.nn.init.normal_(p)
-    install_kernel_backend(torch.nn.ModuleList([table, tied, untied]), KernelBackend.CPU)
+    for head in (tied, untied):
+        head.process_weights_after_loading()
     assert table.weight.is_contiguous() and tied.weight is table.weight
     assert is_column_major(untied.weight)
     h = torch.randn(2, 8)
@@ -66,6 +68,7 @@ def test_engine_on_cpu_stores_wide_weights_column_major(tiny_llama: Path) -> Non
     from membound import LLM
 
     llm = LLM(str(tiny_llama), block_size=4)
-    weights = [m.weight for m in llm.llm_engine.runner.model.modules() if isinstance(m, Linear)]
+    model = llm.llm_engine.executor.driver.model
+    weights = [m.weight for m in model.modules() if isinstance(m, Linear)]
     assert any(is_column_major(w) for w in weights)  # gate_up at least
     assert all(is_column_major(w) == prefers_column_major(w) for w in weights)

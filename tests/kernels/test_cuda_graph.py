@@ -41,7 +41,8 @@ def _engine(folder: Path, backend: str, device: str) -> LLMEngine:
 def _prefill_then_decode_metadata(eng: LLMEngine, lens: list[int]) -> tuple:
     """Prefill sequences of ``lens`` tokens into hand-made block tables; return the next
     decode step's (input_ids, positions, metadata)."""
-    dev, bs = eng.device, 4
+    worker = eng.executor.driver  # rank 0's worker: its model and KV cache
+    dev, bs = worker.device, 4
     tables, next_block = [], 0
     for n in lens:
         count = n // bs + 1
@@ -52,7 +53,7 @@ def _prefill_then_decode_metadata(eng: LLMEngine, lens: list[int]) -> tuple:
     pos = torch.cat([torch.arange(n) for n in lens]).to(dev)
     md = build_attention_metadata(lens, lens, tables, bs, dev, eng.config.model_config.sliding_window)
     with torch.inference_mode():
-        eng.model(ids, pos, eng.runner.kv_caches, md)
+        worker.model(ids, pos, worker.runner.kv_caches, md)
     dec_ids = torch.randint(5, 300, (len(lens),), generator=gen).to(dev)
     dec_pos = torch.tensor(lens, device=dev)
     md = build_attention_metadata([1] * len(lens), [n + 1 for n in lens], tables, bs, dev,
@@ -67,9 +68,10 @@ def test_padded_static_batch_matches_eager(tiny_llama: Path, backend: str) -> No
         pytest.importorskip("triton")
     eng = _engine(tiny_llama, backend, "cpu")
     ids, pos, md = _prefill_then_decode_metadata(eng, [9, 5, 7])
-    graphs = CUDAGraphRunner(eng.model, eng.runner.kv_caches, [1, 4], 64, 4, None, eng.device)
+    w = eng.executor.driver
+    graphs = CUDAGraphRunner(w.model, w.runner.kv_caches, [1, 4], 64, 4, None, w.device)
     with torch.inference_mode():
-        expected = eng.model(ids, pos, eng.runner.kv_caches, md)  # [3, hidden]
+        expected = w.model(ids, pos, w.runner.kv_caches, md)  # [3, hidden]
         assert graphs.fits(md) and not graphs.can_run(md) and graphs.padded_size(3) == 4
         graphs.load_inputs(ids, pos, md, 4)
         got = graphs.forward_static(4)  # [4, hidden]
@@ -82,8 +84,9 @@ def test_padded_static_batch_matches_eager(tiny_llama: Path, backend: str) -> No
 def test_graph_replay_is_bitwise_eager(tiny_llama: Path) -> None:
     eng = _engine(tiny_llama, "triton", "cuda")
     ids, pos, md = _prefill_then_decode_metadata(eng, [9, 5, 70])
-    graphs = CUDAGraphRunner(eng.model, eng.runner.kv_caches, [1, 4, 8], 128, 4, None,
-                             eng.device)  # fmt: skip
+    w = eng.executor.driver
+    graphs = CUDAGraphRunner(w.model, w.runner.kv_caches, [1, 4, 8], 128, 4, None,
+                             w.device)  # fmt: skip
     graphs.capture()
     with torch.inference_mode():
         replayed = graphs.run(ids, pos, md).clone()
@@ -101,7 +104,7 @@ def test_greedy_identical_with_and_without_graphs(tiny_llama: Path, dtype: str) 
     def run(eager: bool) -> list[list[int]]:
         llm = LLM(str(tiny_llama), dtype=dtype, block_size=16, enforce_eager=eager,
                   cuda_graph_sizes=[1, 2, 4])  # fmt: skip
-        assert (llm.llm_engine.runner.cuda_graphs is None) == eager
+        assert (llm.llm_engine.executor.driver.runner.cuda_graphs is None) == eager
         return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
 
     assert run(eager=False) == run(eager=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from membound import LLM, SamplingParams
-from membound.layers.attention.backend import KernelBackend
+from membound.kernels.contract import KernelBackend
 from tiny_models import make_checkpoint
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
@@ -35,8 +35,8 @@ def generate(folder: Path, backend: str) -> tuple[list[list[int]], list, LLM]:
 def check_same_greedy(folder: Path, backend: str = "triton") -> None:
     ref_tokens, ref_lps, ref_llm = generate(folder, "torch")
     tokens, lps, llm = generate(folder, backend)
-    assert ref_llm.llm_engine.runner.kernel_backend is KernelBackend.TORCH
-    assert llm.llm_engine.runner.kernel_backend is KernelBackend(backend)
+    assert ref_llm.llm_engine.info.kernel_backend == KernelBackend.TORCH.value
+    assert llm.llm_engine.info.kernel_backend == KernelBackend(backend).value
     assert tokens == ref_tokens
     for ours, theirs in zip(lps, ref_lps, strict=True):
         for step_ours, step_theirs in zip(ours, theirs, strict=True):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from quant_checkpoints import AWQ_ORDER, E2M1, pack_cols, pack_rows
 
 from membound.config import QuantizationConfig
+from membound.kernels.contract import TRITON_OPS
 from membound.kernels.int4_gemm import pack_int4, unpack_int4
 from membound.layers.linear import Linear, MergedLinear
 from membound.layers.quantization import get_linear_method
@@ -120,10 +121,9 @@ def test_fast_paths_on_gpu(method: str) -> None:
     dev = torch.device("cuda")
     cfg = QuantizationConfig.for_float_checkpoint(method)
     with torch.device(dev):
-        layer = Linear(256, 512, quant_method=get_linear_method(cfg, ["x"]))
+        layer = Linear(256, 512, quant_method=get_linear_method(cfg, ["x"]), ops=TRITON_OPS)
     layer.load_checkpoint_tensor("weight", (randn(512, 256) * 0.05).to(dev), None, "x.weight")
     layer.process_weights_after_loading()
-    layer.set_kernel_backend("triton")
     for m in (1, 7, 64):
         x = randn(m, 256).to(dev, torch.bfloat16)
         ref = F.linear(x.float(), layer.quant_method.dequantize(layer))

@@ -78,10 +78,13 @@ def test_triton_backend_decode_matches_reference(float_ckpt: Path) -> None:
     """With the Triton backend, small batches go through the int4 kernel (interpreted on
     CPU); the result matches the dequantize + matmul path."""
     pytest.importorskip("triton")
-    model = load_model(quantized_config(float_ckpt, "int4"), str(float_ckpt),
-                       dtype=torch.float32, device=CPU)
-    layer = model.model.layers[0].mlp.down_proj
+    from membound.kernels.contract import TRITON_OPS
+
+    def down_proj(ops: object) -> torch.nn.Module:
+        model = load_model(quantized_config(float_ckpt, "int4"), str(float_ckpt),
+                           dtype=torch.float32, device=CPU, ops=ops)  # type: ignore[arg-type]
+        return model.model.layers[0].mlp.down_proj
+
+    ref_layer, layer = down_proj(None), down_proj(TRITON_OPS)
     x = torch.randn(3, layer.input_size, generator=torch.Generator().manual_seed(1))
-    ref = layer(x)
-    layer.set_kernel_backend("triton")
-    torch.testing.assert_close(layer(x), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer(x), ref_layer(x), rtol=1e-4, atol=1e-4)

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-import membound.worker.model_runner as runner_module
 from membound.engine.engine_args import EngineArgs
 from membound.engine.llm_engine import LLMEngine
 from membound.sampling_params import SamplingParams
@@ -21,17 +20,19 @@ def test_128k_context_steps_scale_with_actual_length(
     folder = make_checkpoint(tmp_path / "long", "llama3_tied", max_position_embeddings=131072)
     eng = LLMEngine.from_engine_args(EngineArgs(
         model=str(folder), max_model_len=131072, kv_cache_memory_bytes=80 << 20))
-    assert eng.memory_report.kv_tokens >= 131072
+    assert eng.info.memory_report.kv_tokens >= 131072
     widths: list[int] = []
-    real = runner_module.build_attention_metadata
+    batch = eng.executor.driver.runner.input_batch
+    real = batch.prepare
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        md = real(*args, **kwargs)
-        if md.decode_mask is not None:
-            widths.append(md.decode_mask.shape[-1])  # keys attended per decode
-        return md
+        inputs = real(*args, **kwargs)
+        d = inputs.attn.decode
+        if d is not None:
+            widths.append(d.block_tables.shape[1] * 16)  # keys a decode's table covers
+        return inputs
 
-    monkeypatch.setattr(runner_module, "build_attention_metadata", spy)
+    monkeypatch.setattr(batch, "prepare", spy)
     eng.add_request("a", list(range(5, 45)), SamplingParams(temperature=0, max_tokens=8,
                                                              ignore_eos=True))
     while eng.has_unfinished_requests():

@@ -68,5 +68,6 @@ def test_engine_on_cpu_accepts_and_ignores_offload(
 
     with caplog.at_level("INFO", logger="membound"):  # logged by the rank's worker
         eng = LLMEngine.from_engine_args(EngineArgs(model=str(tiny_llama), cpu_offload_gb=1.0))
-    assert eng.offloader is None and eng.memory_report.offloaded_bytes == 0
+    assert eng.executor.driver.offloader is None
+    assert eng.info.memory_report.offloaded_bytes == 0
     assert "cpu_offload_gb=1.0 ignored" in caplog.text

@@ -122,8 +122,8 @@ def run_latency(
 def kv_bytes_read(engine: Any, contexts: list[int], batch_size: int) -> float:
     """Mean KV bytes read per decode step: each sequence reads its context (capped by a
     sliding window) of K and V in every layer."""
-    layout = engine.kv_layout
-    per_token = layout.bytes_per_block / layout.block_size  # K and V, every layer
+    info = engine.info
+    per_token = info.bytes_per_block / info.block_size  # K and V, every layer
     window = engine.config.model_config.sliding_window
     tokens = [min(c, window) if window else c for c in contexts]
     return batch_size * per_token * (sum(tokens) / len(tokens)) if tokens else 0.0
@@ -201,6 +201,7 @@ def latency_figures(run: LatencyRun) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     """Run ``bench latency`` from parsed arguments; prints, writes JSON and plot."""
     from membound.bench.ceilings import measure_ceilings
+    from membound.engine.engine_args import torch_dtype
 
     engine = offline.create_engine(args)
     run = run_latency(
@@ -217,7 +218,8 @@ def main(args: argparse.Namespace) -> int:
     device = offline.engine_device(engine)
     ceilings = None
     if not args.skip_ceilings:
-        ceilings = measure_ceilings(engine.config.device, engine.dtype).to_dict()
+        dtype = torch_dtype(engine.info.dtype)
+        ceilings = measure_ceilings(engine.config.device, dtype).to_dict()
     figures = latency_figures(run)
     figures.update(roofline_figures(engine, run, counts, device, ceilings))
     price = resolve_price(args.price_per_gpu_hour, device["name"])

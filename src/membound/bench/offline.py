@@ -29,7 +29,8 @@ def model_bytes(engine: Any) -> ModelBytes:
     tied = engine.config.model_config.tie_word_embeddings
     seen: set[int] = set()
     total = total_bytes = embed_bytes = linear = lm_head = 0
-    for name, param in engine.model.named_parameters(remove_duplicate=False):
+    model = engine.executor.driver.model  # rank 0's shard
+    for name, param in model.named_parameters(remove_duplicate=False):
         is_embed = "embed_tokens" in name
         if name.startswith("lm_head") or (tied and is_embed):
             lm_head = param.numel()
@@ -92,9 +93,9 @@ def engine_config_section(engine: Any, args: argparse.Namespace) -> dict[str, An
         "max_model_len": cfg.scheduler_config.max_model_len,
         "max_num_seqs": cfg.scheduler_config.max_num_seqs,
         "max_num_batched_tokens": cfg.scheduler_config.max_num_batched_tokens,
-        "block_size": engine.kv_layout.block_size,
-        "num_kv_blocks": engine.kv_layout.num_blocks,
-        "kv_cache_bytes": engine.kv_layout.total_bytes,
+        "block_size": engine.info.block_size,
+        "num_kv_blocks": engine.info.num_blocks,
+        "kv_cache_bytes": engine.info.kv_bytes,
         "enable_chunked_prefill": getattr(args, "enable_chunked_prefill", None),
         "enable_prefix_caching": getattr(args, "enable_prefix_caching", None),
         "seed": cfg.seed,

@@ -117,6 +117,6 @@ def take_snapshot(engine: LLMEngine) -> EngineSnapshot:
         blocks=tuple(blocks),
         owners=tuple(owners),
         shared=tuple(sorted(b for b, n in holders.items() if n > 1)),
-        memory=asdict(engine.memory_report),
+        memory=asdict(engine.info.memory_report),
         stats=engine.stats(),
     )

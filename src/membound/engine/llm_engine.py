@@ -6,13 +6,12 @@ import logging
 import time
 from dataclasses import replace
 
-import torch
-
 from membound.config import EngineConfig
 from membound.core.kv_cache_manager import KVCacheManager
 from membound.core.request import Request, RequestStatus
 from membound.core.scheduler import RequestRejectedError, Scheduler
-from membound.engine.engine_args import EngineArgs, torch_dtype
+from membound.engine.engine_args import EngineArgs
+from membound.engine.engine_info import EngineInfo
 from membound.engine.intake import IntakeLimits, ValidatedRequest, process_request
 from membound.engine.output_processor import OutputProcessor
 from membound.engine.stats import EngineStats
@@ -22,10 +21,6 @@ from membound.sampling_params import SamplingParams
 from membound.structured_output.grammar import GrammarCompiler
 from membound.structured_output.manager import StructuredOutputManager
 from membound.worker.executor import Executor
-from membound.worker.kv_cache_alloc import KVCacheLayout
-from membound.worker.memory_profiler import MemoryReport
-from membound.worker.model_runner import ModelRunner
-from membound.worker.offload import WeightOffloader
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +33,17 @@ class LLMEngine:
         # every tensor-parallel rank loads its shard and allocates its KV cache; from here
         # on this process is rank 0 (under torchrun, other ranks never return from this)
         self.executor = Executor(config, progress=progress)
-        self.device = self.executor.driver.device
-        self.dtype = torch_dtype(config.dtype)
+        self.info = EngineInfo.from_ready(config, self.executor.ready)
         self.tokenizer: Tokenizer | None = (
             Tokenizer.from_pretrained(config.tokenizer) if config.tokenizer else None
         )
         cc, sc = config.cache_config, config.scheduler_config
+        ready = self.executor.ready
         self.kv_manager = KVCacheManager(
-            self.kv_layout.num_blocks, self.kv_layout.block_size,
+            ready.num_blocks, ready.block_size,
             enable_prefix_caching=cc.enable_prefix_caching,
             prefix_cache_salt=cc.prefix_cache_salt,
-            num_cpu_blocks=self.executor.driver.num_cpu_blocks,
+            num_cpu_blocks=ready.num_cpu_blocks,
         )
         self.scheduler = Scheduler(sc, self.kv_manager)
         self.output_processor = OutputProcessor(self.tokenizer)
@@ -67,36 +62,11 @@ class LLMEngine:
         self._generation_tokens_total = 0
         tp = config.parallel_config.tensor_parallel_size
         logger.info("engine ready in %.1fs; %s%s", time.perf_counter() - t0,
-                    self.memory_report.format(), f" (per rank, TP={tp})" if tp > 1 else "")
+                    self.info.memory_report.format(), f" (per rank, TP={tp})" if tp > 1 else "")
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, *, progress: bool = False) -> LLMEngine:
         return cls(args.create_engine_config(), progress=progress)
-
-    # rank 0's worker: its model shard, runner and memory figures
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.executor.driver.model
-
-    @property
-    def runner(self) -> ModelRunner:
-        return self.executor.driver.runner
-
-    @property
-    def kv_layout(self) -> KVCacheLayout:
-        return self.executor.driver.kv_layout
-
-    @property
-    def memory_report(self) -> MemoryReport:
-        return self.executor.driver.memory_report
-
-    @property
-    def offloader(self) -> WeightOffloader | None:
-        return self.executor.driver.offloader
-
-    @property
-    def weights_bytes(self) -> int:
-        return self.executor.driver.weights_bytes
 
     def shutdown(self) -> None:
         """Stop the other tensor-parallel ranks (nothing to do at TP=1). Idempotent; also

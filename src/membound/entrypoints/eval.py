@@ -152,17 +152,11 @@ def load_for_eval(
     if cfg.tokenizer is None:
         raise ValueError(f"{cfg.model} has no tokenizer.json; eval needs one to read text")
     device = torch.device(cfg.device)
-    model = load_model(cfg.model_config, cfg.model, dtype=torch_dtype(cfg.dtype), device=device,
-                       max_positions=max(window, 2), seed=cfg.seed)
-    try:  # the kernel backend the engine would pick (Triton on CUDA)
-        from membound.layers.attention.backend import (
-            install_kernel_backend,
-            select_kernel_backend,
-        )
+    from membound.kernels.contract import select_kernel_ops
 
-        install_kernel_backend(model, select_kernel_backend(device, "auto"))
-    except ImportError:  # pragma: no cover - older trees without a kernel backend
-        pass
+    ops = select_kernel_ops(device)  # the backend the engine would pick (Triton on CUDA)
+    model = load_model(cfg.model_config, cfg.model, dtype=torch_dtype(cfg.dtype), device=device,
+                       max_positions=max(window, 2), seed=cfg.seed, ops=ops)
     return model, Tokenizer.from_pretrained(cfg.tokenizer), device
 
 

@@ -30,6 +30,7 @@ from membound.gguf.names import PERMUTED_QK_ARCHITECTURES, hf_module, hf_name
 from membound.gguf.reader import GGUFError, GGUFFile, GGUFTensorInfo
 from membound.gguf.tensors import decode_int4, dequantize, int4_layout, unpermute_rows
 from membound.gguf.types import INT4_BLOCK_TYPES
+from membound.kernels.contract import KernelOps
 from membound.layers.checkpoint_tensor import LazyTensor
 from membound.models.registry import build_model
 
@@ -174,9 +175,10 @@ def load_gguf_model(
     max_positions: int | None = None,
     progress: bool = False,
     parallel: ParallelContext | None = None,
+    ops: KernelOps | None = None,
 ) -> nn.Module:
-    """Validate the whole file, then build the model on ``device`` and stream it in."""
-    from membound.layers.checkpoint_tensor import owns_checkpoint_loading
+    """Validate the whole file, then build the model on ``device`` with ``ops`` (the kernel
+    backend; None: the references) and stream it in."""
     from membound.worker.weight_loader import _default_dtype
 
     file = GGUFFile(path)
@@ -184,9 +186,10 @@ def load_gguf_model(
     validate_gguf(file, config, plan, max_positions)
     logger.info("%s", describe_plan(file, plan, dtype))
     with _default_dtype(dtype), torch.device(device):
-        model = build_model(config, max_positions, parallel, False)
+        model = build_model(config, max_positions, parallel, False, ops)
     model.load_weights(iterate_gguf(file, config, plan, progress))  # type: ignore[operator]
-    for module in model.modules():
-        if owns_checkpoint_loading(module):
-            module.process_weights_after_loading()  # type: ignore[operator]
+    for module in model.modules():  # linears, experts, an untied LM head: each layer's post-load
+        post_load = getattr(module, "process_weights_after_loading", None)
+        if callable(post_load):
+            post_load()
     return model.eval()

@@ -20,9 +20,9 @@ K/V: a KV head's query heads are that head's query rows.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -86,33 +86,43 @@ def plan_decode(
     block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int,
     sliding_window: int | None, bytes_per_token: int,
 ) -> DecodePlan:
-    """Bucket a decode batch by length and precompute each bucket's block list and mask.
-    With a sliding window, blocks wholly before the window are left out."""
-    device = block_tables.device
-    lens = seq_lens.tolist()
+    """Bucket a decode batch by length and precompute each bucket's block list and mask
+    (host-side numpy, one tensor per field and bucket). With a sliding window, blocks wholly
+    before the window are left out."""
+    tables = block_tables.cpu().numpy()
+    lens = seq_lens.cpu().numpy().astype(np.int64)
     # the first key each query sees, rounded down to its block: blocks before are skipped
-    first = [0 if sliding_window is None else max(0, n - sliding_window) // block_size * block_size
-             for n in lens]
-    spans = [n - f if n > 0 else 0 for n, f in zip(lens, first, strict=True)]
+    if sliding_window is None:
+        first = np.zeros_like(lens)
+    else:
+        first = np.maximum(0, lens - sliding_window) // block_size * block_size
+    spans = np.where(lens > 0, lens - first, 0)
+    last_col = tables.shape[1] - 1
     buckets = []
-    for bucket in plan_decode_buckets(spans, bytes_per_token):
-        rows = torch.tensor(bucket, dtype=torch.int64, device=device)
-        num_blocks = math.ceil(max(spans[i] for i in bucket) / block_size)
-        start = torch.tensor([first[i] // block_size for i in bucket], device=device)
-        cols = start[:, None] + torch.arange(num_blocks, device=device)[None, :]
-        cols = cols.clamp_(max=block_tables.shape[1] - 1)  # past a row's blocks: masked below
-        blocks = block_tables.index_select(0, rows).gather(1, cols).reshape(-1)
-        pos = (start * block_size)[:, None] + torch.arange(num_blocks * block_size, device=device)
-        n_keys = torch.tensor([lens[i] for i in bucket], device=device)[:, None]
+    for bucket in plan_decode_buckets(spans.tolist(), bytes_per_token):
+        rows = np.asarray(bucket, dtype=np.int64)
+        num_blocks = -(-int(spans[rows].max()) // block_size)
+        start = first[rows] // block_size
+        cols = np.minimum(start[:, None] + np.arange(num_blocks), last_col)  # past: masked
+        blocks = tables[rows[:, None], cols].reshape(-1)
+        pos = (start * block_size)[:, None] + np.arange(num_blocks * block_size)
+        n_keys = lens[rows][:, None]
         mask = pos < n_keys
         if sliding_window is not None:
             mask &= pos >= n_keys - sliding_window
-        buckets.append(DecodeBucket(rows, blocks.to(torch.int64), mask[:, None, None, :], num_blocks))
-    pad = [i for i, n in enumerate(lens) if n <= 0]
+        buckets.append(DecodeBucket(
+            _on(rows, block_tables), _on(blocks.astype(np.int64), block_tables),
+            _on(mask[:, None, None, :], block_tables), num_blocks,
+        ))
+    pad = np.flatnonzero(lens <= 0)
     return DecodePlan(
-        tuple(buckets), torch.tensor(pad, device=device) if pad else None, block_size,
+        tuple(buckets), _on(pad, block_tables) if pad.shape[0] else None, block_size,
         sliding_window,
     )
+
+
+def _on(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).to(like.device)
 
 
 def decode_bytes_per_token(kv_cache: torch.Tensor) -> int:

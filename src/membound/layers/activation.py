@@ -6,19 +6,16 @@ import torch
 from torch import nn
 
 from membound.kernels.activation import silu_and_mul_ref
-from membound.layers.attention.backend import KernelBackend, KernelOps, kernel_ops
+from membound.kernels.contract import TORCH_OPS, KernelOps
 
 __all__ = ["SiluAndMul", "silu_and_mul_ref"]
 
 
 class SiluAndMul(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, ops: KernelOps | None = None) -> None:
         super().__init__()
-        self.ops: KernelOps = kernel_ops(KernelBackend.TORCH)
-
-    def set_kernel_backend(self, backend: KernelBackend) -> None:
-        self.ops = kernel_ops(backend)
+        self.ops: KernelOps = ops or TORCH_OPS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., 2 * d] holding gate then up -> [..., d]."""
-        return self.ops.silu_and_mul(x)
+        return self.ops.silu_and_mul(x=x)

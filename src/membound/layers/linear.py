@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from membound.kernels.contract import TORCH_OPS, KernelOps
 from membound.layers.checkpoint_tensor import LazyTensor, materialize
 from membound.layers.quantization import (
     QuantizationMethod,
@@ -61,13 +62,17 @@ class Linear(nn.Module):
         quant_method: QuantizationMethod | None = None,
         prefix: str = "",
         output_sizes: Sequence[int] | None = None,
+        *,
+        ops: KernelOps | None = None,
     ) -> None:
         super().__init__()
         self.input_size = input_size  # this rank's (the whole layer's without TP)
         self.output_size = output_size
         self.checkpoint_input_size = input_size  # in the checkpoint (row-parallel: larger)
         self.prefix = prefix
-        self.kernel_backend = "torch"  # set by set_kernel_backend (install_kernel_backend)
+        # the backend whose kernels serve: the quantization method's post-load step lays
+        # the stored weight out for it ("torch" | "cpu" | "triton")
+        self.kernel_backend = (ops or TORCH_OPS).backend.value
         self.quant_method = quant_method or UnquantizedLinearMethod()
         sizes = tuple(output_sizes) if output_sizes is not None else (output_size,)
         self.quant_method.create_weights(self, input_size, sizes, torch.get_default_dtype())
@@ -83,10 +88,6 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_method.apply(self, x, self.bias)
-
-    def set_kernel_backend(self, backend: object) -> None:
-        self.kernel_backend = str(getattr(backend, "value", backend))
-        self.quant_method.adapt_to_backend(self, self.kernel_backend)
 
     # ---- loading: checkpoint tensors of one shard (None: the whole layer) -------------------
     def shard_ids(self) -> tuple[object, ...]:
@@ -152,9 +153,11 @@ class MergedLinear(Linear):
         bias: bool = False,
         quant_method: QuantizationMethod | None = None,
         prefix: str = "",
+        *,
+        ops: KernelOps | None = None,
     ) -> None:
         super().__init__(
-            input_size, sum(output_sizes), bias, quant_method, prefix, output_sizes
+            input_size, sum(output_sizes), bias, quant_method, prefix, output_sizes, ops=ops
         )
         assert len(output_sizes) == len(shard_ids)
         self.output_sizes = tuple(output_sizes)

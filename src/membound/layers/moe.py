@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from membound.distributed.context import ParallelContext
+from membound.kernels.contract import TORCH_OPS, KernelOps
 from membound.kernels.moe_gemm import moe_align
-from membound.layers.attention.backend import KernelBackend, KernelOps, kernel_ops
 from membound.layers.checkpoint_tensor import LazyTensor, materialize
 from membound.layers.linear import Linear, WeightShapeError
 from membound.layers.quantization import TensorSpec
@@ -54,10 +54,12 @@ def fused_experts(
     """sum_k weight_k * expert_k(x) for each token of x [T, hidden] -> [T, hidden]."""
     num_tokens, top_k = topk_ids.shape
     al = moe_align(topk_ids, w13.shape[0], expert_map=expert_map)
-    args = (al.sorted_token_ids, al.expert_ids, al.num_pairs, al.block_m)
-    gate_up = ops.moe_gemm(x, w13, *args, top_k)  # [T * top_k, 2 * inter]
-    act = ops.silu_and_mul(gate_up)  # [T * top_k, inter]
-    out = ops.moe_gemm(act, w2, *args, 1, topk_weights.reshape(-1))  # [T * top_k, hidden]
+    pairs = {"sorted_token_ids": al.sorted_token_ids, "expert_ids": al.expert_ids,
+             "num_pairs": al.num_pairs, "block_m": al.block_m}  # fmt: skip
+    gate_up = ops.moe_gemm(a=x, w=w13, **pairs, a_row_div=top_k, topk_weights=None)
+    act = ops.silu_and_mul(x=gate_up)  # [T * top_k, inter]; gate_up [T * top_k, 2 * inter]
+    out = ops.moe_gemm(a=act, w=w2, **pairs, a_row_div=1,
+                       topk_weights=topk_weights.reshape(-1))  # [T * top_k, hidden]  # fmt: skip
     return out.view(num_tokens, top_k, -1).sum(dim=1)
 
 
@@ -78,6 +80,7 @@ class FusedMoE(nn.Module):
         parallel: ParallelContext | None = None,
         expert_parallel: bool = False,
         prefix: str = "",
+        ops: KernelOps | None = None,
     ) -> None:
         super().__init__()
         self.parallel = parallel or ParallelContext.single()
@@ -103,10 +106,7 @@ class FusedMoE(nn.Module):
             )
         self.expert_map: torch.Tensor | None
         self.register_buffer("expert_map", emap, persistent=False)
-        self.ops = kernel_ops(KernelBackend.TORCH)
-
-    def set_kernel_backend(self, backend: KernelBackend) -> None:
-        self.ops = kernel_ops(backend)
+        self.ops = ops or TORCH_OPS
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         weights, ids = select_experts(router_logits, self.top_k, self.renormalize)
@@ -171,11 +171,13 @@ class SparseMoEBlock(nn.Module):
         super().__init__()
         h, prefix = experts.hidden_size, experts.prefix.rpartition(".")[0]
         self.parallel = experts.parallel
-        self.gate = Linear(h, experts.num_experts, prefix=f"{prefix}.gate")  # replicated
+        ops = experts.ops
+        self.gate = Linear(h, experts.num_experts, prefix=f"{prefix}.gate", ops=ops)  # replicated
         self.experts = experts
         self.shared_expert = shared_expert
         self.shared_expert_gate = (
-            Linear(h, 1, prefix=f"{prefix}.shared_expert_gate") if shared_expert_gate else None
+            Linear(h, 1, prefix=f"{prefix}.shared_expert_gate", ops=ops)
+            if shared_expert_gate else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from membound.distributed.context import ParallelContext
+from membound.kernels.contract import KernelOps
 from membound.layers.checkpoint_tensor import LazyTensor
 from membound.layers.linear import Linear, MergedLinear
 from membound.layers.quantization import QuantizationMethod
@@ -44,11 +45,13 @@ class MergedColumnParallelLinear(MergedLinear):
         prefix: str = "",
         parallel: ParallelContext | None = None,
         local_sizes: Sequence[int] | None = None,
+        *,
+        ops: KernelOps | None = None,
     ) -> None:
         self.parallel = parallel or ParallelContext.single()
         tp = self.parallel.world_size
         local = list(local_sizes or [_split(s, tp, f"{prefix} output") for s in output_sizes])
-        super().__init__(input_size, local, shard_ids, bias, quant_method, prefix)
+        super().__init__(input_size, local, shard_ids, bias, quant_method, prefix, ops=ops)
         self.full_sizes = dict(zip(shard_ids, output_sizes, strict=True))
 
     def checkpoint_rows(self, shard_id: object = None) -> int:
@@ -92,6 +95,8 @@ class QKVParallelLinear(MergedColumnParallelLinear):
         quant_method: QuantizationMethod | None = None,
         prefix: str = "",
         parallel: ParallelContext | None = None,
+        *,
+        ops: KernelOps | None = None,
     ) -> None:
         ctx = parallel or ParallelContext.single()
         tp = ctx.world_size
@@ -106,7 +111,7 @@ class QKVParallelLinear(MergedColumnParallelLinear):
         full_kv = num_kv_heads * head_dim
         super().__init__(
             hidden_size, [num_heads * head_dim, full_kv, full_kv], "qkv", bias, quant_method,
-            prefix, ctx, [self.q_size, self.kv_size, self.kv_size],
+            prefix, ctx, [self.q_size, self.kv_size, self.kv_size], ops=ops,
         )
 
     def rank_start(self, shard_id: object) -> int:
@@ -129,10 +134,12 @@ class RowParallelLinear(Linear):
         prefix: str = "",
         parallel: ParallelContext | None = None,
         reduce_results: bool = True,
+        *,
+        ops: KernelOps | None = None,
     ) -> None:
         self.parallel = parallel or ParallelContext.single()
         local_in = _split(input_size, self.parallel.world_size, f"{prefix} input_size")
-        super().__init__(local_in, output_size, bias, quant_method, prefix)
+        super().__init__(local_in, output_size, bias, quant_method, prefix, ops=ops)
         self.checkpoint_input_size = input_size
         self.reduce_results = reduce_results
 

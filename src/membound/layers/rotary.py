@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from membound.config import RopeScaling
-from membound.kernels.rotary import rotary_embedding
+from membound.kernels.contract import TORCH_OPS, KernelOps
 from membound.kernels.rotary import rotate_ref as apply_rotary_ref
-from membound.layers.attention.backend import KernelBackend
 
 __all__ = ["RotaryEmbedding", "apply_rotary_ref"]
 
@@ -58,6 +57,7 @@ class RotaryEmbedding(nn.Module):
         max_positions: int,
         base: float,
         scaling: RopeScaling | None = None,
+        ops: KernelOps | None = None,
     ) -> None:
         super().__init__()
         self.head_dim = head_dim
@@ -73,10 +73,7 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self._table(inv_freq, max_positions)
         self.register_buffer("cos_cache", cos, persistent=False)  # [max_positions, head_dim // 2]
         self.register_buffer("sin_cache", sin, persistent=False)
-        self.kernel_backend = KernelBackend.TORCH
-
-    def set_kernel_backend(self, backend: KernelBackend) -> None:
-        self.kernel_backend = backend
+        self.ops = ops or TORCH_OPS
 
     @staticmethod
     def _table(inv_freq: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,9 +123,6 @@ class RotaryEmbedding(nn.Module):
         seq_lens_per_token: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [num_tokens, num_heads, head_dim], k: [num_tokens, num_kv_heads, head_dim].
-        The torch path returns rotated copies; the Triton path rotates q and k in place."""
+        The references return rotated copies; the Triton kernel rotates q and k in place."""
         cos, sin = self.cos_sin(positions, seq_lens_per_token)  # [num_tokens, head_dim // 2]
-        if self.kernel_backend is KernelBackend.TRITON:
-            rotary_embedding(q, k, cos, sin)
-            return q, k
-        return apply_rotary_ref(q, cos, sin), apply_rotary_ref(k, cos, sin)
+        return self.ops.rotary_embedding(query=q, key=k, cos=cos, sin=sin)

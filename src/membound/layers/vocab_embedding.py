@@ -74,9 +74,11 @@ class LMHead(nn.Module):
         hidden_size: int,
         tied_to: VocabEmbedding | None,
         parallel: ParallelContext | None = None,
+        kernel_backend: str = "torch",
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
+        self.kernel_backend = kernel_backend  # the backend serving: "cpu" re-lays it out
         self.tied = tied_to is not None
         if tied_to is not None:
             self.parallel = tied_to.parallel
@@ -86,10 +88,10 @@ class LMHead(nn.Module):
             self.parallel = table.parallel
             self.weight = table.weight  # same sharding and loader as an embedding table
 
-    def set_kernel_backend(self, backend: object) -> None:
+    def process_weights_after_loading(self) -> None:
         """The CPU backend keeps an untied (wide) head column-major: faster logits for few
         rows. A tied head stays row-major: the embedding looks its rows up."""
-        if str(getattr(backend, "value", backend)) == "cpu" and not self.tied:
+        if self.kernel_backend == "cpu" and not self.tied:
             if prefers_column_major(self.weight):
                 to_column_major(self.weight)
 

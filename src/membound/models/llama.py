@@ -19,6 +19,7 @@ from torch import nn
 
 from membound.config import ModelConfig
 from membound.distributed.context import ParallelContext
+from membound.kernels.contract import TORCH_OPS, KernelOps
 from membound.layers.activation import SiluAndMul
 from membound.layers.attention.layer import Attention
 from membound.layers.attention.metadata import AttentionMetadata
@@ -48,7 +49,7 @@ class LlamaAttention(nn.Module):
 
     def __init__(
         self, config: ModelConfig, rotary: RotaryEmbedding, prefix: str = "",
-        parallel: ParallelContext | None = None,
+        parallel: ParallelContext | None = None, ops: KernelOps | None = None,
     ) -> None:
         super().__init__()
         self.head_dim = config.head_dim
@@ -56,19 +57,21 @@ class LlamaAttention(nn.Module):
             config.hidden_size, self.head_dim, config.num_attention_heads,
             config.num_key_value_heads, config.qkv_bias,
             _quant(config, prefix, "q_proj", "k_proj", "v_proj"), f"{prefix}.qkv_proj", parallel,
+            ops=ops,
         )
         self.num_heads = self.qkv_proj.num_heads  # per rank
         self.num_kv_heads = self.qkv_proj.num_kv_heads
         self.o_proj = RowParallelLinear(
             config.q_size, config.hidden_size, config.o_bias,
-            _quant(config, prefix, "o_proj"), f"{prefix}.o_proj", parallel,
+            _quant(config, prefix, "o_proj"), f"{prefix}.o_proj", parallel, ops=ops,
         )
         self.qk_norm = config.qk_norm
         if config.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ops)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ops)
         self.rotary = rotary  # shared by all layers; not a parameter owner
-        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5)
+        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim,
+                              self.head_dim**-0.5, ops)  # fmt: skip
 
     def forward(
         self,
@@ -98,17 +101,19 @@ class LlamaMLP(nn.Module):
     def __init__(
         self, config: ModelConfig, prefix: str = "", parallel: ParallelContext | None = None,
         intermediate_size: int | None = None, reduce_results: bool = True,
+        ops: KernelOps | None = None,
     ) -> None:
         super().__init__()
         inter = intermediate_size or config.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(
             config.hidden_size, [inter, inter], [0, 1], config.mlp_bias,
             _quant(config, prefix, "gate_proj", "up_proj"), f"{prefix}.gate_up_proj", parallel,
+            ops=ops,
         )
-        self.act = SiluAndMul()
+        self.act = SiluAndMul(ops)
         self.down_proj = RowParallelLinear(
             inter, config.hidden_size, config.mlp_bias, _quant(config, prefix, "down_proj"),
-            f"{prefix}.down_proj", parallel, reduce_results,
+            f"{prefix}.down_proj", parallel, reduce_results, ops=ops,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,12 +127,13 @@ class LlamaDecoderLayer(nn.Module):
     def __init__(
         self, config: ModelConfig, rotary: RotaryEmbedding, layer_idx: int,
         make_mlp: MLPFactory, parallel: ParallelContext | None = None,
+        ops: KernelOps | None = None,
     ) -> None:
         super().__init__()
         prefix = f"model.layers.{layer_idx}"
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config, rotary, f"{prefix}.self_attn", parallel)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.self_attn = LlamaAttention(config, rotary, f"{prefix}.self_attn", parallel, ops)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         # [num_tokens, hidden] -> [num_tokens, hidden], reduced over the ranks
         self.mlp = make_mlp(layer_idx, f"{prefix}.mlp")
 
@@ -152,20 +158,20 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(
         self, config: ModelConfig, max_positions: int, make_mlp: MLPFactory,
-        parallel: ParallelContext | None = None,
+        parallel: ParallelContext | None = None, ops: KernelOps | None = None,
     ) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, parallel)
         rotary = RotaryEmbedding(
-            config.head_dim, max_positions, config.rope_theta, config.rope_scaling
+            config.head_dim, max_positions, config.rope_theta, config.rope_scaling, ops
         )
         # Registered once here; layers hold a plain reference (see LlamaAttention).
         self.rotary_emb = rotary
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, rotary, i, make_mlp, parallel)
+            LlamaDecoderLayer(config, rotary, i, make_mlp, parallel, ops)
             for i in range(config.num_hidden_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 
     def forward(
         self,
@@ -215,20 +221,24 @@ class LlamaForCausalLM(nn.Module):
         max_positions: int | None = None,
         parallel: ParallelContext | None = None,
         expert_parallel: bool = False,
+        ops: KernelOps | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.parallel = parallel or ParallelContext.single()
         self.expert_parallel = expert_parallel
+        self.ops = ops or TORCH_OPS  # the kernels every layer is built with
         self.model = LlamaModel(
-            config, max_positions or config.max_supported_len, self.make_mlp, self.parallel
+            config, max_positions or config.max_supported_len, self.make_mlp, self.parallel,
+            self.ops,
         )
         tied = self.model.embed_tokens if config.tie_word_embeddings else None
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size, tied, self.parallel)
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size, tied, self.parallel,
+                              self.ops.backend.value)  # fmt: skip
 
     def make_mlp(self, layer_idx: int, prefix: str) -> nn.Module:
         """The MLP of decoder layer ``layer_idx`` (dense here; MoE families override)."""
-        return LlamaMLP(self.config, prefix, self.parallel)
+        return LlamaMLP(self.config, prefix, self.parallel, ops=self.ops)
 
     def forward(
         self,

@@ -24,16 +24,16 @@ class MixtralForCausalLM(LlamaForCausalLM):
     def make_mlp(self, layer_idx: int, prefix: str) -> nn.Module:
         moe = self.config.moe
         if moe is None or layer_idx not in moe.moe_layers:
-            return LlamaMLP(self.config, prefix, self.parallel)
+            return LlamaMLP(self.config, prefix, self.parallel, ops=self.ops)
         experts = FusedMoE(
             moe.num_experts, moe.num_experts_per_tok, self.config.hidden_size,
             moe.moe_intermediate_size, moe.renormalize, self.parallel, self.expert_parallel,
-            f"{prefix}.experts",
+            f"{prefix}.experts", self.ops,
         )
         shared = None
         if moe.shared_expert_intermediate_size:
             shared = LlamaMLP(
                 self.config, f"{prefix}.shared_expert", self.parallel,
-                moe.shared_expert_intermediate_size, reduce_results=False,
+                moe.shared_expert_intermediate_size, reduce_results=False, ops=self.ops,
             )
         return SparseMoEBlock(experts, shared, moe.shared_expert_gate)

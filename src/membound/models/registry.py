@@ -6,6 +6,7 @@ from torch import nn
 
 from membound.config import SUPPORTED_ARCHITECTURES, ConfigError, ModelConfig
 from membound.distributed.context import ParallelContext
+from membound.kernels.contract import KernelOps
 
 
 def model_class(architecture: str) -> type[nn.Module]:
@@ -35,8 +36,10 @@ def build_model(
     max_positions: int | None = None,
     parallel: ParallelContext | None = None,
     expert_parallel: bool = False,
+    ops: KernelOps | None = None,
 ) -> nn.Module:
-    """The model for ``config``; under tensor parallelism, this rank's shard of it."""
+    """The model for ``config`` with every layer built on ``ops`` (None: the references);
+    under tensor parallelism, this rank's shard of it."""
     return model_class(config.architecture)(  # type: ignore[call-arg]
-        config, max_positions, parallel, expert_parallel
+        config, max_positions, parallel, expert_parallel, ops
     )

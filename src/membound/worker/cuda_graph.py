@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from membound.config import KernelConfig
+from membound.kernels.contract import KernelBackend
 from membound.kernels.paged_attention import choose_num_splits
 from membound.kernels.triton_utils import num_sms
-from membound.layers.attention.backend import KernelBackend
 from membound.layers.attention.metadata import AttentionMetadata, decode_only_metadata
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class CUDAGraphRunner:
             )
             self.metadata[size] = decode_only_metadata(
                 self.slot_mapping[:size], self.block_tables[:size], self.seq_lens[:size],
-                self.seq_lens_per_token[:size], self.block_size, self.sliding_window, splits,
+                self.seq_lens_per_token[:size], self.sliding_window, splits,
             )
         return self.metadata[size]
 
@@ -157,9 +157,6 @@ class CUDAGraphRunner:
         self.seq_lens[:n].copy_(d.seq_lens)
         self.seq_lens[n:size].zero_()
         self.seq_lens_per_token[:n].copy_(md.seq_lens_per_token)
-        static = self.metadata.get(size)
-        if static is not None and static.decode is not None:  # it outlives the step:
-            static.decode.plan = None  # no per-step plan may carry over to the next one
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor,
             md: AttentionMetadata) -> torch.Tensor:

@@ -38,7 +38,7 @@ from membound.distributed.context import (
     init_parallel_context,
 )
 from membound.distributed.launch import RankProcesses, WorkerDiedError, free_port, torchrun_env
-from membound.worker.worker import Worker
+from membound.worker.worker import Worker, WorkerReady
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,6 +100,7 @@ class Executor:
         self._finalizer = weakref.finalize(self, _shutdown, self.parallel, self.procs, threads)
         try:
             self.driver = Worker(config, self.parallel, progress=progress)
+            self.ready: WorkerReady = self.driver.ready
         except BaseException as e:
             error = self._rank_failure(e)
             if self.procs is not None:  # they may be blocked in a collective with us

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
-from membound.config import KernelConfig
 from membound.core.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
-from membound.layers.attention.backend import (
-    KernelBackend,
-    install_kernel_backend,
-    select_kernel_backend,
-)
-from membound.layers.attention.metadata import AttentionMetadata, build_attention_metadata
-from membound.layers.sampler import Sampler, build_sampling_metadata, prompt_logprobs
+from membound.kernels.contract import KernelOps
+from membound.kernels.cpu_attention import decode_bytes_per_token
+from membound.layers.attention.metadata import AttentionMetadata
+from membound.layers.sampler import Sampler, prompt_logprobs
 from membound.layers.sampling_metadata import make_generator
 from membound.sampling_params import SamplingParams
-from membound.worker.cuda_graph import CUDAGraphRunner, maybe_capture_decode_graphs
+from membound.worker.cuda_graph import CUDAGraphRunner
+from membound.worker.input_batch import InputBatch, StepInputs
 from membound.worker.kv_swap import KVSwapSpace
 
 
@@ -38,38 +36,41 @@ class RunnerRequestState:
 
 
 class ModelRunner:
+    """Complete when constructed: the model built on ``ops``, its KV cache, the swap space
+    (None without swap preemption) and the captured decode graphs (None: eager)."""
+
     def __init__(
         self,
         model: nn.Module,
         kv_caches: list[torch.Tensor],
+        ops: KernelOps,
+        *,
         block_size: int,
         vocab_size: int,
         device: torch.device,
         sliding_window: int | None,
         seed: int,
+        max_num_seqs: int,
+        max_model_len: int,
+        swap_space: KVSwapSpace | None = None,
+        cuda_graphs: CUDAGraphRunner | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
+        self.ops = ops
         self.block_size = block_size
         self.vocab_size = vocab_size
         self.device = device
         self.sliding_window = sliding_window
         self.sampler = Sampler()
-        self.default_generator = make_generator(seed, device)
         self.states: dict[str, RunnerRequestState] = {}
-        self.swap_space: KVSwapSpace | None = None  # set by the engine for swap preemption
-        self.kernel_backend = KernelBackend.TORCH  # until init_data_plane picks one
-        self.cuda_graphs: CUDAGraphRunner | None = None
-
-    def init_data_plane(self, config: KernelConfig, max_num_seqs: int, max_model_len: int) -> None:
-        """Start-up, once: pick the kernel backend, install it into the model's layers, and
-        capture decode CUDA graphs where they apply (CUDA + Triton, not enforce_eager)."""
-        self.kernel_backend = select_kernel_backend(self.device, config.backend)
-        install_kernel_backend(self.model, self.kernel_backend)
-        self.cuda_graphs = maybe_capture_decode_graphs(
-            self.model, self.kv_caches, config, self.kernel_backend, max_num_seqs,
-            max_model_len, self.block_size, self.sliding_window, self.device,
+        self.kv_swap = swap_space
+        self.cuda_graphs = cuda_graphs
+        self.input_batch = InputBatch(
+            max_num_seqs, max_model_len, block_size, vocab_size, device, sliding_window,
+            make_generator(seed, device),
         )
+        self._bytes_per_token = decode_bytes_per_token(kv_caches[0]) if kv_caches else 0
 
     def _forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata
@@ -86,6 +87,21 @@ class ModelRunner:
             new.prompt_token_ids, new.sampling_params, new.eos_token_ids, gen
         )
 
+    def prepare_inputs(
+        self, sched: SchedulerOutput, token_bitmasks: dict[str, torch.Tensor] | None = None
+    ) -> StepInputs:
+        """The step's device-ready inputs, and the backend's per-step decode metadata."""
+        for new in sched.new_requests:
+            self._add_request(new)
+        inputs = self.input_batch.prepare(sched, self.states, token_bitmasks)
+        d = inputs.attn.decode
+        if d is not None:  # the backend's own decode metadata: once per step, for all layers
+            inputs.attn.backend_decode = self.ops.plan_decode(
+                block_tables=d.block_tables, seq_lens=d.seq_lens, block_size=self.block_size,
+                sliding_window=self.sliding_window, bytes_per_token=self._bytes_per_token,
+            )
+        return inputs
+
     @torch.inference_mode()
     def execute(
         self, sched: SchedulerOutput, token_bitmasks: dict[str, torch.Tensor] | None = None
@@ -94,67 +110,41 @@ class ModelRunner:
         (structured outputs; see build_sampling_metadata), on the rank that samples."""
         for rid in sched.finished_req_ids:
             self.states.pop(rid, None)
-        for new in sched.new_requests:
-            self._add_request(new)
-        if self.swap_space is not None:  # before the forward pass overwrites freed blocks
-            self.swap_space.swap_out(sched.blocks_to_swap_out)
-            self.swap_space.swap_in(sched.blocks_to_swap_in)
+        if self.kv_swap is not None:  # before the forward pass overwrites freed blocks
+            self.kv_swap.swap_out(sched.blocks_to_swap_out)
+            self.kv_swap.swap_in(sched.blocks_to_swap_in)
+        inputs = self.prepare_inputs(sched, token_bitmasks)
         out = ModelRunnerOutput()
         if not sched.chunks:
             return out
-        chunks = sched.chunks
-        input_ids = torch.tensor(
-            [t for c in chunks for t in c.token_ids], dtype=torch.int64, device=self.device
-        )
-        positions = torch.cat(
-            [torch.arange(c.num_computed_tokens, c.num_computed_tokens + len(c.token_ids))
-             for c in chunks]
-        ).to(self.device)
-        query_lens = [len(c.token_ids) for c in chunks]
-        seq_lens = [c.num_computed_tokens + len(c.token_ids) for c in chunks]
-        md = build_attention_metadata(
-            query_lens, seq_lens, [c.block_table for c in chunks], self.block_size,
-            self.device, self.sliding_window,
-        )
-        hidden = self._forward(input_ids, positions, md)  # [num_tokens, hidden]
-        self._prompt_logprobs(sched, hidden, md.query_start_loc, out)
-        self._sample(sched, hidden, md.query_start_loc, out, token_bitmasks or {})
+        hidden = self._forward(inputs.input_ids, inputs.positions, inputs.attn)
+        self._prompt_logprobs(sched, hidden, inputs.query_start_loc, out)
+        self._sample(sched, hidden, inputs, out)
         return out
 
     def _sample(
-        self, sched: SchedulerOutput, hidden: torch.Tensor, qsl: list[int], out: ModelRunnerOutput,
-        token_bitmasks: dict[str, torch.Tensor],
+        self, sched: SchedulerOutput, hidden: torch.Tensor, inputs: StepInputs,
+        out: ModelRunnerOutput,
     ) -> None:
-        rows = [i for i, c in enumerate(sched.chunks) if c.sample]
-        if not rows:
+        if inputs.sample_token_idx is None:
             return
-        last = torch.tensor([qsl[i + 1] - 1 for i in rows], device=self.device)
-        logits = self.model.compute_logits(hidden[last])  # [num_rows, vocab]
+        assert inputs.sampling is not None
+        logits = self.model.compute_logits(hidden[inputs.sample_token_idx])  # [rows, vocab]
         if logits is None:  # a tensor-parallel rank other than 0: rank 0 samples
             return
-        states = [self.states[sched.chunks[i].req_id] for i in rows]
-        md = build_sampling_metadata(
-            [s.params for s in states],
-            [s.prompt_token_ids for s in states],
-            [s.output_token_ids for s in states],
-            [s.generator for s in states],
-            [s.eos_token_ids for s in states],
-            self.vocab_size,
-            self.device,
-            self.default_generator,
-            [token_bitmasks.get(sched.chunks[i].req_id) for i in rows] if token_bitmasks else None,
-        )
-        result = self.sampler(logits, md)
-        for j, i in enumerate(rows):
-            rid = sched.chunks[i].req_id
+        result = self.sampler(logits, inputs.sampling)
+        chunks = sched.chunks
+        for j, i in enumerate(inputs.sample_rows.tolist()):
+            rid = chunks[i].req_id
             token = result.sampled_token_ids[j]
-            states[j].output_token_ids.append(token)
+            self.states[rid].output_token_ids.append(token)
             out.sampled_token_ids[rid] = token
             if result.logprobs[j] is not None:
                 out.logprobs[rid] = result.logprobs[j]  # type: ignore[assignment]
 
     def _prompt_logprobs(
-        self, sched: SchedulerOutput, hidden: torch.Tensor, qsl: list[int], out: ModelRunnerOutput
+        self, sched: SchedulerOutput, hidden: torch.Tensor, qsl: np.ndarray,
+        out: ModelRunnerOutput,
     ) -> None:
         """Logprobs of each prompt token given the ones before it, for requests that asked.
 
@@ -175,7 +165,7 @@ class ModelRunner:
             lo = max(state.prompt_logprobs_done, s + 1)
             hi = min(s + n + 1, len(state.prompt_token_ids))
             if hi > lo:
-                offset = qsl[i] - s
+                offset = int(qsl[i]) - s
                 logits = self.model.compute_logits(hidden[lo - 1 + offset : hi - 1 + offset])
                 state.prompt_logprobs_done = hi
                 if logits is None:  # not rank 0

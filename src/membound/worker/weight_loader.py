@@ -23,6 +23,7 @@ from torch import nn
 
 from membound.config import ModelConfig
 from membound.distributed.context import ParallelContext
+from membound.kernels.contract import KernelOps
 from membound.layers.checkpoint_tensor import LazyTensor, owns_checkpoint_loading
 from membound.layers.linear import Linear
 from membound.layers.quantization import TensorSpec, UnquantizedLinearMethod
@@ -252,27 +253,32 @@ def load_model(
     progress: bool = False,
     parallel: ParallelContext | None = None,
     expert_parallel: bool = False,
+    ops: KernelOps | None = None,
 ) -> nn.Module:
-    """Build the model (this rank's shard of it under ``parallel``) directly on ``device`` in
-    ``dtype`` and fill its weights (a GGUF file: membound/gguf/loader.py)."""
+    """Build the model (this rank's shard of it under ``parallel``) on ``ops`` (None: the
+    references) directly on ``device`` in ``dtype``, fill its weights (a GGUF file:
+    membound/gguf/loader.py), then run each layer's post-load step (which lays the weights out
+    for those kernels)."""
     if load_format != "dummy" and path is not None and os.path.isfile(path):
         from membound.gguf.loader import load_gguf_model
 
         return load_gguf_model(config, path, dtype=dtype, device=device,
-                               max_positions=max_positions, progress=progress, parallel=parallel)
+                               max_positions=max_positions, progress=progress, parallel=parallel,
+                               ops=ops)  # fmt: skip
     headers = None
     if load_format != "dummy":
         if path is None:
             raise CheckpointError("a checkpoint path is needed unless load_format='dummy'")
         headers = _headers(find_safetensors_files(path))
     with _default_dtype(dtype), torch.device(device):
-        model = build_model(config, max_positions, parallel, expert_parallel)
+        model = build_model(config, max_positions, parallel, expert_parallel, ops)
     if headers is None:
         init_dummy_weights(model, seed)
     else:
         validate_checkpoint(model, headers)
         model.load_weights(iterate_tensors(headers, progress))  # type: ignore[operator]
-    for module in model.modules():
-        if owns_checkpoint_loading(module):
-            module.process_weights_after_loading()  # type: ignore[operator]
+    for module in model.modules():  # linears, experts, an untied LM head
+        post_load = getattr(module, "process_weights_after_loading", None)
+        if callable(post_load):
+            post_load()
     return model.eval()

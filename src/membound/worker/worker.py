@@ -10,15 +10,17 @@ the others in their own (worker/executor.py).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import cast
 
 import torch
 from torch import nn
 
-from membound.config import EngineConfig, normalize_dtype_name
+from membound.config import EngineConfig, KernelConfig, normalize_dtype_name
 from membound.core.outputs import ModelRunnerOutput, SchedulerOutput
 from membound.distributed.context import ParallelContext
+from membound.kernels.contract import select_kernel_ops
+from membound.worker.cuda_graph import maybe_capture_decode_graphs
 from membound.worker.kv_cache_alloc import (
     KVCacheLayout,
     allocate_kv_cache,
@@ -39,7 +41,26 @@ from membound.worker.weight_loader import load_model
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class WorkerReady:
+    """What a worker reports once it is complete: the engine sizes its KVCacheManager from
+    this (the block count is the smallest any tensor-parallel rank can hold)."""
+
+    num_blocks: int
+    block_size: int
+    num_cpu_blocks: int
+    memory_report: MemoryReport
+    kernel_backend: str
+    kv_dtype: str  # the KV cache's dtype ("float32", "bfloat16", "float8_e4m3fn", ...)
+    weights_bytes: int
+    kv_bytes: int
+
+
 class Worker:
+    """Start-up reads top to bottom: kernel ops, model on them, weights (each layer's
+    post-load step lays them out for those kernels), activation profile with the serving
+    kernels, KV cache, then a complete ModelRunner."""
+
     def __init__(
         self, config: EngineConfig, parallel: ParallelContext, *, progress: bool = False
     ) -> None:
@@ -48,63 +69,78 @@ class Worker:
         self.device = parallel.device
         self.dtype: torch.dtype = getattr(torch, normalize_dtype_name(config.dtype))
         mc, cc, sc = config.model_config, config.cache_config, config.scheduler_config
+        kc = config.kernel_config
+        self.ops = select_kernel_ops(self.device, kc.backend)
         self.model = load_model(
             mc, config.model, dtype=self.dtype, device=self.device,
             load_format=config.load_format, max_positions=sc.max_model_len, seed=config.seed,
             progress=progress and parallel.is_driver, parallel=parallel,
             expert_parallel=config.parallel_config.enable_expert_parallel,
+            ops=self.ops,
         )
         self.kv_dtype = kv_cache_dtype(cc, self.dtype, self.device)
         if cc.fp8_kv_cache and parallel.is_driver:
             _log_kv_scales(self.model)
-        self.offloader = self._offload_weights()
+        self.offloader, offloaded_bytes = self._offload_weights()
         self.weights_bytes = weights_bytes(self.model)
-        self.kv_layout, self.memory_report = self._plan_memory()
+        self.kv_layout, self.memory_report = self._plan_memory(offloaded_bytes)
         kv_caches = allocate_kv_cache(self.kv_layout, self.device)
-        self.num_cpu_blocks = num_swap_blocks(self.kv_layout, cc, sc.preemption_mode)
+        num_cpu_blocks = num_swap_blocks(self.kv_layout, cc, sc.preemption_mode)
         self.runner = ModelRunner(
-            self.model, kv_caches, self.kv_layout.block_size, mc.vocab_size, self.device,
-            mc.sliding_window, config.seed,
+            self.model, kv_caches, self.ops, block_size=self.kv_layout.block_size,
+            vocab_size=mc.vocab_size, device=self.device, sliding_window=mc.sliding_window,
+            seed=config.seed, max_num_seqs=sc.max_num_seqs, max_model_len=sc.max_model_len,
+            swap_space=KVSwapSpace(kv_caches, num_cpu_blocks) if num_cpu_blocks else None,
+            cuda_graphs=maybe_capture_decode_graphs(
+                self.model, kv_caches, self._graph_config(), self.ops.backend,
+                sc.max_num_seqs, sc.max_model_len, self.kv_layout.block_size,
+                mc.sliding_window, self.device,
+            ),
         )
-        if self.num_cpu_blocks:
-            self.runner.swap_space = KVSwapSpace(kv_caches, self.num_cpu_blocks)
-        kc = config.kernel_config
+        self.ready = WorkerReady(
+            num_blocks=self.kv_layout.num_blocks, block_size=self.kv_layout.block_size,
+            num_cpu_blocks=num_cpu_blocks, memory_report=self.memory_report,
+            kernel_backend=self.ops.backend.value,
+            kv_dtype=str(self.kv_dtype).removeprefix("torch."),
+            weights_bytes=self.weights_bytes, kv_bytes=self.kv_layout.total_bytes,
+        )
+
+    def _graph_config(self) -> KernelConfig:
+        kc = self.config.kernel_config
         if self.offloader is not None and not kc.enforce_eager:
             # streamed weights change buffers between steps: a captured graph would not see it
             logger.info("cpu_offload_gb is set: decode CUDA graphs disabled")
             kc = replace(kc, enforce_eager=True)
-        if parallel.world_size > 1 and not kc.enforce_eager:
+        if self.parallel.world_size > 1 and not kc.enforce_eager:
             # capturing NCCL all-reduces in graphs has not been tried on GPUs yet
             logger.info("tensor_parallel_size > 1: decode CUDA graphs disabled (not tested yet)")
             kc = replace(kc, enforce_eager=True)
-        self.runner.init_data_plane(kc, sc.max_num_seqs, sc.max_model_len)
+        return kc
 
     def execute(
         self, sched: SchedulerOutput, token_bitmasks: dict[str, torch.Tensor] | None = None
     ) -> ModelRunnerOutput:
         return self.runner.execute(sched, token_bitmasks)
 
-    def _offload_weights(self) -> WeightOffloader | None:
+    def _offload_weights(self) -> tuple[WeightOffloader | None, int]:
         gb = self.config.cpu_offload_gb
-        self.offloaded_bytes = 0
         if gb <= 0:
-            return None
+            return None, 0
         if self.device.type != "cuda":
             logger.info("cpu_offload_gb=%s ignored: without a GPU the weights already live in "
                         "CPU memory", gb)
-            return None
+            return None, 0
         layers = cast(nn.ModuleList, self.model.model.layers)  # type: ignore[union-attr]
         plan = plan_offload(layers, int(gb * 1024**3))
         if not plan.layer_indices:
             logger.warning("cpu_offload_gb=%s is smaller than one decoder layer; nothing "
                            "offloaded", gb)
-            return None
-        self.offloaded_bytes = plan.offloaded_bytes
+            return None, 0
         offloader = WeightOffloader(layers, plan, self.device)
         torch.cuda.empty_cache()
-        return offloader
+        return offloader, plan.offloaded_bytes
 
-    def _plan_memory(self) -> tuple[KVCacheLayout, MemoryReport]:
+    def _plan_memory(self, offloaded_bytes: int) -> tuple[KVCacheLayout, MemoryReport]:
         """Size the KV cache: explicit blocks or bytes (per rank), else on CUDA
         gpu_memory_utilization x total minus what is in use and the measured activation
         peak of one step, else on CPU a default budget. Ranks take the smallest count."""
@@ -129,7 +165,7 @@ class Worker:
             activation_bytes=activation, kv_bytes=layout.total_bytes,
             num_blocks=layout.num_blocks, block_size=layout.block_size,
             max_model_len=sc.max_model_len, swap_bytes=cpu_blocks * layout.bytes_per_block,
-            offloaded_bytes=self.offloaded_bytes,
+            offloaded_bytes=offloaded_bytes,
         )
         return layout, report
 

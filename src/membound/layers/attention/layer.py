@@ -1,7 +1,7 @@
 """The attention layer: stores new K/V into the paged cache, then attends through block tables.
 
 Decodes go to the paged decode kernel as one batch, prefill chunks to the varlen prefill
-kernel as another; the backend (Triton or the torch references) is installed at start-up.
+kernel as another; the backend's ops (Triton, CPU or the torch references) come in ``__init__``.
 
 The layer owns its FP8 KV-cache scales (kernels/kv_quant.py): one for K and one for V, read
 from the checkpoint when it carries them (``k_scale`` / ``v_scale``, optional), else 1.0.
@@ -13,17 +13,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from membound.kernels.contract import TORCH_OPS, KernelOps
 from membound.kernels.kv_quant import is_fp8
+from membound.layers.attention.metadata import AttentionMetadata, DecodeBatch, PrefillBatch
 from membound.layers.checkpoint_tensor import LazyTensor, materialize
 from membound.layers.quantization.base import SCALAR_SHAPES, TensorSpec
 
-from membound.kernels.cpu_attention import decode_bytes_per_token
-from membound.layers.attention.backend import KernelBackend, KernelOps, kernel_ops
-from membound.layers.attention.metadata import AttentionMetadata, DecodeBatch, PrefillBatch
-
 
 class Attention(nn.Module):
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float) -> None:
+    def __init__(
+        self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
+        ops: KernelOps | None = None,
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
@@ -32,12 +33,7 @@ class Attention(nn.Module):
         self.k_scale = 1.0  # FP8 KV cache: stored K = K / k_scale (checkpoint or 1.0)
         self.v_scale = 1.0
         self.kv_scales_from_checkpoint = False
-        self.kernel_backend = KernelBackend.TORCH
-        self.ops: KernelOps = kernel_ops(self.kernel_backend)
-
-    def set_kernel_backend(self, backend: KernelBackend) -> None:
-        self.kernel_backend = backend
-        self.ops = kernel_ops(backend)
+        self.ops: KernelOps = ops or TORCH_OPS
 
     def forward(
         self,
@@ -55,9 +51,11 @@ class Attention(nn.Module):
             return out.flatten(1)
         assert md.slot_mapping is not None
         scales = self.cache_scales(kv_cache)
-        self.ops.store_kv(k, v, kv_cache, md.slot_mapping, **scales)
+        self.ops.store_kv(key=k, value=v, kv_cache=kv_cache, slot_mapping=md.slot_mapping,
+                          **scales)  # fmt: skip
         if md.decode is not None:
-            self._decode(q, kv_cache, md.decode, md.sliding_window, out, scales)
+            self._decode(q, kv_cache, md.decode, md.sliding_window, md.backend_decode, out,
+                         scales)  # fmt: skip
         if md.prefill is not None:
             self._prefill(q, kv_cache, md.prefill, md.sliding_window, out, scales)
         return out.flatten(1)  # [T, H * D]
@@ -90,45 +88,43 @@ class Attention(nn.Module):
 
     def _decode(
         self, q: torch.Tensor, kv_cache: torch.Tensor, d: DecodeBatch, window: int | None,
-        out: torch.Tensor, scales: dict[str, float],
+        plan: object | None, out: torch.Tensor, scales: dict[str, float],
     ) -> None:
-        args = (kv_cache, d.block_tables, d.seq_lens, self.scale, window, d.num_splits)
-        extra: dict[str, object] = dict(scales)
-        if self.ops.plan_decode is not None:  # layer-independent work: once per step
-            if d.plan is None:
-                d.plan = self.ops.plan_decode(
-                    d.block_tables, d.seq_lens, kv_cache.shape[2], window,
-                    decode_bytes_per_token(kv_cache),
-                )
-            extra["plan"] = d.plan
+        """``plan``: the backend's per-step metadata, built once by the runner (None: none)."""
+        kw = {"kv_cache": kv_cache, "block_tables": d.block_tables, "seq_lens": d.seq_lens,
+              "scale": self.scale, "sliding_window": window, "num_splits": d.num_splits,
+              "plan": plan, **scales}  # fmt: skip
         if d.token_range is not None:
             s, e = d.token_range
-            self.ops.decode_attention(q[s:e], *args, out=out[s:e], **extra)
+            self.ops.decode_attention(query=q[s:e], out=out[s:e], **kw)
         else:
-            out[d.token_idx] = self.ops.decode_attention(q[d.token_idx], *args, **extra)
+            out[d.token_idx] = self.ops.decode_attention(query=q[d.token_idx], out=None, **kw)
 
     def _prefill(
         self, q: torch.Tensor, kv_cache: torch.Tensor, p: PrefillBatch, window: int | None,
         out: torch.Tensor, scales: dict[str, float],
     ) -> None:
         assert p.block_tables is not None
-        args = (kv_cache, p.block_tables, p.query_start_loc, p.seq_lens, self.scale, window,
-                p.max_query_len)  # fmt: skip
+        kw = {"kv_cache": kv_cache, "block_tables": p.block_tables,
+              "query_start_loc": p.query_start_loc, "seq_lens": p.seq_lens, "scale": self.scale,
+              "sliding_window": window, "max_query_len": p.max_query_len, **scales}  # fmt: skip
         if p.token_range is not None:
             s, e = p.token_range
-            self.ops.prefill_attention(q[s:e], *args, out=out[s:e], **scales)
+            self.ops.prefill_attention(query=q[s:e], out=out[s:e], **kw)
         else:
-            out[p.token_idx] = self.ops.prefill_attention(q[p.token_idx], *args, **scales)
+            out[p.token_idx] = self.ops.prefill_attention(query=q[p.token_idx], out=None, **kw)
 
     def _varlen(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: PrefillBatch,
         window: int | None, out: torch.Tensor,
     ) -> None:
         """No KV cache: each sequence attends to its own new tokens only."""
-        args = (p.query_start_loc, self.scale, window, p.max_query_len)
+        kw = {"query_start_loc": p.query_start_loc, "scale": self.scale,
+              "sliding_window": window, "max_query_len": p.max_query_len}  # fmt: skip
         if p.token_range is not None:
             s, e = p.token_range
-            self.ops.varlen_attention(q[s:e], k[s:e], v[s:e], *args, out=out[s:e])
+            self.ops.varlen_attention(query=q[s:e], key=k[s:e], value=v[s:e], out=out[s:e], **kw)
         else:
             idx = p.token_idx
-            out[idx] = self.ops.varlen_attention(q[idx], k[idx], v[idx], *args)
+            out[idx] = self.ops.varlen_attention(query=q[idx], key=k[idx], value=v[idx],
+                                                 out=None, **kw)  # fmt: skip

@@ -1,4 +1,4 @@
-"""AttentionMetadata: everything attention needs for one step, built once, read by every layer.
+"""AttentionMetadata: what the attention kernels read for one step, built once, read by every layer.
 
 Token layout of a step (the runner flattens the scheduled requests in order):
 
@@ -12,35 +12,20 @@ the ``prefill`` batch, a varlen batch whose tokens are gathered out of the step'
     tokens:   | d | prefill A ... | d | d | prefill B ... |
     decode:     token_idx = [0, k, k+1]             (token_range when they are contiguous)
     prefill:    token_idx = [1..k-1, k+2..]; its own query_start_loc over those tokens only
+
+Everything is computed for the whole batch with numpy array ops (``StepLayout``); no loop
+over sequences builds tensors. ``build_attention_metadata`` is the list-in convenience
+(tests, scoring without a KV cache); the runner's persistent batch (worker/input_batch.py)
+feeds ``StepLayout`` from its preallocated per-slot block tables.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-
-
-@dataclass(slots=True)
-class PrefillSlice:
-    """One prefill sequence (kept for readers that walk sequences one by one)."""
-
-    token_start: int
-    token_end: int
-    seq_len: int
-    block_table: torch.Tensor | None  # [num_blocks_of_seq] int64; None without a KV cache
-    sliding_window: int | None = None
-    device: torch.device | None = None
-
-    @property
-    def mask(self) -> torch.Tensor:
-        """[query_len, seq_len] bool, True = attend (without a KV cache: [q_len, q_len])."""
-        n, total = self.token_end - self.token_start, self.seq_len
-        q_pos = torch.arange(total - n, total, device=self.device)[:, None]
-        k_pos = torch.arange(total, device=self.device)[None, :]
-        if self.block_table is None:
-            k_pos = k_pos[:, total - n :]
-        return _window_ok(q_pos, k_pos, self.sliding_window)
 
 
 @dataclass(slots=True)
@@ -50,7 +35,6 @@ class DecodeBatch:
     block_tables: torch.Tensor  # [num_decodes, max_blocks] int64 (0-padded)
     seq_lens: torch.Tensor  # [num_decodes] int32; 0 marks a padding row (CUDA graphs)
     num_splits: int | None = None  # flash-decoding split fixed by a CUDA graph; None = pick
-    plan: object | None = None  # the backend's per-step decode plan, built by the first layer
 
 
 @dataclass(slots=True)
@@ -66,85 +50,153 @@ class PrefillBatch:
 @dataclass(slots=True)
 class AttentionMetadata:
     num_tokens: int
-    query_start_loc: list[int]  # [num_seqs + 1]
-    seq_lens: list[int]  # [num_seqs], context + new tokens
     slot_mapping: torch.Tensor | None  # [num_tokens] int64; None without a KV cache
-    seq_lens_per_token: torch.Tensor  # [num_tokens], for dynamic rope scaling
-    decode_token_idx: torch.Tensor  # [num_decodes] int64 indices into the token dim
-    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks] int64 (0-padded)
-    prefills: list[PrefillSlice]
+    seq_lens_per_token: torch.Tensor  # [num_tokens] int64, for dynamic rope scaling
     decode: DecodeBatch | None = None
     prefill: PrefillBatch | None = None
     sliding_window: int | None = None
-    block_size: int = 0
-
-    @property
-    def num_decodes(self) -> int:
-        return int(self.decode_token_idx.numel())
-
-    @property
-    def decode_mask(self) -> torch.Tensor | None:
-        """[num_decodes, 1, 1, max_blocks * block_size] bool, built on demand (the decode
-        references derive it from ``decode.seq_lens``)."""
-        if self.decode is None:
-            return None
-        kv_len = self.decode.block_tables.shape[1] * self.block_size
-        k_pos = torch.arange(kv_len, device=self.decode.seq_lens.device)[None, :]
-        q_pos = (self.decode.seq_lens.to(torch.int64) - 1)[:, None]
-        return _window_ok(q_pos, k_pos, self.sliding_window)[:, None, None, :]
+    # the kernel backend's own per-step metadata (the CPU backend's decode plan), built once
+    # per step by the runner from ``decode`` (kernels/contract.py); None when it has none
+    backend_decode: object | None = None
 
 
-def _window_ok(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
-    causal = k_pos <= q_pos
-    if window is None:
-        return causal
-    return causal & (q_pos - k_pos < window)
-
-
-def _token_range(idx: list[int]) -> tuple[int, int] | None:
-    if idx and idx[-1] - idx[0] == len(idx) - 1:
-        return idx[0], idx[-1] + 1
+def token_range(idx: np.ndarray) -> tuple[int, int] | None:
+    """(start, end) when the sorted indices ``idx`` are one contiguous run."""
+    n = int(idx.shape[0])
+    if n and int(idx[-1]) - int(idx[0]) == n - 1:
+        return int(idx[0]), int(idx[-1]) + 1
     return None
 
 
-def _pad_tables(tables: list[list[int]], device: torch.device) -> torch.Tensor:
-    width = max((len(t) for t in tables), default=0)
-    rows = [t + [0] * (width - len(t)) for t in tables]
-    return torch.tensor(rows, dtype=torch.int64, device=device).view(len(tables), width)
+def ragged_arange(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """concat(arange(s, s + n) for s, n in zip(starts, lens)), without a Python loop."""
+    total = int(lens.sum())
+    offsets = np.cumsum(lens) - lens  # start of each run in the output
+    return np.repeat(starts - offsets, lens) + np.arange(total, dtype=np.int64)
 
 
-def _decode_batch(
-    decodes: list[int], qsl: list[int], seq_lens: list[int], block_tables: list[list[int]],
-    device: torch.device,
-) -> DecodeBatch:
-    idx = [qsl[i] for i in decodes]
-    return DecodeBatch(
-        token_idx=torch.tensor(idx, dtype=torch.int64, device=device),
-        token_range=_token_range(idx),
-        block_tables=_pad_tables([block_tables[i] for i in decodes], device),
-        seq_lens=torch.tensor([seq_lens[i] for i in decodes], dtype=torch.int32, device=device),
+@dataclass(slots=True)
+class StepLayout:
+    """The host-side arrays of one step (int64 numpy), computed for the whole batch at once.
+
+    ``tables`` holds each sequence's block table 0-padded ([num_seqs, width]; None without a
+    KV cache); ``num_blocks`` how many entries of each row are real."""
+
+    query_lens: np.ndarray  # [num_seqs]
+    seq_lens: np.ndarray  # [num_seqs]
+    query_start_loc: np.ndarray  # [num_seqs + 1]
+    positions: np.ndarray  # [num_tokens]
+    seq_lens_per_token: np.ndarray  # [num_tokens]
+    slot_mapping: np.ndarray | None  # [num_tokens]
+    decode_rows: np.ndarray  # sequences with one new token (with a KV cache)
+    prefill_rows: np.ndarray  # the other sequences with new tokens
+
+    @staticmethod
+    def build(
+        query_lens: np.ndarray,
+        num_computed: np.ndarray,
+        table: np.ndarray | None,
+        table_rows: np.ndarray | None,
+        block_size: int,
+    ) -> StepLayout:
+        """Sequence i's block table is row ``table_rows[i]`` of ``table`` (None: no KV
+        cache); only the entries the new tokens land in are read."""
+        n = int(query_lens.shape[0])
+        qsl = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(query_lens, out=qsl[1:])
+        positions = ragged_arange(num_computed, query_lens)  # [num_tokens]
+        seq_lens = num_computed + query_lens
+        per_token = np.repeat(seq_lens, query_lens)
+        slot_mapping = None
+        if table is not None:
+            assert table_rows is not None
+            row_of_token = np.repeat(table_rows, query_lens)
+            blocks = table[row_of_token, positions // block_size]
+            slot_mapping = blocks * block_size + positions % block_size
+            decode_rows = np.flatnonzero(query_lens == 1)
+            prefill_rows = np.flatnonzero(query_lens > 1)
+        else:
+            decode_rows = np.zeros(0, dtype=np.int64)
+            prefill_rows = np.flatnonzero(query_lens > 0)
+        return StepLayout(query_lens, seq_lens, qsl, positions, per_token, slot_mapping,
+                          decode_rows, prefill_rows)  # fmt: skip
+
+
+ToDevice = Callable[[np.ndarray, torch.dtype], torch.Tensor]
+# (rows of the block table, width) -> those rows' first ``width`` entries on the device
+TableRows = Callable[[np.ndarray, int], torch.Tensor]
+
+
+def metadata_from_layout(
+    lay: StepLayout,
+    table_rows: np.ndarray | None,
+    num_blocks: np.ndarray | None,
+    move: ToDevice,
+    table: TableRows | None,
+    sliding_window: int | None,
+) -> AttentionMetadata:
+    """AttentionMetadata over ``lay``. Sequence i's block table is row ``table_rows[i]``
+    with ``num_blocks[i]`` real entries (None: no KV cache); a batch's tables are padded to
+    its longest. ``move`` puts a host array on the step's device as the given dtype. The
+    calls to ``move`` and ``table`` happen in a fixed order (a staging copy relies on it)."""
+    decode = prefill = None
+    qsl = lay.query_start_loc
+    if lay.decode_rows.shape[0]:
+        assert table is not None and table_rows is not None and num_blocks is not None
+        rows = lay.decode_rows
+        d_idx = qsl[rows]
+        decode = DecodeBatch(
+            token_idx=move(d_idx, torch.int64),
+            token_range=token_range(d_idx),
+            block_tables=table(table_rows[rows], int(num_blocks[rows].max())),
+            seq_lens=move(lay.seq_lens[rows], torch.int32),
+        )
+    if lay.prefill_rows.shape[0]:
+        rows = lay.prefill_rows
+        lens = lay.query_lens[rows]
+        p_idx = ragged_arange(qsl[rows], lens)
+        local = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+        np.cumsum(lens, out=local[1:])
+        tables = None
+        if table is not None:
+            assert table_rows is not None and num_blocks is not None
+            tables = table(table_rows[rows], int(num_blocks[rows].max()))
+        prefill = PrefillBatch(
+            token_idx=move(p_idx, torch.int64),
+            token_range=token_range(p_idx),
+            block_tables=tables,
+            query_start_loc=move(local, torch.int32),
+            seq_lens=move(lay.seq_lens[rows], torch.int32),
+            max_query_len=int(lens.max()),
+        )
+    slot_mapping = None
+    if lay.slot_mapping is not None:
+        slot_mapping = move(lay.slot_mapping, torch.int64)
+    return AttentionMetadata(
+        num_tokens=int(qsl[-1]),
+        slot_mapping=slot_mapping,
+        seq_lens_per_token=move(lay.seq_lens_per_token, torch.int64),
+        decode=decode,
+        prefill=prefill,
+        sliding_window=sliding_window,
     )
 
 
-def _prefill_batch(
-    prefills: list[int], qsl: list[int], seq_lens: list[int],
-    block_tables: list[list[int]] | None, device: torch.device,
-) -> PrefillBatch:
-    idx = [t for i in prefills for t in range(qsl[i], qsl[i + 1])]
-    local = [0]
-    for i in prefills:
-        local.append(local[-1] + qsl[i + 1] - qsl[i])
-    tables = None
-    if block_tables is not None:
-        tables = _pad_tables([block_tables[i] for i in prefills], device)
-    return PrefillBatch(
-        token_idx=torch.tensor(idx, dtype=torch.int64, device=device),
-        token_range=_token_range(idx),
-        block_tables=tables,
-        query_start_loc=torch.tensor(local, dtype=torch.int32, device=device),
-        seq_lens=torch.tensor([seq_lens[i] for i in prefills], dtype=torch.int32, device=device),
-        max_query_len=max(qsl[i + 1] - qsl[i] for i in prefills),
-    )
+def pad_tables(tables: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """([num_seqs, longest] int64 0-padded, [num_seqs] lengths) from ragged lists."""
+    lens = np.fromiter((len(t) for t in tables), dtype=np.int64, count=len(tables))
+    width = int(lens.max()) if len(tables) else 0
+    out = np.zeros((len(tables), width), dtype=np.int64)
+    for i, t in enumerate(tables):  # convenience path (tests, scoring): not per serving step
+        out[i, : len(t)] = t
+    return out, lens
+
+
+def host_to_device(device: torch.device) -> ToDevice:
+    def move(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+
+    return move
 
 
 def build_attention_metadata(
@@ -155,53 +207,25 @@ def build_attention_metadata(
     device: torch.device,
     sliding_window: int | None = None,
 ) -> AttentionMetadata:
-    """Build the step's metadata. ``block_tables`` None means no KV cache (training, scoring):
-    each sequence then attends causally to its own new tokens only."""
+    """Build one step's metadata from lists. ``block_tables`` None means no KV cache
+    (training, scoring): each sequence then attends causally to its own new tokens only."""
     assert len(query_lens) == len(seq_lens)
-    qsl = [0]
-    for n in query_lens:
-        qsl.append(qsl[-1] + n)
-    per_token = torch.repeat_interleave(
-        torch.tensor(seq_lens, dtype=torch.int64), torch.tensor(query_lens, dtype=torch.int64)
-    )
-    slot_mapping = None
+    q = np.asarray(query_lens, dtype=np.int64).reshape(-1)
+    computed = np.asarray(seq_lens, dtype=np.int64).reshape(-1) - q
+    table = lens = None
     if block_tables is not None:
-        slot_mapping = _slot_mapping(query_lens, seq_lens, block_tables, block_size).to(device)
-    decodes = [i for i, n in enumerate(query_lens) if n == 1 and block_tables is not None]
-    decode_set = set(decodes)
-    prefill_ids = [i for i, n in enumerate(query_lens) if n > 0 and i not in decode_set]
-    decode = prefill = None
-    if decodes:
-        assert block_tables is not None
-        decode = _decode_batch(decodes, qsl, seq_lens, block_tables, device)
-    slices: list[PrefillSlice] = []
-    if prefill_ids:
-        prefill = _prefill_batch(prefill_ids, qsl, seq_lens, block_tables, device)
-        for j, i in enumerate(prefill_ids):
-            table = None
-            if prefill.block_tables is not None:
-                assert block_tables is not None
-                table = prefill.block_tables[j, : len(block_tables[i])]  # a view, no copy
-            slices.append(
-                PrefillSlice(qsl[i], qsl[i + 1], seq_lens[i], table, sliding_window, device)
-            )
-    return AttentionMetadata(
-        num_tokens=qsl[-1],
-        query_start_loc=qsl,
-        seq_lens=list(seq_lens),
-        slot_mapping=slot_mapping,
-        seq_lens_per_token=per_token.to(device),
-        decode_token_idx=(
-            decode.token_idx if decode is not None
-            else torch.empty(0, dtype=torch.int64, device=device)
-        ),
-        decode_block_tables=decode.block_tables if decode is not None else None,
-        prefills=slices,
-        decode=decode,
-        prefill=prefill,
-        sliding_window=sliding_window,
-        block_size=block_size,
-    )
+        table, lens = pad_tables(block_tables)
+    rows = np.arange(q.shape[0], dtype=np.int64)
+    lay = StepLayout.build(q, computed, table, rows if table is not None else None, block_size)
+    move = host_to_device(device)
+    pick = None
+    if table is not None:
+        full = table
+
+        def pick(r: np.ndarray, width: int) -> torch.Tensor:
+            return move(full[r, :width], torch.int64)
+
+    return metadata_from_layout(lay, rows, lens, move, pick, sliding_window)
 
 
 def decode_only_metadata(
@@ -209,39 +233,19 @@ def decode_only_metadata(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     seq_lens_per_token: torch.Tensor,
-    block_size: int,
     sliding_window: int | None,
     num_splits: int | None,
 ) -> AttentionMetadata:
     """Metadata over static buffers for a batch of decodes only (CUDA graph capture): every
     tensor here is read in place by the kernels, so refilling the buffers and replaying the
-    graph runs the new step. Host-side lists describe the captured (padded) batch."""
+    graph runs the new step."""
     n = int(slot_mapping.shape[0])
     token_idx = torch.arange(n, dtype=torch.int64, device=slot_mapping.device)
     decode = DecodeBatch(token_idx, (0, n), block_tables, seq_lens, num_splits)
     return AttentionMetadata(
         num_tokens=n,
-        query_start_loc=list(range(n + 1)),
-        seq_lens=[1] * n,
         slot_mapping=slot_mapping,
         seq_lens_per_token=seq_lens_per_token,
-        decode_token_idx=token_idx,
-        decode_block_tables=block_tables,
-        prefills=[],
         decode=decode,
         sliding_window=sliding_window,
-        block_size=block_size,
     )
-
-
-def _slot_mapping(
-    query_lens: list[int], seq_lens: list[int], block_tables: list[list[int]], block_size: int
-) -> torch.Tensor:
-    slots: list[torch.Tensor] = []
-    for n, total, table in zip(query_lens, seq_lens, block_tables, strict=True):
-        pos = torch.arange(total - n, total, dtype=torch.int64)
-        blocks = torch.tensor(table, dtype=torch.int64)[pos // block_size]
-        slots.append(blocks * block_size + pos % block_size)
-    if not slots:
-        return torch.empty(0, dtype=torch.int64)
-    return torch.cat(slots)

@@ -12,7 +12,8 @@ A method owns three views of a linear layer's weight:
   ``[out, in]`` for tests and quality checks.
 
 ``process_weights_after_loading`` runs once every tensor is in (act-order permutations,
-choosing a kernel for the device); ``adapt_to_backend`` when the kernel backend is installed.
+choosing a kernel for the device, laying the weights out for ``layer.kernel_backend``, the
+backend the layer was built for). Results may change only by rounding.
 """
 
 from __future__ import annotations
@@ -95,11 +96,6 @@ class QuantizationMethod:
         raise NotImplementedError
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        return None
-
-    def adapt_to_backend(self, layer: nn.Module, backend: str) -> None:
-        """Called when the kernel backend is installed (after loading): lay the stored
-        weights out for that backend's kernels. Results may change only by rounding."""
         return None
 
     def apply(

@@ -39,9 +39,9 @@ class UnquantizedLinearMethod(QuantizationMethod):
     def quantize_rows(self, layer: nn.Module, weight: torch.Tensor, rows: tuple[int, int]) -> None:
         copy_slice(layer.weight, weight, 0, rows[0], rows[1], "weight")
 
-    def adapt_to_backend(self, layer: nn.Module, backend: str) -> None:
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
         """The CPU backend keeps wide fp32 weights column-major (faster GEMV; kernels/cpu_linear)."""
-        if backend == "cpu" and prefers_column_major(layer.weight):
+        if layer.kernel_backend == "cpu" and prefers_column_major(layer.weight):
             to_column_major(layer.weight)
 
     def apply(

@@ -1,0 +1,310 @@
+"""The kernel contract: what a backend must provide, and the three backends.
+
+``KernelOps`` is a Protocol with one keyword-only method per op; every layer receives the
+backend object in ``__init__`` (chosen once at start-up by ``select_kernel_ops``) and calls
+only these methods, so a backend is swapped by handing the model another object, never by
+patching layers. Each backend also owns its per-step metadata: ``plan_decode`` turns the
+step's decode batch into whatever its decode kernel wants precomputed (the CPU backend's
+length buckets; None elsewhere). The runner calls it once per step and every layer passes
+the result back to ``decode_attention(plan=...)``.
+
+    TorchOps   the plain-torch references: the oracles every kernel is tested against
+    CpuOps     the references, except attention written for CPUs (kernels/cpu_attention.py)
+    TritonOps  the Triton kernels (CUDA; on CPU only under TRITON_INTERPRET=1, for tests)
+
+"auto" picks Triton on CUDA when triton is installed, else the CPU backend.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Protocol
+
+import torch
+
+from membound.kernels import (
+    activation,
+    cpu_attention,
+    kv_store,
+    moe_gemm,
+    paged_attention,
+    prefill_attention,
+    rms_norm,
+    rotary,
+)
+from membound.kernels.triton_utils import HAS_TRITON
+
+logger = logging.getLogger(__name__)
+
+BACKEND_CHOICES = ("auto", "cpu", "torch", "triton")
+Tensor = torch.Tensor
+
+
+class KernelBackend(enum.Enum):
+    TORCH = "torch"  # the references
+    CPU = "cpu"  # plain torch tuned for CPUs
+    TRITON = "triton"
+
+
+class KernelOps(Protocol):
+    """One backend's data-plane ops. Shapes: tokens T, heads H, KV heads KVH, head dim D."""
+
+    @property
+    def backend(self) -> KernelBackend: ...
+
+    def store_kv(self, *, key: Tensor, value: Tensor, kv_cache: Tensor, slot_mapping: Tensor,
+                 k_scale: float, v_scale: float) -> None:  # fmt: skip
+        """key/value [T, KVH, D] into their slots of kv_cache [2, blocks, block, KVH, D]
+        (an FP8 cache stores K / k_scale and V / v_scale; kernels/kv_quant.py)."""
+
+    def plan_decode(self, *, block_tables: Tensor, seq_lens: Tensor, block_size: int,
+                    sliding_window: int | None, bytes_per_token: int) -> object | None:  # fmt: skip
+        """This backend's per-step decode metadata (None: it needs none)."""
+
+    def decode_attention(
+        self, *, query: Tensor, kv_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
+        scale: float, sliding_window: int | None, num_splits: int | None, out: Tensor | None,
+        plan: object | None, k_scale: float, v_scale: float,
+    ) -> Tensor:
+        """query [num_decodes, H, D] -> [num_decodes, H, D] (into ``out`` when given)."""
+
+    def prefill_attention(
+        self, *, query: Tensor, kv_cache: Tensor, block_tables: Tensor,
+        query_start_loc: Tensor, seq_lens: Tensor, scale: float, sliding_window: int | None,
+        max_query_len: int, out: Tensor | None, k_scale: float, v_scale: float,
+    ) -> Tensor:
+        """Prefill chunks through block tables: query [T, H, D] -> [T, H, D]."""
+
+    def varlen_attention(
+        self, *, query: Tensor, key: Tensor, value: Tensor, query_start_loc: Tensor,
+        scale: float, sliding_window: int | None, max_query_len: int, out: Tensor | None,
+    ) -> Tensor:
+        """No KV cache: each sequence attends causally to its own tokens."""
+
+    def rms_norm(self, *, x: Tensor, weight: Tensor, eps: float) -> Tensor: ...
+
+    def fused_add_rms_norm(
+        self, *, x: Tensor, residual: Tensor, weight: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor]:
+        """(norm(x + residual), x + residual)."""
+
+    def silu_and_mul(self, *, x: Tensor) -> Tensor:
+        """x [..., 2 * d] (gate then up) -> [..., d]."""
+
+    def rotary_embedding(
+        self, *, query: Tensor, key: Tensor, cos: Tensor, sin: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Rotated query [T, H, D] and key [T, KVH, D] (in place or new tensors)."""
+
+    def moe_gemm(
+        self, *, a: Tensor, w: Tensor, sorted_token_ids: Tensor, expert_ids: Tensor,
+        num_pairs: int, block_m: int, a_row_div: int, topk_weights: Tensor | None,
+    ) -> Tensor:
+        """Grouped GEMM of the (token, expert) pairs sorted by expert (kernels/moe_gemm.py)."""
+
+
+class TorchOps:
+    """The plain-torch references."""
+
+    backend = KernelBackend.TORCH
+
+    def store_kv(self, *, key: Tensor, value: Tensor, kv_cache: Tensor, slot_mapping: Tensor,
+                 k_scale: float, v_scale: float) -> None:  # fmt: skip
+        kv_store.store_kv_ref(key, value, kv_cache, slot_mapping, k_scale=k_scale,
+                              v_scale=v_scale)  # fmt: skip
+
+    def plan_decode(self, *, block_tables: Tensor, seq_lens: Tensor, block_size: int,
+                    sliding_window: int | None, bytes_per_token: int) -> object | None:  # fmt: skip
+        return None
+
+    def decode_attention(
+        self, *, query: Tensor, kv_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
+        scale: float, sliding_window: int | None, num_splits: int | None, out: Tensor | None,
+        plan: object | None, k_scale: float, v_scale: float,
+    ) -> Tensor:
+        return paged_attention.paged_decode_attention_ref(
+            query, kv_cache, block_tables, seq_lens, scale, sliding_window, num_splits, out,
+            k_scale=k_scale, v_scale=v_scale,
+        )
+
+    def prefill_attention(
+        self, *, query: Tensor, kv_cache: Tensor, block_tables: Tensor,
+        query_start_loc: Tensor, seq_lens: Tensor, scale: float, sliding_window: int | None,
+        max_query_len: int, out: Tensor | None, k_scale: float, v_scale: float,
+    ) -> Tensor:
+        return prefill_attention.prefill_attention_ref(
+            query, kv_cache, block_tables, query_start_loc, seq_lens, scale, sliding_window,
+            max_query_len, out, k_scale=k_scale, v_scale=v_scale,
+        )
+
+    def varlen_attention(
+        self, *, query: Tensor, key: Tensor, value: Tensor, query_start_loc: Tensor,
+        scale: float, sliding_window: int | None, max_query_len: int, out: Tensor | None,
+    ) -> Tensor:
+        return prefill_attention.varlen_attention_ref(
+            query, key, value, query_start_loc, scale, sliding_window, max_query_len, out
+        )
+
+    def rms_norm(self, *, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        return rms_norm.rms_norm_ref(x, weight, eps)
+
+    def fused_add_rms_norm(
+        self, *, x: Tensor, residual: Tensor, weight: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor]:
+        return rms_norm.fused_add_rms_norm_ref(x, residual, weight, eps)
+
+    def silu_and_mul(self, *, x: Tensor) -> Tensor:
+        return activation.silu_and_mul_ref(x)
+
+    def rotary_embedding(
+        self, *, query: Tensor, key: Tensor, cos: Tensor, sin: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        return rotary.rotate_ref(query, cos, sin), rotary.rotate_ref(key, cos, sin)
+
+    def moe_gemm(
+        self, *, a: Tensor, w: Tensor, sorted_token_ids: Tensor, expert_ids: Tensor,
+        num_pairs: int, block_m: int, a_row_div: int, topk_weights: Tensor | None,
+    ) -> Tensor:
+        return moe_gemm.moe_gemm_ref(a, w, sorted_token_ids, expert_ids, num_pairs, block_m,
+                                     a_row_div, topk_weights)  # fmt: skip
+
+
+class CpuOps(TorchOps):
+    """The references, with attention written for CPUs; its decode plan is its metadata."""
+
+    backend = KernelBackend.CPU
+
+    def plan_decode(self, *, block_tables: Tensor, seq_lens: Tensor, block_size: int,
+                    sliding_window: int | None, bytes_per_token: int) -> object | None:  # fmt: skip
+        return cpu_attention.plan_decode(
+            block_tables, seq_lens, block_size, sliding_window, bytes_per_token
+        )
+
+    def decode_attention(
+        self, *, query: Tensor, kv_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
+        scale: float, sliding_window: int | None, num_splits: int | None, out: Tensor | None,
+        plan: object | None, k_scale: float, v_scale: float,
+    ) -> Tensor:
+        assert plan is None or isinstance(plan, cpu_attention.DecodePlan)
+        return cpu_attention.paged_decode_attention_cpu(
+            query, kv_cache, block_tables, seq_lens, scale, sliding_window, num_splits, out,
+            k_scale=k_scale, v_scale=v_scale, plan=plan,
+        )
+
+    def prefill_attention(
+        self, *, query: Tensor, kv_cache: Tensor, block_tables: Tensor,
+        query_start_loc: Tensor, seq_lens: Tensor, scale: float, sliding_window: int | None,
+        max_query_len: int, out: Tensor | None, k_scale: float, v_scale: float,
+    ) -> Tensor:
+        return cpu_attention.prefill_attention_cpu(
+            query, kv_cache, block_tables, query_start_loc, seq_lens, scale, sliding_window,
+            max_query_len, out, k_scale=k_scale, v_scale=v_scale,
+        )
+
+    def varlen_attention(
+        self, *, query: Tensor, key: Tensor, value: Tensor, query_start_loc: Tensor,
+        scale: float, sliding_window: int | None, max_query_len: int, out: Tensor | None,
+    ) -> Tensor:
+        return cpu_attention.varlen_attention_cpu(
+            query, key, value, query_start_loc, scale, sliding_window, max_query_len, out
+        )
+
+
+class TritonOps(TorchOps):
+    """The Triton kernels (every op has one)."""
+
+    backend = KernelBackend.TRITON
+
+    def store_kv(self, *, key: Tensor, value: Tensor, kv_cache: Tensor, slot_mapping: Tensor,
+                 k_scale: float, v_scale: float) -> None:  # fmt: skip
+        kv_store.store_kv(key, value, kv_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale)
+
+    def decode_attention(
+        self, *, query: Tensor, kv_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
+        scale: float, sliding_window: int | None, num_splits: int | None, out: Tensor | None,
+        plan: object | None, k_scale: float, v_scale: float,
+    ) -> Tensor:
+        return paged_attention.paged_decode_attention(
+            query, kv_cache, block_tables, seq_lens, scale, sliding_window, num_splits, out,
+            k_scale=k_scale, v_scale=v_scale,
+        )
+
+    def prefill_attention(
+        self, *, query: Tensor, kv_cache: Tensor, block_tables: Tensor,
+        query_start_loc: Tensor, seq_lens: Tensor, scale: float, sliding_window: int | None,
+        max_query_len: int, out: Tensor | None, k_scale: float, v_scale: float,
+    ) -> Tensor:
+        return prefill_attention.prefill_attention(
+            query, kv_cache, block_tables, query_start_loc, seq_lens, scale, sliding_window,
+            max_query_len, out, k_scale=k_scale, v_scale=v_scale,
+        )
+
+    def varlen_attention(
+        self, *, query: Tensor, key: Tensor, value: Tensor, query_start_loc: Tensor,
+        scale: float, sliding_window: int | None, max_query_len: int, out: Tensor | None,
+    ) -> Tensor:
+        return prefill_attention.varlen_attention(
+            query, key, value, query_start_loc, scale, sliding_window, max_query_len, out
+        )
+
+    def rms_norm(self, *, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        return rms_norm.rms_norm(x, weight, eps)
+
+    def fused_add_rms_norm(
+        self, *, x: Tensor, residual: Tensor, weight: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor]:
+        return rms_norm.fused_add_rms_norm(x, residual, weight, eps)
+
+    def silu_and_mul(self, *, x: Tensor) -> Tensor:
+        return activation.silu_and_mul(x)
+
+    def rotary_embedding(
+        self, *, query: Tensor, key: Tensor, cos: Tensor, sin: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        rotary.rotary_embedding(query, key, cos, sin)  # in place
+        return query, key
+
+    def moe_gemm(
+        self, *, a: Tensor, w: Tensor, sorted_token_ids: Tensor, expert_ids: Tensor,
+        num_pairs: int, block_m: int, a_row_div: int, topk_weights: Tensor | None,
+    ) -> Tensor:
+        return moe_gemm.moe_gemm(a, w, sorted_token_ids, expert_ids, num_pairs, block_m,
+                                 a_row_div, topk_weights)  # fmt: skip
+
+
+TORCH_OPS: KernelOps = TorchOps()
+CPU_OPS: KernelOps = CpuOps()
+TRITON_OPS: KernelOps = TritonOps()
+
+
+def kernel_ops(backend: KernelBackend) -> KernelOps:
+    return {KernelBackend.TRITON: TRITON_OPS, KernelBackend.CPU: CPU_OPS}.get(backend, TORCH_OPS)
+
+
+def select_kernel_backend(device: torch.device, requested: str = "auto") -> KernelBackend:
+    """"auto": Triton on CUDA when triton is installed, else "cpu". "triton" on a CPU device
+    runs the kernels in Triton's interpreter (slow; for tests)."""
+    if requested not in BACKEND_CHOICES:
+        raise ValueError(f"kernel backend {requested!r} is not one of {', '.join(BACKEND_CHOICES)}")
+    if requested == "torch":
+        return KernelBackend.TORCH
+    if requested == "cpu":
+        return KernelBackend.CPU
+    if requested == "triton":
+        if not HAS_TRITON:
+            raise ValueError(
+                "kernel backend 'triton' needs the 'triton' package (pip install triton)"
+            )
+        return KernelBackend.TRITON
+    if device.type == "cuda":
+        if HAS_TRITON:
+            return KernelBackend.TRITON
+        logger.warning("triton is not installed: running the torch reference kernels on CUDA")
+        return KernelBackend.TORCH
+    return KernelBackend.CPU
+
+
+def select_kernel_ops(device: torch.device, requested: str = "auto") -> KernelOps:
+    """The backend object every layer is built with; chosen once, from config and device."""
+    return kernel_ops(select_kernel_backend(device, requested))
