@@ -77,10 +77,8 @@ def ragged_arange(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
 
 @dataclass(slots=True)
 class StepLayout:
-    """The host-side arrays of one step (int64 numpy), computed for the whole batch at once.
-
-    ``tables`` holds each sequence's block table 0-padded ([num_seqs, width]; None without a
-    KV cache); ``num_blocks`` how many entries of each row are real."""
+    """The host-side arrays of one step (int64 numpy), computed for the whole batch at once
+    (``build``); the block tables stay where their owner keeps them."""
 
     query_lens: np.ndarray  # [num_seqs]
     seq_lens: np.ndarray  # [num_seqs]
