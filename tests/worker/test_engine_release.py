@@ -48,7 +48,7 @@ def test_engine_is_garbage_collected(tiny_llama: Path) -> None:
     engine = LLMEngine.from_engine_args(
         EngineArgs(model=str(tiny_llama), device="cpu", load_format="dummy", max_model_len=64)
     )
-    model = weakref.ref(engine.model)
+    model = weakref.ref(engine.executor.driver.model)
     dead = weakref.ref(engine)
     del engine
     gc.collect()
