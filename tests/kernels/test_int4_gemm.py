@@ -140,18 +140,18 @@ def test_layer_above_16_rows_never_dequantizes_in_fp32(monkeypatch: pytest.Monke
     activation dtype (int4_dequantize) + GEMM, never the fp32 reference of the whole weight."""
     from membound.config import QuantizationConfig
     from membound.kernels import int4_gemm as module
+    from membound.kernels.contract import TRITON_OPS
     from membound.layers.linear import Linear
     from membound.layers.quantization import get_linear_method
 
     dev = device_for(torch.float32)
     qm = get_linear_method(QuantizationConfig.for_float_checkpoint("int4"), ["t"])
     with torch.device(dev):
-        layer = Linear(128, 64, quant_method=qm, prefix="t")
+        layer = Linear(128, 64, quant_method=qm, prefix="t", ops=TRITON_OPS)
     layer.quant_method.quantize_rows(
         layer, randn((64, 128), torch.float32, dev, generator(2)), (0, 64)
     )
     layer.process_weights_after_loading()
-    layer.set_kernel_backend("triton")
     x = randn((33, 128), torch.float32, dev, generator(3))
     expected = int4_gemm_ref(x, layer.qweight, layer.scales, layer.zeros, layer.group_size)
     monkeypatch.setattr(module, "dequantize_int4_ref", lambda *a: pytest.fail("fp32 dequant"))
