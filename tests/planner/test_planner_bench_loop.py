@@ -104,8 +104,8 @@ def test_bench_json_records_the_real_tp_degree() -> None:
         scheduler_config=SimpleNamespace(max_model_len=512, max_num_seqs=16,
                                          max_num_batched_tokens=2048),
     )  # fmt: skip
-    layout = SimpleNamespace(block_size=16, num_blocks=10, total_bytes=1)
-    engine = SimpleNamespace(config=cfg, kv_layout=layout)
+    info = SimpleNamespace(block_size=16, num_blocks=10, kv_bytes=1)  # the engine's EngineInfo
+    engine = SimpleNamespace(config=cfg, info=info)
     assert engine_config_section(engine, SimpleNamespace())["tp"] == 2
 
 
