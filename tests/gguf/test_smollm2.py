@@ -113,7 +113,7 @@ def test_int4_in_memory_answers_within_memory_budget(smollm2_gguf: Path) -> None
     llm = LLM(str(smollm2_gguf), dtype="float32", max_model_len=256, num_kv_blocks=32)
     linears = [
         m
-        for m in llm.llm_engine.model.modules()
+        for m in llm.llm_engine.executor.driver.model.modules()
         if hasattr(m, "quant_method") and m.quant_method.name == "gguf"
     ]
     assert len(linears) == 30 * 4  # qkv, o, gate_up, down of every layer stay int4
