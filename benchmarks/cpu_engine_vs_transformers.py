@@ -78,7 +78,8 @@ def run_membound(folder: Path, reqs: list[tuple[list[int], int]], max_len: int) 
     from membound.engine.llm_engine import LLMEngine
     from membound.sampling_params import SamplingParams
 
-    engine = LLMEngine.from_engine_args(EngineArgs(model=str(folder), max_model_len=max_len))
+    engine = LLMEngine.from_engine_args(
+        EngineArgs(model=str(folder), max_model_len=max_len, dtype="float32"))
     t0 = time.perf_counter()
     for prompt, n_out in reqs:
         engine.add_request(engine.new_request_id(), prompt,

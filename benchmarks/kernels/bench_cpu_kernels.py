@@ -9,6 +9,10 @@
    ``[in, out]``), for the shapes of the CPU benchmark model and Llama-3-8B, a few token
    counts. Reports achieved GB/s of weight streamed at 1 token (a matrix-vector product is
    bound by memory) and the row/col time ratio (> 1: column-major is faster).
+3. bf16 linear (``--bf16``): ``F.linear`` on a plain bf16 weight against the oneDNN-prepacked
+   weight (kernels/cpu_linear.py ``linear_prepacked``), SmolLM2-135M and TinyLlama-1.1B shapes.
+4. Weight-only INT8 / INT4 (``--quant``, kernels/cpu_quant_linear.py): torch's packed CPU
+   kernels against the prepacked bf16 GEMM, same shapes; GB/s of the bytes each streams.
 
     python benchmarks/kernels/bench_cpu_kernels.py --output-json benchmarks/results/cpu_kernels.json
 
@@ -36,7 +40,12 @@ from membound.kernels.cpu_attention import (
     paged_decode_attention_cpu,
     plan_decode,
 )
-from membound.kernels.cpu_linear import prefers_column_major
+from membound.kernels.cpu_linear import linear_prepacked, prefers_column_major, prepack_weight
+from membound.kernels.cpu_quant_linear import (
+    int4_cpu_linear,
+    int8_weight_only_linear,
+    pack_int4_cpu,
+)
 from membound.kernels.paged_attention import paged_decode_attention_ref
 
 SHAPES = [  # (out, in): the ~150M CPU benchmark model, then Llama-3-8B
@@ -115,6 +124,59 @@ def bench_linear(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+MODEL_SHAPES = [  # (out, in): SmolLM2-135M (qkv, o, gate_up, down, head), TinyLlama-1.1B
+    (960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576),
+    (2560, 2048), (11264, 2048), (2048, 5632), (32000, 2048),
+]
+
+
+def bench_bf16_linear(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for out_f, in_f in MODEL_SHAPES:
+        w = torch.randn(out_f, in_f).bfloat16()
+        packed = prepack_weight(w)
+        for tokens in args.tokens:
+            x = torch.randn(tokens, in_f).bfloat16()
+            reps = max(3, int(args.reps * 2e6 / (tokens * out_f * in_f)) + 3)
+            plain = median_ms(lambda x=x, w=w: F.linear(x, w), reps)
+            pp = median_ms(lambda x=x, p=packed: linear_prepacked(x, p), reps)
+            row = {"out": out_f, "in": in_f, "tokens": tokens, "f_linear_ms": plain,
+                   "prepacked_ms": pp, "speedup": plain / pp,
+                   "prepacked_gbs": out_f * in_f * 2 / (pp / 1e3) / 1e9}  # fmt: skip
+            print("bf16_linear", json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def bench_quant_linear(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from membound.layers.quantization.int4_rtn import quantize_int4_rtn
+    from membound.layers.quantization.int8 import quantize_int8
+
+    rows = []
+    for out_f, in_f in MODEL_SHAPES:
+        w = torch.randn(out_f, in_f)
+        packed_bf16 = prepack_weight(w.bfloat16())
+        q8, s8 = quantize_int8(w)
+        s8 = s8.reshape(-1).bfloat16()
+        g = 64 if in_f % 64 == 0 else 32
+        q4, s4, z4 = quantize_int4_rtn(w, g)
+        p4, sz4 = pack_int4_cpu(q4.t(), s4.t(), z4.t())
+        for tokens in args.tokens:
+            x = torch.randn(tokens, in_f).bfloat16()
+            reps = max(3, int(args.reps * 2e6 / (tokens * out_f * in_f)) + 3)
+            bf = median_ms(lambda: linear_prepacked(x, packed_bf16), reps)  # noqa: B023
+            i8 = median_ms(lambda: int8_weight_only_linear(x, q8, s8), reps)  # noqa: B023
+            i4 = median_ms(lambda: int4_cpu_linear(x, p4, sz4, g), reps)  # noqa: B023
+            n = out_f * in_f
+            row = {"out": out_f, "in": in_f, "tokens": tokens, "group_size": g,
+                   "bf16_prepacked_ms": bf, "int8_ms": i8, "int4_ms": i4,
+                   "int8_speedup": bf / i8, "int4_speedup": bf / i4,
+                   "int8_gbs": n / (i8 / 1e3) / 1e9, "int4_gbs": n / 2 / (i4 / 1e3) / 1e9}  # fmt: skip
+            print("quant_linear", json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
@@ -125,24 +187,39 @@ def main() -> None:
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 64, 512])
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--output-json", default=None)
+    p.add_argument("--only", nargs="+", default=["decode", "linear", "bf16", "quant"],
+                   choices=["decode", "linear", "bf16", "quant"])
     args = p.parse_args()
     from membound.entrypoints.sysinfo import collect_info
 
-    decode, linear = bench_decode(args), bench_linear(args)
-    one = [r for r in linear if r["tokens"] == 1]
-    chosen = [r for r in one if r["rule_picks_col_major"]]
-    figures = {
-        "decode_speedup_batch_max": max(decode, key=lambda r: r["batch"])["speedup"],
-        "linear_1_token_speedup_where_rule_picks_col_major": (
+    run = set(args.only)
+    decode = bench_decode(args) if "decode" in run else []
+    linear = bench_linear(args) if "linear" in run else []
+    bf16 = bench_bf16_linear(args) if "bf16" in run else []
+    quant = bench_quant_linear(args) if "quant" in run else []
+    figures: dict[str, Any] = {}
+    if decode:
+        figures["decode_speedup_batch_max"] = max(decode, key=lambda r: r["batch"])["speedup"]
+    if linear:
+        one = [r for r in linear if r["tokens"] == 1]
+        chosen = [r for r in one if r["rule_picks_col_major"]]
+        figures["linear_1_token_speedup_where_rule_picks_col_major"] = (
             statistics.geometric_mean([r["row_over_col"] for r in chosen]) if chosen else None
-        ),
-        "linear_1_token_row_over_col_where_rule_keeps_row_major": [
+        )
+        figures["linear_1_token_row_over_col_where_rule_keeps_row_major"] = [
             round(r["row_over_col"], 3) for r in one if not r["rule_picks_col_major"]
-        ],
-    }
+        ]
+    for name, rows, keys in (("bf16_prepacked", bf16, ["speedup"]),
+                             ("quant", quant, ["int8_speedup", "int4_speedup"])):  # fmt: skip
+        for tokens in args.tokens:
+            for key in keys:
+                vals = [r[key] for r in rows if r["tokens"] == tokens]
+                if vals:
+                    figures[f"{name}_{key}_geomean_{tokens}_tokens"] = statistics.geometric_mean(vals)
     report = {"benchmark": "cpu_kernels", "commit": git_commit(), "machine": collect_info(),
-              "torch_threads": torch.get_num_threads(), "config": vars(args),
-              "figures": figures, "decode_attention": decode, "linear_layout": linear}  # fmt: skip
+              "torch_threads": torch.get_num_threads(), "load": open("/proc/loadavg").read(),
+              "config": vars(args), "figures": figures, "decode_attention": decode,
+              "linear_layout": linear, "bf16_linear": bf16, "quant_linear": quant}  # fmt: skip
     print(json.dumps(figures, indent=1))
     if args.output_json:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)

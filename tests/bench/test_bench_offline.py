@@ -33,7 +33,7 @@ TOP_KEYS = {
     "samples",
     "notes",
 }
-ENGINE = ["--block-size", "4", "--max-num-seqs", "8", "--num-kv-blocks", "64"]
+ENGINE = ["--dtype", "float32", "--block-size", "4", "--max-num-seqs", "8", "--num-kv-blocks", "64"]
 
 
 RUN_OPTIONS = {
@@ -132,7 +132,7 @@ def test_roofline_arithmetic(tiny_llama: Path) -> None:
     from membound.engine.llm_engine import LLMEngine
 
     engine = LLMEngine.from_engine_args(
-        EngineArgs(model=str(tiny_llama), block_size=4, num_kv_blocks=32)
+        EngineArgs(model=str(tiny_llama), block_size=4, num_kv_blocks=32, dtype="float32")
     )
     counts = offline.model_bytes(engine)
     mc = engine.config.model_config  # hidden 64, 2 layers, 4 heads / 2 KV heads of 16, ffn 112

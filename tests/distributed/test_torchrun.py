@@ -32,7 +32,7 @@ def test_two_ranks_under_torchrun(tmp_path: Path) -> None:
     lines = [line for line in run.stdout.splitlines() if line.startswith("TOKENS ")]
     assert len(lines) == 1  # rank 0 only
     got = json.loads(lines[0].removeprefix("TOKENS "))
-    llm = LLM(str(folder), block_size=4, max_model_len=128)
+    llm = LLM(str(folder), block_size=4, max_model_len=128, dtype="float32")
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     ref = llm.generate([[5, 17, 42, 99, 7], [9, 8, 7, 6]], params, use_tqdm=False)
     assert got == [o.outputs[0].token_ids for o in ref]

@@ -15,7 +15,7 @@ PROMPTS = [
     [300, 1, 200, 2, 100],
 ]
 # chunked prefill (budget 16 < the longest prompt), small blocks, a fixed KV budget per rank
-ENGINE = {"block_size": 4, "max_num_batched_tokens": 16, "max_model_len": 128,
+ENGINE = {"dtype": "float32", "block_size": 4, "max_num_batched_tokens": 16, "max_model_len": 128,
           "kv_cache_memory_bytes": 1 << 20}
 
 

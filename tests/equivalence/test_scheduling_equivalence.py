@@ -23,7 +23,7 @@ def prompts(n: int = 6, seed: int = 0) -> list[list[int]]:
 
 
 def engine(folder: Path, **kw: Any) -> LLMEngine:
-    return LLMEngine.from_engine_args(EngineArgs(model=str(folder), block_size=4, **kw))
+    return LLMEngine.from_engine_args(EngineArgs(model=str(folder), block_size=4, **{"dtype": "float32", **kw}))
 
 
 def run(

@@ -6,10 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from membound.kernels.contract import CPU_OPS
-from membound.kernels.cpu_linear import prefers_column_major, to_column_major
+from membound.kernels.cpu_linear import (
+    can_prepack,
+    dense_weight,
+    linear_prepacked,
+    linear_prepacked_ref,
+    prefers_column_major,
+    prepack_weight,
+    to_column_major,
+)
 from membound.layers.linear import Linear
 from membound.layers.vocab_embedding import LMHead, VocabEmbedding
 
@@ -67,8 +76,56 @@ def test_cpu_backend_leaves_a_tied_head_row_major() -> None:
 def test_engine_on_cpu_stores_wide_weights_column_major(tiny_llama: Path) -> None:
     from membound import LLM
 
-    llm = LLM(str(tiny_llama), block_size=4)
+    llm = LLM(str(tiny_llama), block_size=4, dtype="float32")
     model = llm.llm_engine.executor.driver.model
     weights = [m.weight for m in model.modules() if isinstance(m, Linear)]
     assert any(is_column_major(w) for w in weights)  # gate_up at least
     assert all(is_column_major(w) == prefers_column_major(w) for w in weights)
+
+
+needs_bf16 = pytest.mark.skipif(
+    not can_prepack(torch.empty(2, 2, dtype=torch.bfloat16)), reason="no oneDNN bf16 here"
+)
+
+
+@needs_bf16
+@pytest.mark.parametrize("rows", [1, 7, 64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_prepacked_bf16_matches_f_linear(rows: int, bias: bool) -> None:
+    w = torch.randn(96, 80).bfloat16()
+    b = torch.randn(96).bfloat16() if bias else None
+    x = torch.randn(rows, 80).bfloat16()
+    packed = prepack_weight(w)
+    assert packed.shape == w.shape and torch.equal(dense_weight(packed), w)
+    torch.testing.assert_close(
+        linear_prepacked(x, packed, b), linear_prepacked_ref(x, w, b), rtol=1.6e-2, atol=1e-2
+    )
+
+
+def test_prepack_refuses_what_it_cannot_pack() -> None:
+    assert not can_prepack(torch.empty(4, 4))  # fp32 keeps the column-major rule
+    with pytest.raises(ValueError, match="2-D bf16"):
+        prepack_weight(torch.empty(4, 4))
+    if can_prepack(torch.empty(2, 2, dtype=torch.bfloat16)):
+        with pytest.raises(ValueError, match="bf16 activations"):
+            linear_prepacked(torch.randn(1, 4), prepack_weight(torch.randn(4, 4).bfloat16()))
+
+
+@needs_bf16
+def test_cpu_backend_prepacks_bf16_linears_and_heads() -> None:
+    torch.manual_seed(0)
+    lin = Linear(16, 48, ops=CPU_OPS).to(torch.bfloat16)
+    table = VocabEmbedding(64, 16).to(torch.bfloat16)
+    tied = LMHead(64, 16, table, kernel_backend="cpu")
+    untied = LMHead(64, 16, None, None, "cpu").to(torch.bfloat16)
+    for p in (lin.weight, table.weight, untied.weight):
+        torch.nn.init.normal_(p)
+    x = torch.randn(3, 16).bfloat16()
+    expected = lin(x), tied(x), untied(x)
+    for layer in (lin, tied, untied):  # the post-load step lays weights out for the CPU
+        layer.process_weights_after_loading()
+    assert lin.weight.is_mkldnn and untied.weight.is_mkldnn
+    assert not table.weight.is_mkldnn and tied.weight is table.weight  # lookups need rows
+    for got, want in zip((lin(x), tied(x), untied(x)), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1.6e-2, atol=1e-2)
+    assert lin.quant_method.dequantize(lin).shape == (48, 16)

@@ -34,7 +34,7 @@ def test_kernel_config_validates() -> None:
 
 def _engine(folder: Path, backend: str, device: str) -> LLMEngine:
     args = EngineArgs(model=str(folder), block_size=4, kernel_backend=backend, device=device,
-                      enforce_eager=True)  # fmt: skip
+                      enforce_eager=True, dtype="float32")  # fmt: skip
     return LLMEngine.from_engine_args(args)
 
 

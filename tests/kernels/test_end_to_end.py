@@ -27,7 +27,8 @@ GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=3
 
 
 def generate(folder: Path, backend: str) -> tuple[list[list[int]], list, LLM]:
-    llm = LLM(str(folder), block_size=4, max_num_batched_tokens=12, kernel_backend=backend)
+    llm = LLM(str(folder), block_size=4, max_num_batched_tokens=12, kernel_backend=backend,
+              dtype="float32")
     outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
     return [o.outputs[0].token_ids for o in outs], [o.outputs[0].logprobs for o in outs], llm
 

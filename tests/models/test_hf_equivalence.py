@@ -21,7 +21,7 @@ NEW_TOKENS = 32
 def test_matches_transformers(tmp_path: Path, family: str) -> None:
     folder = make_checkpoint(tmp_path / family, family, seed=3)
     hf = load_hf(folder)
-    llm = LLM(str(folder), block_size=4, max_num_batched_tokens=64)
+    llm = LLM(str(folder), block_size=4, max_num_batched_tokens=64, dtype="float32")
     params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=5)
     outs = llm.generate(PROMPTS, params, use_tqdm=False)
     for prompt, out in zip(PROMPTS, outs):
@@ -41,7 +41,7 @@ def test_dynamic_rope_past_original_length(tmp_path: Path) -> None:
     the sequence length at the step that computed it."""
     folder = make_checkpoint(tmp_path / "dyn", "llama_dynamic_rope", seed=4)
     hf = load_hf(folder)
-    llm = LLM(str(folder), block_size=8, enable_chunked_prefill=False)
+    llm = LLM(str(folder), block_size=8, enable_chunked_prefill=False, dtype="float32")
     prompt = [(i * 7) % 300 + 5 for i in range(70)]  # 70 tokens > 64
     out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
                        use_tqdm=False)[0]

@@ -78,7 +78,7 @@ def test_variant_matches_transformers(tmp_path: Path, variant: str) -> None:
     family, overrides = VARIANTS[variant]
     folder = make_checkpoint(tmp_path / variant, family, seed=5, **overrides)
     hf = load_hf(folder)
-    llm = LLM(str(folder), block_size=4, max_num_batched_tokens=16)  # chunked prefill too
+    llm = LLM(str(folder), block_size=4, max_num_batched_tokens=16, dtype="float32")  # chunked prefill too
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=5)
     for prompt, out in zip(PROMPTS, llm.generate(PROMPTS, params, use_tqdm=False)):
         ref_tokens, ref_top = hf_greedy(hf, prompt, 16)
@@ -116,9 +116,9 @@ def test_triton_grouped_gemm_end_to_end(tmp_path: Path) -> None:
     folder = make_checkpoint(tmp_path / "mix", "mixtral", seed=2)
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=3)
     prompt = [PROMPTS[0]]
-    ref = LLM(str(folder), block_size=8, kernel_backend="torch").generate(
+    ref = LLM(str(folder), block_size=8, kernel_backend="torch", dtype="float32").generate(
         prompt, params, use_tqdm=False)[0].outputs[0]
-    got = LLM(str(folder), block_size=8, kernel_backend="triton").generate(
+    got = LLM(str(folder), block_size=8, kernel_backend="triton", dtype="float32").generate(
         prompt, params, use_tqdm=False)[0].outputs[0]
     assert got.token_ids == ref.token_ids
     for ours, theirs in zip(got.logprobs, ref.logprobs):

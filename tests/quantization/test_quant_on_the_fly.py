@@ -67,8 +67,8 @@ def test_dummy_weights_with_quantization(float_ckpt: Path) -> None:
 def test_llm_option_and_greedy_agreement(float_ckpt: Path) -> None:
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     prompt = [[5, 17, 42, 99, 7, 3]]
-    ref = LLM(str(float_ckpt), block_size=4).generate(prompt, params, use_tqdm=False)
-    llm = LLM(str(float_ckpt), block_size=4, quantization="int8")
+    ref = LLM(str(float_ckpt), block_size=4, dtype="float32").generate(prompt, params, use_tqdm=False)
+    llm = LLM(str(float_ckpt), block_size=4, quantization="int8", dtype="float32")
     assert llm.llm_engine.config.quantization == "int8"
     out = llm.generate(prompt, params, use_tqdm=False)
     assert out[0].outputs[0].token_ids[:2] == ref[0].outputs[0].token_ids[:2]

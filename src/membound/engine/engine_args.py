@@ -4,6 +4,7 @@ validated EngineConfig once."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import typing
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from membound.model_source import is_gguf_path, read_model_config, resolve_model
 
 _CONFIGS = (CacheConfig, SchedulerConfig, KernelConfig, ParallelConfig, EngineConfig)
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class EngineArgs:
@@ -42,7 +45,8 @@ class EngineArgs:
     model: str | None = None
     tokenizer: str | None = option(None, "tokenizer folder", default_text="the model's")
     dtype: str = option(
-        "auto", "auto (the checkpoint dtype on GPU, float32 on CPU), float32, float16, bfloat16")
+        "auto", "auto (the checkpoint dtype on GPU; on CPU bfloat16 with AVX512-BF16 or AMX, else "
+        "float32), float32, float16, bfloat16")
     device: str = option("auto", "auto (cuda when present), cuda, cpu")
     max_model_len: int | None = option(None, "context length limit", default_text="the model's")
     block_size: int = CacheConfig.block_size
@@ -192,9 +196,18 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, model_config: ModelConfig, device: str) -> str:
-    if dtype == "auto":
-        return model_config.torch_dtype if device.startswith("cuda") else "float32"
-    return normalize_dtype_name(dtype)
+    """"auto": the checkpoint's dtype on a GPU; on a CPU bfloat16 where it multiplies bf16
+    natively (AVX512-BF16 / AMX), else float32 (kernels/cpu_features.py)."""
+    if dtype != "auto":
+        return normalize_dtype_name(dtype)
+    if device.startswith("cuda"):
+        return model_config.torch_dtype
+    from membound.kernels.cpu_features import default_cpu_dtype, detect_cpu_features
+
+    features = detect_cpu_features()
+    chosen = default_cpu_dtype(features)
+    logger.info("dtype auto on this CPU (%s): %s", features.describe(), chosen)
+    return chosen
 
 
 def torch_dtype(name: str) -> torch.dtype:

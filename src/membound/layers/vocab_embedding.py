@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from membound.distributed.context import ParallelContext
-from membound.kernels.cpu_linear import prefers_column_major, to_column_major
+from membound.kernels.cpu_linear import (
+    can_prepack,
+    linear_prepacked,
+    prefers_column_major,
+    prepack_weight,
+    to_column_major,
+)
 from membound.layers.checkpoint_tensor import LazyTensor, materialize
 from membound.layers.linear import WeightShapeError
 
@@ -87,17 +93,30 @@ class LMHead(nn.Module):
             table = VocabEmbedding(vocab_size, hidden_size, parallel)
             self.parallel = table.parallel
             self.weight = table.weight  # same sharding and loader as an embedding table
+        # CPU backend, bf16: the weight prepacked for oneDNN (kernels/cpu_linear.py); a tied
+        # head keeps the embedding's table too (its lookups need the plain rows). A parameter,
+        # so the memory report counts the second copy
+        self.register_parameter("packed_weight", None)
 
     def process_weights_after_loading(self) -> None:
-        """The CPU backend keeps an untied (wide) head column-major: faster logits for few
-        rows. A tied head stays row-major: the embedding looks its rows up."""
-        if self.kernel_backend == "cpu" and not self.tied:
-            if prefers_column_major(self.weight):
-                to_column_major(self.weight)
+        """The CPU backend prepacks a bf16 head for oneDNN (a tied one as a second copy: the
+        embedding looks its rows up) and keeps an untied fp32 (wide) head column-major:
+        faster logits for few rows. A tied fp32 head stays row-major."""
+        if self.kernel_backend != "cpu":
+            return
+        if can_prepack(self.weight):
+            self.packed_weight = nn.Parameter(prepack_weight(self.weight), requires_grad=False)
+            if not self.tied:  # the packed weight is the only copy
+                self.weight = self.packed_weight
+        elif not self.tied and prefers_column_major(self.weight):
+            to_column_major(self.weight)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """[num_rows, vocab_size] logits; None on ranks other than 0 under TP."""
-        logits = F.linear(hidden, self.weight)  # [num_rows, rows_per_rank]
+        if self.packed_weight is not None:
+            logits = linear_prepacked(hidden, self.packed_weight)
+        else:
+            logits = F.linear(hidden, self.weight)  # [num_rows, rows_per_rank]
         if self.parallel.world_size == 1:
             return logits
         full = self.parallel.gather(logits, dim=-1)

@@ -91,6 +91,10 @@ class GPTQLinearMethod(Int4LinearMethod):
         layer._g_idx = g_idx
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
+        self._apply_act_order(layer)  # before the base class lays the weight out for a backend
+        super().process_weights_after_loading(layer)
+
+    def _apply_act_order(self, layer: nn.Module) -> None:
         g_idx = layer.__dict__.pop("_g_idx", None)
         if g_idx is None:
             return

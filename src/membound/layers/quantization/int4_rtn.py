@@ -12,7 +12,15 @@ Stored per layer (see kernels/int4_gemm.py for the layout):
 Compute, when the layer's kernel backend is Triton: ``int4_gemm`` (the fused
 dequantize-in-the-GEMM kernel for small batches, where decode is memory-bound and 4-bit
 weights are the win; for larger ones a Triton dequantize straight into the activation dtype
-plus the BLAS GEMM). Otherwise (CPU) the torch reference.
+plus the BLAS GEMM). Under the CPU kernel backend the weight is repacked once, after loading, into the layout of torch's
+CPU int4 kernel (``_weight_int4pack_mm_for_cpu``, bf16 activations; more than a few rows:
+dequantize to bf16 + GEMM; kernels/cpu_quant_linear.py) when the shapes allow it (output
+size a multiple of 64, group size 32..256); the stored view is then ``cpu_qweight``
+[out, in // 2] uint8 + ``cpu_scales_zeros`` [in // G, out, 2] bf16, and qweight / scales /
+zeros are released. Otherwise the torch reference.
+
+quantization="int4" on a float checkpoint uses the config's group size (128) where it
+divides a layer's input size, else the largest of 64 and 32 that does (SmolLM2's 576).
 """
 
 from __future__ import annotations
@@ -22,6 +30,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from membound.kernels.cpu_quant_linear import (
+    dequantize_int4_cpu,
+    has_cpu_quant_kernels,
+    int4_cpu_linear,
+    int4_cpu_supports,
+    pack_int4_cpu,
+)
 from membound.kernels.int4_gemm import (
     int4_gemm,
     int4_gemm_ref,
@@ -110,10 +125,40 @@ class Int4LinearMethod(QuantizationMethod):
         if zeros is not None:
             copy_slice(layer.zeros, zeros.to(torch.uint8), 1, start, size, name)
 
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """CPU backend: repack for torch's CPU int4 kernel where the shapes allow it
+        (subclasses run their own steps, e.g. GPTQ's act-order permutation, first)."""
+        k8, n = layer.qweight.shape
+        if (
+            layer.kernel_backend != "cpu"
+            or layer.qweight.device.type != "cpu"
+            or layer.scales.dtype != torch.bfloat16  # fp32 / fp16 models keep the reference
+
+            or not has_cpu_quant_kernels()
+            or not int4_cpu_supports(n, k8 * 8, layer.group_size)
+        ):
+            return
+        packed, scales_zeros = pack_int4_cpu(
+            unpack_int4(layer.qweight.detach(), 0), layer.scales.detach(), layer.zeros.detach()
+        )
+        for name in ("qweight", "scales", "zeros"):  # the packed copy is the only one
+            layer.register_parameter(name, None)
+        new_param(layer, "cpu_qweight", packed.shape, packed.dtype)
+        new_param(layer, "cpu_scales_zeros", scales_zeros.shape, scales_zeros.dtype)
+        with torch.no_grad():
+            layer.cpu_qweight.copy_(packed)
+            layer.cpu_scales_zeros.copy_(scales_zeros)
+
     def apply(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
         x2, lead = flatten_tokens(x)  # [M, K]
+        if getattr(layer, "cpu_qweight", None) is not None:
+            if layer.perm is not None:  # weight row k multiplies x[:, perm[k]]
+                x2 = x2.index_select(1, layer.perm.to(torch.int64))
+            y = int4_cpu_linear(x2, layer.cpu_qweight, layer.cpu_scales_zeros, layer.group_size)
+            y = y.to(x.dtype) if bias is None else y.to(x.dtype) + bias
+            return y.reshape(*lead, -1)
         args = (layer.qweight, layer.scales, layer.zeros, layer.group_size, layer.perm)
         use_triton = (
             getattr(layer, "kernel_backend", "torch") == "triton"
@@ -128,7 +173,11 @@ class Int4LinearMethod(QuantizationMethod):
     def dequantize(self, layer: nn.Module) -> torch.Tensor:
         from membound.kernels.int4_gemm import dequantize_int4_ref
 
-        w = dequantize_int4_ref(layer.qweight, layer.scales, layer.zeros, layer.group_size)
+        if getattr(layer, "cpu_qweight", None) is not None:  # [out, in] -> [in, out]
+            w = dequantize_int4_cpu(layer.cpu_qweight, layer.cpu_scales_zeros, layer.group_size)
+            w = w.to(torch.float32).t()
+        else:
+            w = dequantize_int4_ref(layer.qweight, layer.scales, layer.zeros, layer.group_size)
         if layer.perm is not None:  # weight row k belongs to input column perm[k]
             w = torch.empty_like(w).index_copy_(0, layer.perm.to(torch.int64), w)
         return w.t().contiguous()  # [out, in]
@@ -150,3 +199,10 @@ class Int4LinearMethod(QuantizationMethod):
 @register_method("int4")
 class Int4RTNLinearMethod(Int4LinearMethod):
     name = "int4"
+
+    def group_size(self, input_size: int) -> int:
+        """The config's group size where it divides ``input_size``, else 64 or 32."""
+        g = super().group_size(input_size)
+        if input_size % g == 0:
+            return g
+        return next((s for s in (64, 32) if s < g and input_size % s == 0), g)

@@ -4,17 +4,28 @@ Stored like FP8 (see fp8.py) with ``weight`` int8 in [-127, 127]:
 ``y = (x_q @ W_q^T) * s_x * s_w``, the integer dot products exact in int32.
 
 Compute: ``torch._int_mm`` (int8 x int8 -> int32 on tensor cores) on CUDA when the shapes
-allow it (K and N multiples of 8; M is padded past 16); elsewhere ``int8_linear_ref``, exact
-integer products through float64. Checkpoint layouts: "compressed-tensors" (int-quantized,
+allow it (K and N multiples of 8; M is padded past 16). Under the CPU kernel backend the
+layer of a bf16 model runs **weight-only** (W8A16): activations stay bf16 and torch's packed CPU kernel
+``_weight_int8pack_mm`` dequantizes the int8 weight inside the product
+(kernels/cpu_quant_linear.py); ``input_scale`` is not used there (activations are not
+quantized, which only removes rounding). Elsewhere ``int8_linear_ref``, exact integer
+products through float64. Checkpoint layouts: "compressed-tensors" (int-quantized,
 ``weight_scale`` [out, 1]) and "float" (quantization="int8" on a float checkpoint).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from membound.kernels.cpu_quant_linear import (
+    KERNEL_DTYPE,
+    has_cpu_quant_kernels,
+    int8_weight_only_linear,
+)
 from membound.layers.quantization.base import flatten_tokens, register_method
 from membound.layers.quantization.fp8 import ScaledW8A8Method
 
@@ -69,20 +80,45 @@ class Int8LinearMethod(ScaledW8A8Method):
         q, s = quantize_int8(w)
         return q, s.reshape(-1)
 
+    def create_weights(
+        self, layer: nn.Module, input_size: int, output_sizes: Sequence[int], dtype: torch.dtype
+    ) -> None:
+        super().create_weights(layer, input_size, output_sizes, dtype)
+        layer.activation_dtype = dtype  # the model dtype: bf16 models use the CPU kernel
+        layer.cpu_weight_only = False  # set after loading on the CPU backend
+
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         n, k = layer.weight.shape
         dev = layer.weight.device
         layer.use_fast_matmul = (
             dev.type == "cuda" and hasattr(torch, "_int_mm") and n % 8 == 0 and k % 8 == 0
         )
+        self._use_cpu_weight_only(layer)
+
+    def _use_cpu_weight_only(self, layer: nn.Module) -> None:
+        """The CPU backend runs weight-only through ``_weight_int8pack_mm``, whose scales
+        are bf16: they are stored so (the kernel's numerics, which ``dequantize`` reports)."""
+        if (
+            layer.kernel_backend != "cpu"
+            or layer.weight.device.type != "cpu"
+            or layer.activation_dtype != KERNEL_DTYPE  # fp32 / fp16 models keep W8A8's numerics
+            or not has_cpu_quant_kernels()
+        ):
+            return
+        scale = layer.weight_scale.detach().to(KERNEL_DTYPE)
+        layer.weight_scale = nn.Parameter(scale, requires_grad=False)
+        layer.cpu_weight_only = True
 
     def apply(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
         x2, lead = flatten_tokens(x)  # [M, K]
-        scale = self._input_scale(layer)
-        fn = int8_linear_int_mm if layer.use_fast_matmul else int8_linear_ref
-        y = fn(x2, layer.weight, layer.weight_scale, scale).to(x.dtype)
+        if layer.cpu_weight_only:
+            y = int8_weight_only_linear(x2, layer.weight, layer.weight_scale).to(x.dtype)
+        else:
+            scale = self._input_scale(layer)
+            fn = int8_linear_int_mm if layer.use_fast_matmul else int8_linear_ref
+            y = fn(x2, layer.weight, layer.weight_scale, scale).to(x.dtype)
         if bias is not None:
             y = y + bias
         return y.reshape(*lead, -1)

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from membound.kernels.cpu_linear import prefers_column_major, to_column_major
+from membound.kernels.cpu_linear import (
+    can_prepack,
+    dense_weight,
+    linear_prepacked,
+    prefers_column_major,
+    prepack_weight,
+    to_column_major,
+)
 from membound.layers.quantization.base import (
     QuantizationMethod,
     TensorSpec,
@@ -40,14 +47,21 @@ class UnquantizedLinearMethod(QuantizationMethod):
         copy_slice(layer.weight, weight, 0, rows[0], rows[1], "weight")
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        """The CPU backend keeps wide fp32 weights column-major (faster GEMV; kernels/cpu_linear)."""
-        if layer.kernel_backend == "cpu" and prefers_column_major(layer.weight):
+        """The CPU backend prepacks bf16 weights for oneDNN and keeps wide fp32 weights
+        column-major (kernels/cpu_linear.py)."""
+        if layer.kernel_backend != "cpu":
+            return
+        if can_prepack(layer.weight):
+            layer.weight = nn.Parameter(prepack_weight(layer.weight), requires_grad=False)
+        elif prefers_column_major(layer.weight):
             to_column_major(layer.weight)
 
     def apply(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
+        if layer.weight.is_mkldnn:
+            return linear_prepacked(x, layer.weight, bias)
         return F.linear(x, layer.weight, bias)
 
     def dequantize(self, layer: nn.Module) -> torch.Tensor:
-        return layer.weight.detach().float()
+        return dense_weight(layer.weight.detach()).float()

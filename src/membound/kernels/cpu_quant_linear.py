@@ -1,0 +1,133 @@
+"""Weight-only INT8 and INT4 GEMMs on CPU through torch's packed CPU kernels (as torchao does).
+
+A batch-1 decode streams every weight once per token: 8-bit weights move half of bf16's
+bytes, 4-bit a quarter. torch ships CPU kernels that dequantize inside the product:
+
+    INT8  torch.ops.aten._weight_int8pack_mm(x, W_q [N, K] int8, scales [N])
+          y = x @ (W_q * scales[:, None])^T          per output channel, symmetric
+    INT4  torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, G, scales_and_zeros)
+          packed = _convert_weight_to_int4pack_for_cpu(q [N, K] int32 0..15, 1)
+          scales_and_zeros [K // G, N, 2]: W[n, k] = (q[n, k] - 8) * s + z   (group k // G)
+
+Both are fast only with bf16 activations on this hardware (fp32 and fp16 activations run
+10-300x slower), so the int8 / int4 layer methods use them in bf16 models only (fp32 models
+keep the reference numerics); ``to_kernel_dtype`` casts other inputs for direct callers.
+They are GEMV kernels, their cost grows with every row: for more than ``SMALL_BATCH`` rows
+(prefill) the layer dequantizes to bf16 once per call and runs the bf16 GEMM instead. Measured
+(benchmarks/results/cpu_kernels_bf16_quant.json, one thread, a loaded machine): at 1 token
+INT8 is 1.5x and INT4 3.6x faster than the prepacked bf16 GEMM (geometric means over SmolLM2
+and TinyLlama shapes), at 8 tokens both are already slower than it (0.4x / 0.6x), and the
+dequantize path at 64 tokens is far slower than bf16 (it rewrites the whole weight per call):
+quantized weights pay at batch 1 and cost at larger batches. ``SMALL_BATCH`` is not tuned.
+
+membound's INT4 layout (kernels/int4_gemm.py: asymmetric, integer zero points z) maps onto
+the kernel's with ``(q - z) * s = (q - 8) * s + (8 - z) * s``. The packed INT4 layout is
+torch's (blocks of 64 output rows: byte ``[nb, k, d]`` holds row ``64 nb + d`` in its low
+nibble and ``64 nb + 32 + d`` in its high one); ``dequantize_int4_cpu`` reads it back and
+the tests check it against the kernel itself.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+KERNEL_DTYPE = torch.bfloat16
+SMALL_BATCH = 16  # rows up to which the packed kernels beat dequantize + bf16 GEMM
+INT4_BLOCK_N = 64  # output rows per block of torch's CPU int4 layout
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+
+
+def to_kernel_dtype(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == KERNEL_DTYPE else x.to(KERNEL_DTYPE)
+
+
+def has_cpu_quant_kernels() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm") and hasattr(
+        torch.ops.aten, "_weight_int4pack_mm_for_cpu"
+    )
+
+
+# ---- INT8 -------------------------------------------------------------------------------
+
+
+def int8_weight_only_linear(
+    x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
+    """x [M, K] -> [M, N] bf16; weight [N, K] int8, scales [N] bf16."""
+    x = to_kernel_dtype(x)
+    if x.shape[0] > SMALL_BATCH:
+        return F.linear(x, weight.to(KERNEL_DTYPE) * scales[:, None])
+    return torch.ops.aten._weight_int8pack_mm(x, weight, scales)
+
+
+def int8_weight_only_linear_ref(
+    x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
+    """The reference in float32: x @ (W_q * s)^T."""
+    w = weight.to(torch.float32) * scales.to(torch.float32)[:, None]
+    return F.linear(x.to(torch.float32), w)
+
+
+# ---- INT4 -------------------------------------------------------------------------------
+
+
+def int4_cpu_supports(out_features: int, in_features: int, group_size: int) -> bool:
+    """Shapes torch's CPU int4 kernel takes (whole blocks of 64 output rows)."""
+    return (
+        out_features % INT4_BLOCK_N == 0
+        and group_size in INT4_GROUP_SIZES
+        and in_features % group_size == 0
+    )
+
+
+def pack_int4_cpu(
+    q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """membound's int4 weight (``q [K, N]`` values 0..15, ``scales``/``zeros`` [K // G, N]) ->
+    (packed [N, K // 2] uint8, scales_and_zeros [K // G, N, 2] bf16) for the CPU kernel."""
+    k, n = q.shape
+    if n % INT4_BLOCK_N or k % 2:
+        raise ValueError(f"int4 CPU packing needs N % {INT4_BLOCK_N} == 0 and even K; "
+                         f"got K={k}, N={n}")  # fmt: skip
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+        q.t().to(torch.int32).contiguous(), 1
+    )
+    s = scales.to(torch.float32)
+    z = (8.0 - zeros.to(torch.float32)) * s  # (q - z) s = (q - 8) s + (8 - z) s
+    return packed, torch.stack([s, z], dim=-1).to(KERNEL_DTYPE).contiguous()
+
+
+def dequantize_int4_cpu(
+    packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """W [N, K] bf16 from the CPU kernel's layout (what the kernel multiplies with)."""
+    n = packed.shape[0]
+    k = packed.shape[1] * 2
+    b = packed.reshape(n // INT4_BLOCK_N, k, INT4_BLOCK_N // 2)  # [N / 64, K, 32]
+    q = torch.cat([b & 0xF, b >> 4], dim=2)  # [N / 64, K, 64]: low nibbles rows 0..31
+    q = q.transpose(1, 2).reshape(n, k // group_size, group_size)  # [N, K / G, G]
+    s = scales_and_zeros[..., 0].t().unsqueeze(-1)  # [N, K / G, 1]
+    z = scales_and_zeros[..., 1].t().unsqueeze(-1)
+    w = (q.to(KERNEL_DTYPE) - 8).mul_(s).add_(z)  # (q - 8) s + z, broadcast per group
+    return w.reshape(n, k)
+
+
+def int4_cpu_linear(
+    x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """x [M, K] -> [M, N] bf16 through the packed kernel (few rows) or dequantize + GEMM."""
+    x = to_kernel_dtype(x)
+    if x.shape[0] > SMALL_BATCH:
+        return F.linear(x, dequantize_int4_cpu(packed, scales_and_zeros, group_size))
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros)
+
+
+def int4_cpu_linear_ref(
+    x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """The reference in float32 from membound's layout: q [K, N] 0..15, scales/zeros
+    [K // G, N]; W[k, n] = (q - z) * s."""
+    g = torch.arange(q.shape[0], device=q.device) // group_size
+    w = (q.to(torch.float32) - zeros.to(torch.float32)[g]) * scales.to(torch.float32)[g]
+    return x.to(torch.float32) @ w  # [M, N]
