@@ -124,7 +124,10 @@ def test_probe_writes_a_record_the_planner_reads(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     record = ld.read_local_device(out)
     assert record.device_type == "cpu" and record.memory_bytes > 1 << 30
-    assert record.cores >= 1 and record.threads >= 1 and record.engine_dtype == "float32"
+    from membound.bench.device_probe import engine_default_dtype
+
+    assert record.cores >= 1 and record.threads >= 1
+    assert record.engine_dtype == engine_default_dtype("cpu")  # bfloat16 where it is native
     spec = record.gpu_spec()
     assert isinstance(spec, GPUSpec) and spec.bandwidth_gbs > 0 and not spec.overlap
     assert spec.dense_fp32_tflops and spec.dense_fp32_tflops > 0

@@ -27,7 +27,8 @@ class Ceilings:
                 "matmul_dtype": self.matmul_dtype}  # fmt: skip
 
 
-def _best_seconds(fn: Callable[[], Any], sync: Callable[[], None], repeats: int) -> float:
+def best_seconds(fn: Callable[[], Any], sync: Callable[[], None], repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` runs of ``fn`` (after one warm-up run)."""
     fn()  # warm-up
     sync()
     best = float("inf")
@@ -44,7 +45,7 @@ def _copy_seconds(nbytes: int, device: str, sync: Callable[[], None], repeats: i
 
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
     dst = torch.empty_like(src)
-    return _best_seconds(lambda: dst.copy_(src), sync, repeats)
+    return best_seconds(lambda: dst.copy_(src), sync, repeats)
 
 
 def measure_ceilings(device: str, dtype: Any, *, quick: bool = False) -> Ceilings:
@@ -80,7 +81,7 @@ def _measure(device: str, dtype: Any, small: bool) -> Ceilings:
     copy_s = _copy_seconds(copy_bytes, device, sync, repeats)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    mm_s = _best_seconds(lambda: a @ b, sync, repeats)
+    mm_s = best_seconds(lambda: a @ b, sync, repeats)
     return Ceilings(
         copy_gbs=2 * copy_bytes / copy_s / 1e9,
         copy_bytes=copy_bytes,

@@ -12,8 +12,8 @@ reads, validates and caches it). The record holds what the roofline needs:
                         step mostly reads; on a CPU this beats the copy's rate)
     bandwidth_gbs       the larger of the two: the planner's memory ceiling
     matmul_tflops       {dtype: 2 n^3 / seconds} for square matrices in each dtype measured:
-                        the engine's default dtype on the device (float32 on CPU, bfloat16 on
-                        CUDA) and the other of float32 / bfloat16
+                        the engine's default dtype on the device (engine_default_dtype) and
+                        the other of float32 / bfloat16
     matmul_rows_tflops  CPU only: {dtype: {rows: TFLOP/s}} of [rows, 1024] x [1024, 1024]
                         products, rows 1 ... 512, the weight in cache: how fast a decode step
                         of B sequences (B rows) can multiply. A CPU core streams weights and
@@ -38,27 +38,15 @@ import datetime
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from membound.bench.ceilings import best_seconds
+
 PROBE_VERSION = 1
-ENGINE_DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}  # engine_args.resolve_dtype
 _SIZES = {"cpu": (256, 1024), "cuda": (1024, 8192)}  # copy MiB, matmul n
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 ROWS_K = 1024  # inner and output size of the rows curve: a 4 MiB fp32 weight
-
-
-def _best_seconds(fn: Callable[[], Any], sync: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def _memory_bytes(device: str) -> int:
@@ -84,9 +72,9 @@ def _bandwidths(
 
     src = torch.ones(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    copy_s = _best_seconds(lambda: dst.copy_(src), sync, repeats)
+    copy_s = best_seconds(lambda: dst.copy_(src), sync, repeats)
     floats = src.view(torch.float32)
-    read_s = _best_seconds(lambda: floats.sum(), sync, repeats)
+    read_s = best_seconds(lambda: floats.sum(), sync, repeats)
     return 2 * nbytes / copy_s / 1e9, nbytes / read_s / 1e9
 
 
@@ -104,9 +92,20 @@ def _rows_curve(dtype: Any, repeats: int, rows: Sequence[int], k: int) -> dict[s
             for _ in range(inner):
                 torch.nn.functional.linear(x, w)
 
-        seconds = _best_seconds(run, lambda: None, repeats) / inner
+        seconds = best_seconds(run, lambda: None, repeats) / inner
         out[str(m)] = 2 * m * k * k / seconds / 1e12
     return out
+
+
+def engine_default_dtype(device: str) -> str:
+    """What ``dtype="auto"`` gives on ``device`` (engine_args.resolve_dtype): on a CPU
+    bfloat16 where it is native (kernels/cpu_features.py), else float32; on CUDA the
+    checkpoint's, bfloat16 for the models that matter."""
+    if device == "cuda":
+        return "bfloat16"
+    from membound.kernels.cpu_features import default_cpu_dtype, detect_cpu_features
+
+    return default_cpu_dtype(detect_cpu_features())
 
 
 def resolve_device(device: str) -> str:
@@ -139,13 +138,13 @@ def probe(
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     nbytes = copy_mib << 20
     copy_gbs, read_gbs = _bandwidths(nbytes, device, sync, repeats)
-    engine_dtype = ENGINE_DEFAULT_DTYPE[device]
+    engine_dtype = engine_default_dtype(device)
     matmul, curves = {}, {}
     for name in dict.fromkeys((engine_dtype, "float32", "bfloat16")):
         dtype = getattr(torch, name)
         a = torch.randn(matmul_n, matmul_n, device=device).to(dtype)
         b = torch.randn(matmul_n, matmul_n, device=device).to(dtype)
-        seconds = _best_seconds(lambda a=a, b=b: a @ b, sync, repeats)
+        seconds = best_seconds(lambda a=a, b=b: a @ b, sync, repeats)
         matmul[name] = 2 * matmul_n**3 / seconds / 1e12
         if device == "cpu":
             curves[name] = _rows_curve(dtype, repeats, rows, rows_k)
