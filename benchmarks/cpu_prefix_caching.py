@@ -53,7 +53,8 @@ def run(folder: Path, batch: list[list[int]], out_len: int, caching: bool) -> di
     from membound.sampling_params import SamplingParams
 
     eng = LLMEngine.from_engine_args(
-        EngineArgs(model=str(folder), max_model_len=2048, enable_prefix_caching=caching)
+        EngineArgs(model=str(folder), max_model_len=2048, enable_prefix_caching=caching,
+                   dtype="float32")  # what the result records (auto is bf16 on AMX CPUs)
     )
     params = SamplingParams(temperature=0, max_tokens=out_len, ignore_eos=True)
     t0 = time.perf_counter()
