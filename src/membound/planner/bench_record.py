@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from membound.planner.errors import PlannerError
+from membound.planner.errors import PlannerError, read_json_object
 from membound.planner.model_shape import ModelShape
 from membound.planner.presets import load_model
 
@@ -91,17 +90,7 @@ class BenchmarkRecord:
 
 
 def read_benchmark(path: str | os.PathLike[str]) -> BenchmarkRecord:
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except FileNotFoundError as e:
-        raise PlannerError(f"benchmark file {path!r} does not exist") from e
-    except (OSError, ValueError) as e:
-        raise PlannerError(f"benchmark file {path!r} is not valid JSON: {e}") from e
-    if not isinstance(raw, dict):
-        raise PlannerError(f"benchmark file {path!r} must hold a JSON object")
-    return BenchmarkRecord.from_dict(raw, path)
+    return BenchmarkRecord.from_dict(read_json_object(path, "benchmark file"), os.fspath(path))
 
 
 def record_shape(rec: BenchmarkRecord) -> ModelShape | None:

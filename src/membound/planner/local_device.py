@@ -25,7 +25,6 @@ machine's benchmark JSON fits the ``local`` entry.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from membound.planner.errors import PlannerError
+from membound.planner.errors import PlannerError, read_json_object
 from membound.planner.hardware import GPUSpec
 
 LOCAL_NAME = "local"
@@ -137,17 +136,7 @@ class LocalDevice:
 
 
 def read_local_device(path: str | os.PathLike[str]) -> LocalDevice:
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except FileNotFoundError as e:
-        raise PlannerError(f"local device record {path!r} does not exist") from e
-    except (OSError, ValueError) as e:
-        raise PlannerError(f"local device record {path!r} could not be read: {e}") from e
-    if not isinstance(raw, dict):
-        raise PlannerError(f"local device record {path!r} must hold a JSON object")
-    return LocalDevice.from_dict(raw, path)
+    return LocalDevice.from_dict(read_json_object(path, "local device record"), os.fspath(path))
 
 
 def measure_local_device(path: Path, device: str = "auto", extra: tuple[str, ...] = ()) -> None:
