@@ -13,13 +13,12 @@ bytes or FLOPs and are ignored.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from typing import Any
 
 from membound.config import SUPPORTED_ARCHITECTURES, ConfigError, ModelConfig
-from membound.planner.errors import PlannerError
+from membound.planner.errors import PlannerError, read_json_object
 
 # Families whose MLP is a plain up -> activation -> down (two matrices, no gate).
 _NON_GATED_TYPES = {"falcon", "gpt2", "gpt_neox", "gptj", "opt", "bloom", "gpt_bigcode", "phi"}
@@ -135,13 +134,7 @@ class ModelShape:
         """Read ``config.json`` (or a checkpoint folder holding one)."""
         path = os.fspath(path)
         file = os.path.join(path, "config.json") if os.path.isdir(path) else path
-        try:
-            with open(file, encoding="utf-8") as f:
-                raw = json.load(f)
-        except FileNotFoundError as e:
-            raise PlannerError(f"no config.json at {file!r}") from e
-        except (OSError, ValueError) as e:
-            raise PlannerError(f"{file!r} could not be read as JSON: {e}") from e
+        raw = read_json_object(file, "model config")
         base = os.path.basename(os.path.dirname(os.path.abspath(file))) or "model"
         return cls.from_hf_dict(raw, name=base)
 
