@@ -153,3 +153,22 @@ def test_cpu_step_adds_rows_beyond_the_first_never_less_than_zero() -> None:
     amx = dataclasses.replace(spec, matmul_rows_tflops=(("bf16", ((1, 0.001), (128, 1.0))),))
     bf16 = model_cost(preset_shape("llama-3-8b"), "bf16", "bf16")
     assert decode_step(bf16, amx, 128, 0, ideal).compute_s == 0.0
+
+
+def test_cached_only_table_refuses_local_without_a_record(monkeypatch: pytest.MonkeyPatch,
+                                                          _private_cache: Path) -> None:  # fmt: skip
+    """What the web console uses: never the probe; without a record, say how to make one."""
+    from argparse import Namespace
+
+    from membound.planner.plan_options import hardware_table
+
+    def no_probe(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the probe ran")
+
+    monkeypatch.setattr(ld, "measure_local_device", no_probe)
+    with pytest.raises(PlannerError, match="run `membound plan --gpu local` once"):
+        hardware_table(Namespace(gpu="local,h100"), measure=False)
+    assert hardware_table(Namespace(gpu="h100"), measure=False).get("h100").name == "h100-sxm"
+    write_record(ld.cache_path())
+    table = hardware_table(Namespace(gpu="local,h100"), measure=False)
+    assert table.get("local").display_name == "local cpu: Test CPU"

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 from membound.planner.calibrate import Calibration
 from membound.planner.errors import PlannerError
 from membound.planner.hardware import HardwareTable, read_hardware_file
-from membound.planner.local_device import DEVICES, LOCAL_NAME, cached_local_device, local_device
+from membound.planner.local_device import (
+    DEVICES,
+    LOCAL_NAME,
+    cache_path,
+    cached_local_device,
+    local_device,
+)
 from membound.planner.precision import KV_DTYPES, WEIGHT_PRECISIONS, normalize_kv_dtype
 from membound.planner.roofline import Efficiency
 
@@ -135,10 +141,10 @@ def _wants_local(args: argparse.Namespace) -> bool:
 def hardware_table(args: argparse.Namespace, *, measure: bool = True) -> HardwareTable:
     """The GPU table ``args`` selects: the built-in one, plus the device at hand as
     ``local`` when ``args.gpu`` names it (measured once and cached, or again with
-    ``args.remeasure``; with ``measure=False`` only a cached record is used, when there is
-    one), with ``args.hardware_file`` merged in and ``args.price_per_gpu_hour``
-    (``"2.5"`` for every GPU, or ``"h100=2.5,h200=3"``) applied; any attribute may be
-    absent or None.
+    ``args.remeasure``; with ``measure=False`` only a cached record is used, and naming
+    ``local`` without one is an error that says how to measure it), with
+    ``args.hardware_file`` merged in and ``args.price_per_gpu_hour`` (``"2.5"`` for every
+    GPU, or ``"h100=2.5,h200=3"``) applied; any attribute may be absent or None.
 
     Raises PlannerError for an unreadable hardware file, a failed measurement, a price that
     is not a non-negative number, or an unknown GPU name.
@@ -152,6 +158,12 @@ def hardware_table(args: argparse.Namespace, *, measure: bool = True) -> Hardwar
         )
     elif not measure:
         local = cached_local_device()
+        if local is None and _wants_local(args):
+            raise PlannerError(
+                f"gpu 'local': this machine has not been measured yet (no record at "
+                f"{cache_path()}); run `membound plan --gpu local` once in a shell on it (the "
+                "probe takes a minute or more and caches its record), then ask again"
+            )
     if local is not None:  # first, so a benchmark's exact device name matches it
         table = HardwareTable((local.gpu_spec(), *table.gpus))
     hardware_file = getattr(args, "hardware_file", None)

@@ -13,9 +13,14 @@ cannot overlap them, a CPU core, ``compute + memory + communication``):
                fixed latency each; Falcon-style parallel attention needs one per layer,
                others two.
 
+MoE layers add what their kernels cost beyond the experts' bytes (``moe_cost``): routed
+FLOPs padded to the grouped GEMM's row tile, and the permute/unpermute traffic, which runs
+as memory-bound kernels between the matmuls and so adds to the pass (``serial``).
+
 The figure with the larger of compute and memory names the bound that governs it.
-Efficiencies of 1 and no latency give the roofline bound; the defaults in ``Efficiency``
-give the expected figure, so an expected figure can never beat its bound.
+Efficiencies of 1, no latency and no MoE kernel overheads give the roofline bound; the
+defaults in ``Efficiency`` give the expected figure, so an expected figure can never beat
+its bound.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass, fields
 from membound.planner.errors import PlannerError
 from membound.planner.hardware import GPUSpec
 from membound.planner.model_cost import ModelCost
+from membound.planner.moe_cost import MoEPass, moe_pass
 from membound.planner.precision import activation_compute, weight_format
 from membound.planner.workload import Workload
 
@@ -46,13 +52,15 @@ class Efficiency:
     interconnect: float = 0.7
     allreduce_latency_s: float = 10e-6
     power_fraction: float = 1.0  # average board power / TDP, for the energy estimate
-    # Routed-expert GEMMs (grouped, over scattered tokens) reach this share of what dense
-    # GEMMs reach, in bytes and FLOPs alike. Set from TensorRT-LLM's Mixtral-8x7B FP8 on two
-    # H100s (128/128: 5,255 output tok/s/GPU, where dense-GEMM factors alone predict 2.3x
-    # that at concurrency 512); ``Efficiency.ideal()`` keeps 1, so bounds are unchanged.
-    moe: float = 0.5
+    # Extra share of the dense factors that routed-expert GEMMs reach, in bytes and FLOPs.
+    # 1: none. Not set from any published figure (what MoE kernels cost is counted in
+    # ``moe_cost``); a calibration file may lower it for kernels slower than that count.
+    moe: float = 1.0
     source: str = "defaults (typical published values)"
     power_measured: bool = False  # power_fraction came from measured energy
+    # Count what grouped-GEMM MoE kernels add (tile padding, permute/unpermute; moe_cost).
+    # The roofline bound leaves them out: they are how today's kernels run, not physics.
+    moe_kernels: bool = True
 
     def __post_init__(self) -> None:
         for name in ("memory", "compute", "interconnect", "power_fraction", "moe"):
@@ -61,11 +69,16 @@ class Efficiency:
                 raise PlannerError(f"efficiency {name} must be in (0, 1], got {value!r}")
         if self.allreduce_latency_s < 0:
             raise PlannerError("allreduce_latency_s must be >= 0")
+        for name in ("power_measured", "moe_kernels"):
+            if not isinstance(getattr(self, name), bool):
+                raise PlannerError(f"efficiency {name} must be true or false")
 
     @classmethod
     def ideal(cls) -> Efficiency:
         """Every ceiling reached, no latency: the roofline bound."""
-        return cls(1.0, 1.0, 1.0, 0.0, 1.0, 1.0, "ideal (roofline bound)", False)
+        return cls(memory=1.0, compute=1.0, interconnect=1.0, allreduce_latency_s=0.0,
+                   power_fraction=1.0, moe=1.0, source="ideal (roofline bound)",
+                   power_measured=False, moe_kernels=False)  # fmt: skip
 
     def to_dict(self) -> dict[str, float | str]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -81,12 +94,13 @@ class StepTime:
     flops: float = 0.0
     bytes: float = 0.0
     overlap: bool = True  # compute and memory overlap (GPU); a CPU core does one, then the other
+    serial_s: float = 0.0  # memory-bound kernels between the matmuls (MoE permute/unpermute)
 
     @property
     def total_s(self) -> float:
         if self.overlap:
-            return max(self.compute_s, self.memory_s) + self.comm_s
-        return self.compute_s + self.memory_s + self.comm_s
+            return max(self.compute_s, self.memory_s) + self.serial_s + self.comm_s
+        return self.compute_s + self.memory_s + self.serial_s + self.comm_s
 
     @property
     def bound(self) -> str:
@@ -147,6 +161,11 @@ def _hidden_row_s(cost: ModelCost, gpu: GPUSpec, passes: int) -> float:
     return passes * row / (rate * 1e12)
 
 
+def _moe(cost: ModelCost, tokens: int, eff: Efficiency) -> MoEPass:
+    """What the MoE kernels add to a pass over ``tokens`` tokens (none for the bound)."""
+    return moe_pass(cost, tokens if eff.moe_kernels else 0)
+
+
 def _allreduce_s(cost: ModelCost, gpu: GPUSpec, tokens: int, eff: Efficiency) -> float:
     if cost.tp == 1:
         return 0.0
@@ -173,17 +192,20 @@ def decode_step(
     peak, attn_peak = _rates(gpu, cost.precision, batch)
     linear = batch * (cost.linear_flops_per_token_per_gpu + cost.lm_head_flops_per_token_per_gpu)
     attention = batch * cost.attention_flops(ctx)
-    slow = batch * cost.expert_flops_per_token_per_gpu * (1 / eff.moe - 1)  # see Efficiency.moe
+    moe = _moe(cost, batch, eff)
+    slow = batch * cost.expert_flops_per_token_per_gpu * (moe.flop_factor / eff.moe - 1)
     linear_s = max(0.0, (linear + slow) / (peak * 1e12) - _hidden_row_s(cost, gpu, 1))
     compute_s = (linear_s + attention / (attn_peak * 1e12)) / eff.compute
     experts = cost.expert_read_bytes(batch)
     read = cost.weight_read_bytes(batch) + batch * cost.kv_bytes_for_context(ctx)
-    memory_s = (read + experts * (1 / eff.moe - 1)) / (gpu.bandwidth_gbs * 1e9 * eff.memory)
+    rate = gpu.bandwidth_gbs * 1e9 * eff.memory
+    memory_s = (read + experts * (1 / eff.moe - 1)) / rate
     if offload_bytes_per_gpu:
         memory_s += offload_bytes_per_gpu / (gpu.host_link_gbs * 1e9 * eff.interconnect)
     comm_s = _allreduce_s(cost, gpu, batch, eff)
-    moved = read + offload_bytes_per_gpu
-    return StepTime(compute_s, memory_s, comm_s, linear + attention, moved, gpu.overlap)
+    moved = read + offload_bytes_per_gpu + moe.permute_bytes
+    return StepTime(compute_s, memory_s, comm_s, linear + attention, moved, gpu.overlap,
+                    moe.permute_bytes / rate)  # fmt: skip
 
 
 def prefill(
@@ -204,19 +226,24 @@ def prefill(
     linear = tokens * cost.linear_flops_per_token_per_gpu
     linear += num_seqs * cost.lm_head_flops_per_token_per_gpu  # logits of the last token only
     attention = num_seqs * cost.prefill_attention_flops(input_len)
-    slow = tokens * cost.expert_flops_per_token_per_gpu * (1 / eff.moe - 1)
+    rows = min(tokens, chunk_tokens)  # tokens in one chunk's pass
+    moe = _moe(cost, rows, eff)
+    slow = tokens * cost.expert_flops_per_token_per_gpu * (moe.flop_factor / eff.moe - 1)
     linear_s = max(0.0, (linear + slow) / (peak * 1e12) - _hidden_row_s(cost, gpu, chunks))
     compute_s = (linear_s + attention / (attn_peak * 1e12)) / eff.compute
-    read = chunks * cost.weight_read_bytes(min(tokens, chunk_tokens))
-    experts = chunks * cost.expert_read_bytes(min(tokens, chunk_tokens)) * (1 / eff.moe - 1)
+    read = chunks * cost.weight_read_bytes(rows)
+    experts = chunks * cost.expert_read_bytes(rows) * (1 / eff.moe - 1)
     written = tokens * cost.kv_bytes_per_token_per_gpu
-    memory_s = (read + experts + written) / (gpu.bandwidth_gbs * 1e9 * eff.memory)
+    rate = gpu.bandwidth_gbs * 1e9 * eff.memory
+    memory_s = (read + experts + written) / rate
     if offload_bytes_per_gpu:
         memory_s += chunks * offload_bytes_per_gpu / (gpu.host_link_gbs * 1e9 * eff.interconnect)
     comm_s = _allreduce_s(cost, gpu, tokens, eff)
     if cost.tp > 1:  # latency is paid per chunk, not per token
         comm_s += (chunks - 1) * _allreduce_s(cost, gpu, 0, eff)
-    return StepTime(compute_s, memory_s, comm_s, linear + attention, read + written, gpu.overlap)
+    permute = moe.permute_bytes * tokens / rows if rows else 0.0  # every token is permuted
+    return StepTime(compute_s, memory_s, comm_s, linear + attention, read + written + permute,
+                    gpu.overlap, permute / rate)  # fmt: skip
 
 
 @dataclass(frozen=True)

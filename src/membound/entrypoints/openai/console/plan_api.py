@@ -8,7 +8,9 @@ reads, so defaults, types and error messages are the CLI's; the plan is then bui
 
 Nothing here reads the server's files: ``model`` must be a preset (a path is refused), or
 ``config`` carries a Hugging Face ``config.json`` object inline; ``--hardware-file``,
-``--calibration``, ``--plot`` and ``--list`` have no field.
+``--calibration``, ``--plot`` and ``--list`` have no field. ``gpu: local`` uses the cached
+record of this machine only: the server never runs the device probe (minutes of load), and
+without a record the answer says to run ``membound plan --gpu local`` once.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def run_web_plan(body: dict[str, Any]) -> dict[str, Any]:
     argv = plan_argv(body)
     args = _parser().parse_args(argv)
     shape = _shape(body, args)
-    table = hardware_table(args)
+    table = hardware_table(args, measure=False)  # never the probe inside the server
     calibration = Calibration()
     if args.power_fraction is not None:
         calibration = with_power_fraction(calibration, args.power_fraction)
