@@ -11,6 +11,8 @@ Pure Python, no torch. Depends on ``membound.config`` only. Module map:
     workload.py     Workload (lengths, concurrency, targets) and EngineLimits
     memory.py       fit, KV capacity, max concurrency, smallest TP, CPU offload
     roofline.py     decode step, prefill, TTFT, TPOT, tokens/s; Efficiency factors
+    moe_cost.py     what routed MoE layers cost beyond their weights (tiles, permutes)
+    published.py    published MoE serving figures and their sources (the checks' data)
     cost.py         $/M tokens and J/token (estimates)
     plan.py         every GPU option side by side, the recommendation, the JSON document
     bench_record.py the fields read from membound benchmark JSON
