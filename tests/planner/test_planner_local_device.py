@@ -45,7 +45,7 @@ def test_cache_location_follows_the_environment(
 
 def test_record_becomes_a_gpu_spec() -> None:
     spec = ld.LocalDevice.from_dict(RECORD, "rec.json").gpu_spec()
-    assert spec.name == "local" and spec.max_tp == 1 and not spec.overlap
+    assert spec.name == "local" and spec.max_tp == 1 and not spec.overlap and not spec.tiled_moe
     assert spec.bandwidth_gbs == 10.0 and spec.memory_bytes == 24 << 30
     assert spec.dense_fp32_tflops == 0.15 and spec.dense_bf16_tflops == 1.0
     assert spec.dense_fp8_tflops is None and spec.tdp_w is None

@@ -86,6 +86,8 @@ def test_moe_pass_pads_rows_and_moves_tokens() -> None:
     assert big.tile == 128 and 1.0 < big.flop_factor < 1.1  # 1,024 rows -> 8 or 9 tiles
     assert big.permute_bytes == 4096 * one.permute_bytes
     assert moe_pass(model_cost(preset_shape("llama-3-8b"), "bf16", "bf16"), 64).flop_factor == 1
+    cpu = moe_pass(cost, 1, tiled=False)  # a CPU runs each expert's rows as they are
+    assert (cpu.tile, cpu.flop_factor, cpu.permute_bytes) == (1, 1.0, one.permute_bytes)
 
 
 def test_the_bound_leaves_out_moe_kernel_overheads() -> None:

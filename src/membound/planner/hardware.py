@@ -57,6 +57,9 @@ class GPUSpec:
     # Compute and memory traffic overlap within a pass (GPUs). A CPU core streams weights and
     # multiplies in turn, so a step takes their sum (measured: bench/device_probe.py).
     overlap: bool = True
+    # Routed experts run as grouped GEMMs over row tiles (GPU kernels: rows padded to the
+    # tile, planner/moe_cost.py). A CPU runs each expert's rows as they are (moe_gemm_ref).
+    tiled_moe: bool = True
     # Measured matmul rate by rows (tokens in the pass), per compute class: ((class,
     # ((rows, tflops), ...)), ...). Empty: the dense peak at any row count (datasheets).
     matmul_rows_tflops: tuple[tuple[str, tuple[tuple[int, float], ...]], ...] = ()

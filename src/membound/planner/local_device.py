@@ -129,6 +129,7 @@ class LocalDevice:
             spec_source=f"measured {self.created}{threads} ({self.path or PROBE_MODULE})",
             device_patterns=(f"^{re.escape(self.device_name.lower())}$",),
             overlap=self.overlap,
+            tiled_moe=self.device_type == "cuda",
             matmul_rows_tflops=tuple(
                 (_COMPUTE[d], curve) for d, curve in self.matmul_rows_tflops if d in _COMPUTE
             ),

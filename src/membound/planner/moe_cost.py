@@ -74,20 +74,23 @@ class MoEPass:
     """The MoE layers' extra cost in one forward pass over ``tokens`` tokens, one GPU."""
 
     tokens: int
-    tile: int
+    tile: int  # rows per grouped-GEMM tile (1: untiled, a CPU)
     flop_factor: float  # padded expert rows / real expert rows (>= 1)
     permute_bytes: int  # gather/scatter traffic of every MoE layer together
 
 
-def moe_pass(cost: ModelCost, tokens: int) -> MoEPass:
-    """Tile padding and permute traffic of one pass over ``tokens`` tokens (uniform routing)."""
+def moe_pass(cost: ModelCost, tokens: int, tiled: bool = True) -> MoEPass:
+    """Tile padding (when the device runs experts as ``tiled`` grouped GEMMs) and permute
+    traffic of one pass over ``tokens`` tokens (uniform routing)."""
     shape = cost.shape
     if not shape.is_moe or tokens <= 0:
         return MoEPass(max(tokens, 0), 0, 1.0, 0)
     e, k = shape.num_experts, shape.num_experts_per_tok
-    tile = grouped_gemm_tile(tokens * k / e)
-    padded_rows = e * tile * expected_tiles(tokens, k / e, tile)
-    factor = max(1.0, padded_rows / (tokens * k))
+    tile, factor = 1, 1.0
+    if tiled:
+        tile = grouped_gemm_tile(tokens * k / e)
+        padded_rows = e * tile * expected_tiles(tokens, k / e, tile)
+        factor = max(1.0, padded_rows / (tokens * k))
     element = 4 if activation_compute(cost.precision) == "fp32" else 2
     per_layer = PERMUTE_PASSES * tokens * k * shape.hidden_size * element
     return MoEPass(tokens, tile, factor, per_layer * shape.num_moe_layers)

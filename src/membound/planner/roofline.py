@@ -161,9 +161,9 @@ def _hidden_row_s(cost: ModelCost, gpu: GPUSpec, passes: int) -> float:
     return passes * row / (rate * 1e12)
 
 
-def _moe(cost: ModelCost, tokens: int, eff: Efficiency) -> MoEPass:
+def _moe(cost: ModelCost, gpu: GPUSpec, tokens: int, eff: Efficiency) -> MoEPass:
     """What the MoE kernels add to a pass over ``tokens`` tokens (none for the bound)."""
-    return moe_pass(cost, tokens if eff.moe_kernels else 0)
+    return moe_pass(cost, tokens if eff.moe_kernels else 0, gpu.tiled_moe)
 
 
 def _allreduce_s(cost: ModelCost, gpu: GPUSpec, tokens: int, eff: Efficiency) -> float:
@@ -192,7 +192,7 @@ def decode_step(
     peak, attn_peak = _rates(gpu, cost.precision, batch)
     linear = batch * (cost.linear_flops_per_token_per_gpu + cost.lm_head_flops_per_token_per_gpu)
     attention = batch * cost.attention_flops(ctx)
-    moe = _moe(cost, batch, eff)
+    moe = _moe(cost, gpu, batch, eff)
     slow = batch * cost.expert_flops_per_token_per_gpu * (moe.flop_factor / eff.moe - 1)
     linear_s = max(0.0, (linear + slow) / (peak * 1e12) - _hidden_row_s(cost, gpu, 1))
     compute_s = (linear_s + attention / (attn_peak * 1e12)) / eff.compute
@@ -227,7 +227,7 @@ def prefill(
     linear += num_seqs * cost.lm_head_flops_per_token_per_gpu  # logits of the last token only
     attention = num_seqs * cost.prefill_attention_flops(input_len)
     rows = min(tokens, chunk_tokens)  # tokens in one chunk's pass
-    moe = _moe(cost, rows, eff)
+    moe = _moe(cost, gpu, rows, eff)
     slow = tokens * cost.expert_flops_per_token_per_gpu * (moe.flop_factor / eff.moe - 1)
     linear_s = max(0.0, (linear + slow) / (peak * 1e12) - _hidden_row_s(cost, gpu, chunks))
     compute_s = (linear_s + attention / (attn_peak * 1e12)) / eff.compute
