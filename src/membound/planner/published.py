@@ -37,7 +37,8 @@ TRTLLM_V0_9 = (
 )
 ISSUE_24 = (
     "membound issue 24: 'TensorRT-LLM's published 5,255 output tok/s/GPU' (no page named; "
-    "not found on the v0.9.0, v0.13.0, v0.14.0 or v1.x perf-overview pages, which print "
+    "not on the perf-overview pages read: v0.9.0, v0.13.0, v0.14.0, and v1.x, which has no "
+    "Mixtral rows; v0.10-v0.12 and v0.15-v0.18 were not found. v0.13.0 and v0.14.0 print "
     "24,573 and 24,322 total, 12,286 and 12,161 per GPU, for this configuration)"
 )
 
