@@ -10,6 +10,7 @@ import torch
 
 from membound.kernels.contract import (
     CPU_OPS,
+    CpuOps,
     TORCH_OPS,
     TRITON_OPS,
     KernelBackend,
@@ -34,7 +35,8 @@ def test_contract_has_one_keyword_only_method_per_op() -> None:
 
 def test_selection_is_one_object_per_choice() -> None:
     cpu = torch.device("cpu")
-    assert select_kernel_ops(cpu) is CPU_OPS and CPU_OPS.backend is KernelBackend.CPU
+    assert isinstance(select_kernel_ops(cpu), CpuOps) and CPU_OPS.backend is KernelBackend.CPU
+    assert select_kernel_ops(cpu).backend is KernelBackend.CPU
     assert select_kernel_ops(cpu, "torch") is TORCH_OPS
     with pytest.raises(ValueError, match="not one of"):
         select_kernel_ops(cpu, "cuda")

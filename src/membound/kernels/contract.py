@@ -10,6 +10,7 @@ the result back to ``decode_attention(plan=...)``.
 
     TorchOps   the plain-torch references: the oracles every kernel is tested against
     CpuOps     the references, except attention written for CPUs (kernels/cpu_attention.py)
+               and, where they build, native C++ kernels for bf16/fp16 (kernels/cpu_native.py)
     TritonOps  the Triton kernels (CUDA; on CPU only under TRITON_INTERPRET=1, for tests)
 
 "auto" picks Triton on CUDA when triton is installed, else the CPU backend.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from types import ModuleType
 from typing import Protocol
 
 import torch
@@ -26,6 +28,7 @@ import torch
 from membound.kernels import (
     activation,
     cpu_attention,
+    cpu_native,
     kv_store,
     moe_gemm,
     paged_attention,
@@ -38,6 +41,9 @@ from membound.kernels.triton_utils import HAS_TRITON
 logger = logging.getLogger(__name__)
 
 BACKEND_CHOICES = ("auto", "cpu", "torch", "triton")
+# the native rotary kernel wins at decode sizes; above this many tokens (a prefill chunk) the
+# torch reference's whole-tensor ops were as fast or faster (kernels/cpu_native.py benchmark)
+NATIVE_ROTARY_MAX_TOKENS = 64
 Tensor = torch.Tensor
 
 
@@ -171,9 +177,50 @@ class TorchOps:
 
 
 class CpuOps(TorchOps):
-    """The references, with attention written for CPUs; its decode plan is its metadata."""
+    """The references, with attention written for CPUs; its decode plan is its metadata.
+    With ``native`` (kernels/cpu_native.py, built at start-up where a compiler exists),
+    bf16/fp16 decode attention, RMSNorm, rotary and SiLU-and-mul run in C++; float32 and an
+    FP8 cache keep the torch paths."""
 
     backend = KernelBackend.CPU
+
+    def __init__(self, native: ModuleType | None = None) -> None:
+        self.native = native
+
+    def _native_for(self, x: Tensor) -> ModuleType | None:
+        return self.native if self.native is not None and cpu_native.uses_native(x) else None
+
+    def rms_norm(self, *, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        native = self._native_for(x)
+        if native is None or not x.is_contiguous() or weight.dtype != x.dtype:
+            return super().rms_norm(x=x, weight=weight, eps=eps)
+        return native.rms_norm(x, None, weight, eps)[0]
+
+    def fused_add_rms_norm(
+        self, *, x: Tensor, residual: Tensor, weight: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor]:
+        native = self._native_for(x)
+        if (native is None or not (x.is_contiguous() and residual.is_contiguous())
+                or weight.dtype != x.dtype or residual.dtype != x.dtype):  # fmt: skip
+            return super().fused_add_rms_norm(x=x, residual=residual, weight=weight, eps=eps)
+        return native.rms_norm(x, residual, weight, eps)
+
+    def silu_and_mul(self, *, x: Tensor) -> Tensor:
+        native = self._native_for(x)
+        if native is None or not x.is_contiguous():
+            return super().silu_and_mul(x=x)
+        return native.silu_and_mul(x)
+
+    def rotary_embedding(
+        self, *, query: Tensor, key: Tensor, cos: Tensor, sin: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """In place on ``query`` and ``key`` (what the Triton kernel does too)."""
+        native = self._native_for(query)
+        if (native is None or query.shape[0] > NATIVE_ROTARY_MAX_TOKENS
+                or query.stride(-1) != 1 or key.stride(-1) != 1):  # fmt: skip
+            return super().rotary_embedding(query=query, key=key, cos=cos, sin=sin)
+        native.rotary_embedding(query, key, cos.float().contiguous(), sin.float().contiguous())
+        return query, key
 
     def plan_decode(self, *, block_tables: Tensor, seq_lens: Tensor, block_size: int,
                     sliding_window: int | None, bytes_per_token: int) -> object | None:  # fmt: skip
@@ -186,6 +233,13 @@ class CpuOps(TorchOps):
         scale: float, sliding_window: int | None, num_splits: int | None, out: Tensor | None,
         plan: object | None, k_scale: float, v_scale: float,
     ) -> Tensor:
+        native = self._native_for(query)
+        if native is not None and kv_cache.dtype == query.dtype and query.stride(-1) == 1:
+            out = torch.empty_like(query) if out is None else out
+            lens = seq_lens.to(block_tables.dtype)
+            # an unquantized cache has no scales to fold (both 1.0)
+            return native.decode_attention(query, kv_cache, block_tables.contiguous(),
+                                           lens.contiguous(), scale, sliding_window or 0, out)  # fmt: skip
         assert plan is None or isinstance(plan, cpu_attention.DecodePlan)
         return cpu_attention.paged_decode_attention_cpu(
             query, kv_cache, block_tables, seq_lens, scale, sliding_window, num_splits, out,
@@ -306,5 +360,10 @@ def select_kernel_backend(device: torch.device, requested: str = "auto") -> Kern
 
 
 def select_kernel_ops(device: torch.device, requested: str = "auto") -> KernelOps:
-    """The backend object every layer is built with; chosen once, from config and device."""
-    return kernel_ops(select_kernel_backend(device, requested))
+    """The backend object every layer is built with; chosen once, from config and device.
+    The CPU backend gets the native kernels here (built on first use; None where they
+    cannot be)."""
+    backend = select_kernel_backend(device, requested)
+    if backend is KernelBackend.CPU:
+        return CpuOps(native=cpu_native.load_native_cpu_kernels())
+    return kernel_ops(backend)

@@ -1,0 +1,87 @@
+"""membound's native CPU kernels: C++ (csrc/cpu_kernels.cpp), built on this machine on
+first use with torch's extension builder and cached by it (``~/.cache/torch_extensions``,
+or ``$TORCH_EXTENSIONS_DIR``).
+
+Why C++: the torch formulations of the small per-layer ops are several passes each with
+float32 temporaries, and each op costs microseconds of dispatch. At batch 1 that overhead is a
+third of a SmolLM2 decode step (benchmarks/results/cpu_profile_*). Decode attention in torch
+also gathers every sequence's K/V into fresh tensors before reading them; the kernel here
+reads the paged cache in place.
+
+    kernel                 reference (the oracle its test compares against)
+    decode_attention       paged_attention.paged_decode_attention_ref
+    rms_norm (+ residual)  rms_norm.rms_norm_ref / fused_add_rms_norm_ref
+    silu_and_mul           activation.silu_and_mul_ref
+    rotary_embedding       rotary.rotate_ref (in place on q and k)
+
+Results equal the references' in bf16 (the same roundings in the same places, float32
+accumulation); in float32 they differ by summation order (~1e-6), so ``CpuOps`` routes only
+bf16/fp16 here and float32 keeps the references, which are token-identical to transformers.
+
+The build needs a C++ compiler and takes about a minute once per machine and source version;
+where it fails the CPU backend runs the references and says why in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "cpu_kernels.cpp"
+EXTENSION_NAME = "membound_cpu_kernels"
+CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno-math-errno")
+NATIVE_DTYPES = (torch.bfloat16, torch.float16)  # float32 keeps the references (docstring)
+
+
+class NativeBuildError(RuntimeError):
+    """The native CPU kernels could not be built or loaded here."""
+
+
+def build_native_cpu_kernels(verbose: bool = False) -> ModuleType:
+    """Build (or load the cached build of) the C++ kernels; raises NativeBuildError with the
+    compiler's complaint. torch's builder holds a file lock, so concurrent processes build
+    once."""
+    from torch.utils import cpp_extension
+
+    start = time.perf_counter()
+    try:
+        module = cpp_extension.load(
+            name=EXTENSION_NAME, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+            extra_ldflags=["-fopenmp"], verbose=verbose,
+        )  # fmt: skip
+    except (RuntimeError, OSError, ImportError, SystemExit) as e:  # compiler missing/failed
+        raise NativeBuildError(
+            f"could not build membound's native CPU kernels from {SOURCE}: {e}. They need a "
+            "C++ compiler (g++ or clang++) and ninja (pip install ninja); without them the "
+            "CPU backend runs the plain-torch kernels"
+        ) from e
+    logger.debug("native CPU kernels ready in %.1f s", time.perf_counter() - start)
+    return module
+
+
+def load_native_cpu_kernels() -> ModuleType | None:
+    """The kernels for the CPU backend, or None (logged) where they cannot be built, or where
+    ``MEMBOUND_CPU_NATIVE=0`` asks for the plain-torch kernels."""
+    if os.environ.get("MEMBOUND_CPU_NATIVE", "1") == "0":
+        logger.info("MEMBOUND_CPU_NATIVE=0: the CPU backend runs the plain-torch kernels")
+        return None
+    try:
+        module = build_native_cpu_kernels()
+    except NativeBuildError as e:
+        logger.warning("%s", e)
+        return None
+    logger.info("CPU backend: native kernels for bf16/fp16 decode attention, RMSNorm, rotary, "
+                "SiLU-and-mul (kernels/cpu_native.py)")  # fmt: skip
+    return module
+
+
+def uses_native(x: torch.Tensor) -> bool:
+    """Whether ``CpuOps`` sends an op on ``x`` to the native kernels (bf16/fp16 on CPU)."""
+    return x.dtype in NATIVE_DTYPES and x.device.type == "cpu"

@@ -1,0 +1,144 @@
+"""The native CPU kernels (kernels/csrc/cpu_kernels.cpp) against their torch references.
+
+bf16 results must equal the references' exactly where the arithmetic is the same (RMSNorm,
+SiLU-and-mul, rotary: the same roundings in the same places); attention accumulates in a
+different order, so it is compared within a tolerance. float32 is checked too (the kernels
+take it; CpuOps does not route it here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from membound.kernels import cpu_native
+from membound.kernels.activation import silu_and_mul_ref
+from membound.kernels.contract import CpuOps, select_kernel_ops
+from membound.kernels.paged_attention import paged_decode_attention_ref
+from membound.kernels.rms_norm import fused_add_rms_norm_ref, rms_norm_ref
+from membound.kernels.rotary import rotate_ref
+
+
+@pytest.fixture(scope="module")
+def native():
+    try:
+        return cpu_native.build_native_cpu_kernels()
+    except cpu_native.NativeBuildError as e:
+        pytest.skip(f"native CPU kernels cannot be built here: {e}")
+
+
+DTYPES = [torch.bfloat16, torch.float32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_rms_norm(native, dtype: torch.dtype, rows: int) -> None:
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 96, generator=g).to(dtype)
+    r = torch.randn(rows, 96, generator=g).to(dtype)
+    w = torch.randn(96, generator=g).to(dtype)
+    out, none = native.rms_norm(x, None, w, 1e-6)
+    assert none is None
+    ref = rms_norm_ref(x, w, 1e-6)
+    out_r, res = native.rms_norm(x, r, w, 1e-6)
+    ref_out, ref_res = fused_add_rms_norm_ref(x, r, w, 1e-6)
+    if dtype == torch.bfloat16:
+        assert torch.equal(res, ref_res)
+        # one normalised value may land on the other side of a bf16 rounding boundary
+        # (float32 sums in another order): at most one bf16 ulp, rarely
+        for a, b in ((out, ref), (out_r, ref_out)):
+            close = torch.isclose(a.float(), b.float(), rtol=2**-7, atol=0)
+            assert close.all() and (a != b).float().mean() < 0.01
+    else:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out_r, ref_out, rtol=1e-5, atol=1e-5)
+        assert torch.equal(res, ref_res)
+    assert torch.equal(r, r.clone())  # inputs untouched (the sum is a new tensor)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 64), (5, 3072), (2, 3, 40)])
+def test_silu_and_mul(native, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).mul(4).to(dtype)
+    out, ref = native.silu_and_mul(x), silu_and_mul_ref(x)
+    if dtype == torch.bfloat16:
+        assert torch.equal(out, ref)
+    else:
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 9])
+def test_rotary_in_place_on_strided_views(native, dtype: torch.dtype, tokens: int) -> None:
+    g = torch.Generator().manual_seed(tokens)
+    d, hq, hk = 64, 6, 2
+    qkv = torch.randn(tokens, (hq + 2 * hk) * d, generator=g).to(dtype)
+    q = qkv[:, : hq * d].view(tokens, hq, d)  # strided views of one qkv row, as in the model
+    k = qkv[:, hq * d : (hq + hk) * d].view(tokens, hk, d)
+    v_before = qkv[:, (hq + hk) * d :].clone()
+    cos, sin = torch.rand(tokens, d // 2, generator=g), torch.rand(tokens, d // 2, generator=g)
+    ref_q, ref_k = rotate_ref(q, cos, sin), rotate_ref(k, cos, sin)
+    native.rotary_embedding(q, k, cos, sin)
+    assert torch.equal(q, ref_q) and torch.equal(k, ref_k)
+    assert torch.equal(qkv[:, (hq + hk) * d :], v_before)  # V untouched
+
+
+def _paged_case(dtype: torch.dtype, lens: list[int], head_dim: int, block_size: int = 16):
+    g = torch.Generator().manual_seed(sum(lens) + head_dim)
+    kvh, heads = 2, 6
+    max_blocks = max(-(-n // block_size) for n in lens) + 1
+    num_blocks = len(lens) * max_blocks + 3
+    cache = torch.randn(2, num_blocks, block_size, kvh, head_dim, generator=g).to(dtype)
+    tables = torch.randperm(num_blocks, generator=g)[: len(lens) * max_blocks]
+    tables = tables.view(len(lens), max_blocks)
+    q = torch.randn(len(lens), heads, head_dim, generator=g).to(dtype)
+    return q, cache, tables, torch.tensor(lens)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [None, 20])
+@pytest.mark.parametrize("head_dim", [64, 40])
+def test_decode_attention(native, dtype: torch.dtype, window: int | None, head_dim: int) -> None:
+    lens = [1, 17, 33, 90, 0]  # a padding row (length 0) gives zeros
+    q, cache, tables, seq_lens = _paged_case(dtype, lens, head_dim)
+    scale = head_dim**-0.5
+    ref = paged_decode_attention_ref(q, cache, tables, seq_lens, scale, window)
+    for idx in (torch.int64, torch.int32):
+        out = torch.full_like(q, float("nan"))
+        native.decode_attention(q, cache, tables.to(idx).contiguous(), seq_lens.to(idx), scale,
+                                window or 0, out)  # fmt: skip
+        tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+        assert torch.equal(out[4], torch.zeros_like(out[4]))
+
+
+def test_decode_attention_refuses_bad_input(native) -> None:
+    q, cache, tables, seq_lens = _paged_case(torch.float32, [5], 64)
+    with pytest.raises(RuntimeError, match="int32 or both int64"):
+        native.decode_attention(q, cache, tables.int(), seq_lens.long(), 0.1, 0,
+                                torch.empty_like(q))  # fmt: skip
+    with pytest.raises(RuntimeError, match="share a dtype"):
+        native.decode_attention(q.bfloat16(), cache, tables, seq_lens, 0.1, 0,
+                                torch.empty_like(q.bfloat16()))  # fmt: skip
+
+
+def test_cpu_ops_route_bf16_to_native_and_float32_to_references(native) -> None:
+    ops = CpuOps(native=native)
+    x = torch.randn(3, 64)
+    w = torch.randn(64)
+    # float32: the reference exactly (token-identity with transformers rests on it)
+    assert torch.equal(ops.rms_norm(x=x, weight=w, eps=1e-6), rms_norm_ref(x, w, 1e-6))
+    xb, wb = x.bfloat16(), w.bfloat16()
+    torch.testing.assert_close(ops.rms_norm(x=xb, weight=wb, eps=1e-6),
+                               rms_norm_ref(xb, wb, 1e-6), rtol=2**-7, atol=0)  # fmt: skip
+    q, cache, tables, seq_lens = _paged_case(torch.bfloat16, [9, 40], 64)
+    out = ops.decode_attention(query=q, kv_cache=cache, block_tables=tables, seq_lens=seq_lens,
+                               scale=0.125, sliding_window=None, num_splits=None, out=None,
+                               plan=None, k_scale=1.0, v_scale=1.0)  # fmt: skip
+    ref = paged_decode_attention_ref(q, cache, tables, seq_lens, 0.125)
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+
+
+def test_switch_off_gives_the_torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMBOUND_CPU_NATIVE", "0")
+    ops = select_kernel_ops(torch.device("cpu"))
+    assert isinstance(ops, CpuOps) and ops.native is None
