@@ -20,6 +20,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,10 @@ def per_call_us(fn: Callable[[], Any], reps: int) -> float:
     return statistics.median(samples)
 
 
+def rotate_both(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    return rotate_ref(q, cos, sin), rotate_ref(k, cos, sin)
+
+
 def elementwise_rows(native: Any, tokens: list[int], dtype: torch.dtype) -> list[dict]:
     rows = []
     g = torch.Generator().manual_seed(0)
@@ -64,11 +69,11 @@ def elementwise_rows(native: Any, tokens: list[int], dtype: torch.dtype) -> list
         k = qkv[:, HEADS * HEAD_DIM : (HEADS + KV_HEADS) * HEAD_DIM].view(n, KV_HEADS, HEAD_DIM)
         cos, sin = torch.rand(n, HEAD_DIM // 2), torch.rand(n, HEAD_DIM // 2)
         cases = {
-            "fused_add_rms_norm": (lambda: fused_add_rms_norm_ref(x, r, w, 1e-5),
-                                   lambda: native.rms_norm(x, r, w, 1e-5)),
-            "silu_and_mul": (lambda: silu_and_mul_ref(gu), lambda: native.silu_and_mul(gu)),
-            "rotary_q_k": (lambda: (rotate_ref(q, cos, sin), rotate_ref(k, cos, sin)),
-                           lambda: native.rotary_embedding(q, k, cos, sin)),
+            "fused_add_rms_norm": (partial(fused_add_rms_norm_ref, x, r, w, 1e-5),
+                                   partial(native.rms_norm, x, r, w, 1e-5)),
+            "silu_and_mul": (partial(silu_and_mul_ref, gu), partial(native.silu_and_mul, gu)),
+            "rotary_q_k": (partial(rotate_both, q, k, cos, sin),
+                           partial(native.rotary_embedding, q, k, cos, sin)),
         }  # fmt: skip
         for op, (ref, nat) in cases.items():
             t_ref, t_nat = per_call_us(ref, reps), per_call_us(nat, reps)
@@ -93,10 +98,10 @@ def attention_rows(native: Any, batches: list[tuple[int, int, int]], dtype: torc
         scale = HEAD_DIM**-0.5
         plan = plan_decode(tables, lens, BLOCK, None, decode_bytes_per_token(cache))
         reps = max(5, 400 // n)
-        t_ref = per_call_us(lambda: paged_decode_attention_cpu(
-            q, cache, tables, lens, scale, out=out, plan=plan), reps)  # fmt: skip
-        t_nat = per_call_us(lambda: native.decode_attention(
-            q, cache, tables, lens, scale, 0, out), reps)  # fmt: skip
+        t_ref = per_call_us(partial(paged_decode_attention_cpu, q, cache, tables, lens, scale,
+                                    out=out, plan=plan), reps)  # fmt: skip
+        t_nat = per_call_us(partial(native.decode_attention, q, cache, tables, lens, scale, 0,
+                                    out), reps)  # fmt: skip
         kv_bytes = int(lens.sum()) * KV_HEADS * HEAD_DIM * cache.element_size() * 2
         row = {"op": "decode_attention", "seqs": n, "len_range": [lo, hi],
                "torch_us": round(t_ref, 1), "native_us": round(t_nat, 1),

@@ -10,9 +10,9 @@ import torch
 
 from membound.kernels.contract import (
     CPU_OPS,
-    CpuOps,
     TORCH_OPS,
     TRITON_OPS,
+    CpuOps,
     KernelBackend,
     KernelOps,
     select_kernel_ops,

@@ -41,9 +41,6 @@ from membound.kernels.triton_utils import HAS_TRITON
 logger = logging.getLogger(__name__)
 
 BACKEND_CHOICES = ("auto", "cpu", "torch", "triton")
-# the native rotary kernel wins at decode sizes; above this many tokens (a prefill chunk) the
-# torch reference's whole-tensor ops were as fast or faster (kernels/cpu_native.py benchmark)
-NATIVE_ROTARY_MAX_TOKENS = 64
 Tensor = torch.Tensor
 
 
@@ -216,8 +213,7 @@ class CpuOps(TorchOps):
     ) -> tuple[Tensor, Tensor]:
         """In place on ``query`` and ``key`` (what the Triton kernel does too)."""
         native = self._native_for(query)
-        if (native is None or query.shape[0] > NATIVE_ROTARY_MAX_TOKENS
-                or query.stride(-1) != 1 or key.stride(-1) != 1):  # fmt: skip
+        if native is None or query.stride(-1) != 1 or key.stride(-1) != 1:
             return super().rotary_embedding(query=query, key=key, cos=cos, sin=sin)
         native.rotary_embedding(query, key, cos.float().contiguous(), sin.float().contiguous())
         return query, key

@@ -124,5 +124,12 @@ class RotaryEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [num_tokens, num_heads, head_dim], k: [num_tokens, num_kv_heads, head_dim].
         The references return rotated copies; the Triton kernel rotates q and k in place."""
-        cos, sin = self.cos_sin(positions, seq_lens_per_token)  # [num_tokens, head_dim // 2]
+        return self.rotate(q, k, self.cos_sin(positions, seq_lens_per_token))
+
+    def rotate(
+        self, q: torch.Tensor, k: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q/k by ``cos_sin`` (``cos_sin(positions)``, [num_tokens, head_dim // 2] each):
+        a model looks the rows up once per step and every layer rotates with them."""
+        cos, sin = cos_sin
         return self.ops.rotary_embedding(query=q, key=k, cos=cos, sin=sin)

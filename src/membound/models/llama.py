@@ -75,11 +75,13 @@ class LlamaAttention(nn.Module):
 
     def forward(
         self,
-        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         hidden: torch.Tensor,
         kv_cache: torch.Tensor | None,
         md: AttentionMetadata,
     ) -> torch.Tensor:
+        """``rope``: this step's cos/sin rows (RotaryEmbedding.cos_sin), looked up once per
+        step by the model and shared by the layers."""
         qkv = self.qkv_proj(hidden)  # [num_tokens, q_size + 2 * kv_size]
         q_size, kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
@@ -89,7 +91,7 @@ class LlamaAttention(nn.Module):
         if self.qk_norm:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        q, k = self.rotary(positions, q, k, md.seq_lens_per_token)
+        q, k = self.rotary.rotate(q, k, rope)
         out = self.attn(q, k, v, kv_cache, md)  # [num_tokens, num_heads * head_dim]
         return self.o_proj(out)
 
@@ -139,7 +141,7 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(
         self,
-        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         hidden: torch.Tensor,
         residual: torch.Tensor | None,
         kv_cache: torch.Tensor | None,
@@ -150,7 +152,7 @@ class LlamaDecoderLayer(nn.Module):
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, kv_cache, md)
+        hidden = self.self_attn(rope, hidden, kv_cache, md)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -181,10 +183,11 @@ class LlamaModel(nn.Module):
         md: AttentionMetadata,
     ) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden_size]
+        rope = self.rotary_emb.cos_sin(positions, md.seq_lens_per_token)  # once per step
         residual: torch.Tensor | None = None
         for i, layer in enumerate(self.layers):
             cache = kv_caches[i] if kv_caches is not None else None
-            hidden, residual = layer(positions, hidden, residual, cache, md)
+            hidden, residual = layer(rope, hidden, residual, cache, md)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

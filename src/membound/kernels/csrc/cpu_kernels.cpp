@@ -134,6 +134,60 @@ inline float dot(const float* __restrict a, const float* __restrict b, int64_t n
 }
 #endif
 
+#if defined(__AVX512F__)
+// The horizontal sums of 16 vectors as one vector (lane t = the sum of v[t]'s lanes): a
+// transpose-and-add tree instead of 16 separate reductions.
+inline __m512 hsum16(const __m512* v) {
+  __m512 t[8], u[4];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: (a0+a2, b0+b2, a1+a3, b1+b3)
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: tokens 4i..4i+3, that lane's partial
+    const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
+    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  const __m512 x0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88),
+                                  _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+  const __m512 x1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88),
+                                  _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(x0, x1, 0x88), _mm512_shuffle_f32x4(x0, x1, 0xDD));
+}
+#endif
+
+// scores[g * ld + t] = q_g . k_t for the nt K rows at kb (row stride s_tok), G queries of D.
+// kbuf: 16 * D floats of scratch.
+template <typename T>
+inline void block_scores(const float* q, int64_t G, int64_t D, const T* kb, int64_t s_tok,
+                         int64_t nt, float* kbuf, float* scores, int64_t ld) {
+#if defined(__AVX512F__)
+  if (D % 16 == 0) {
+    for (int64_t c0 = 0; c0 < nt; c0 += 16) {
+      const int64_t n = std::min<int64_t>(16, nt - c0);
+      for (int64_t t = 0; t < n; ++t) load_f(kb + (c0 + t) * s_tok, kbuf + t * D, D);
+      for (int64_t g = 0; g < G; ++g) {
+        __m512 v[16];
+        for (int64_t t = 0; t < 16; ++t) {
+          __m512 acc = _mm512_setzero_ps();
+          if (t < n)
+            for (int64_t c = 0; c < D; c += 16)
+              acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * D + c),
+                                    _mm512_loadu_ps(kbuf + t * D + c), acc);
+          v[t] = acc;
+        }
+        _mm512_mask_storeu_ps(scores + g * ld + c0, static_cast<__mmask16>((1u << n) - 1u),
+                              hsum16(v));
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t t = 0; t < nt; ++t) {
+    load_f(kb + t * s_tok, kbuf, D);
+    for (int64_t g = 0; g < G; ++g) scores[g * ld + t] = dot(q + g * D, kbuf, D);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Decode attention over the paged cache, read in place.
 //
@@ -162,7 +216,7 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
   const float fscale = static_cast<float>(scale);
 
   at::parallel_for(0, S * KVH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> q(G * D), acc(G * D), krow(D), scores(G * BS), m(G), l(G);
+    std::vector<float> q(G * D), acc(G * D), krow(D), kbuf(16 * D), scores(G * BS), m(G), l(G);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / KVH, kvh = task % KVH;
       const int64_t len = static_cast<int64_t>(lens[s]);
@@ -187,10 +241,19 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
         const int64_t nt = t1 - t0;
         const T* kb = k_base + blk * s_blk + kvh * s_head;
         const T* vb = v_base + blk * s_blk + kvh * s_head;
-        for (int64_t t = 0; t < nt; ++t) {
-          load_f(kb + (t0 - b * BS + t) * s_tok, krow.data(), D);
-          for (int64_t g = 0; g < G; ++g) scores[g * BS + t] = dot(q.data() + g * D, krow.data(), D);
+        if ((b + 1) * BS < len) {  // the next block's rows: scattered blocks defeat prefetchers
+          const int64_t next = static_cast<int64_t>(table[b + 1]);
+          const char* nk = reinterpret_cast<const char*>(k_base + next * s_blk + kvh * s_head);
+          const char* nv = reinterpret_cast<const char*>(v_base + next * s_blk + kvh * s_head);
+          const int64_t row_bytes = D * static_cast<int64_t>(sizeof(T));
+          for (int64_t t = 0; t < BS; ++t)
+            for (int64_t o = 0; o < row_bytes; o += 64) {
+              __builtin_prefetch(nk + t * s_tok * static_cast<int64_t>(sizeof(T)) + o);
+              __builtin_prefetch(nv + t * s_tok * static_cast<int64_t>(sizeof(T)) + o);
+            }
         }
+        block_scores(q.data(), G, D, kb + (t0 - b * BS) * s_tok, s_tok, nt, kbuf.data(),
+                     scores.data(), BS);
         for (int64_t g = 0; g < G; ++g) {
           float bmax = m[g];
           for (int64_t t = 0; t < nt; ++t) bmax = std::max(bmax, scores[g * BS + t]);
