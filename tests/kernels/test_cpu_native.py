@@ -142,3 +142,23 @@ def test_switch_off_gives_the_torch_kernels(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("MEMBOUND_CPU_NATIVE", "0")
     ops = select_kernel_ops(torch.device("cpu"))
     assert isinstance(ops, CpuOps) and ops.native is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_store_kv(native, dtype: torch.dtype) -> None:
+    from membound.kernels.kv_store import store_kv_ref
+
+    g = torch.Generator().manual_seed(3)
+    kvh, d, block = 2, 64, 16
+    qkv = torch.randn(5, (4 + 2 * kvh) * d, generator=g).to(dtype)  # k/v: strided views
+    k = qkv[:, 4 * d : (4 + kvh) * d].view(5, kvh, d)
+    v = qkv[:, (4 + kvh) * d :].view(5, kvh, d)
+    slots = torch.tensor([3, 40, -1, 17, 63])  # -1: a padding token, skipped
+    cache = torch.randn(2, 4, block, kvh, d, generator=g).to(dtype)
+    ref = cache.clone()
+    store_kv_ref(k, v, ref, slots)
+    native.store_kv(k, v, cache, slots)
+    assert torch.equal(cache, ref)
+    with pytest.raises(RuntimeError, match="past the cache"):
+        native.store_kv(k, v, cache, torch.tensor([0, 1, 2, 3, 64]))
+    assert torch.equal(cache, ref)  # nothing written

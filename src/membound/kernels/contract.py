@@ -187,6 +187,17 @@ class CpuOps(TorchOps):
     def _native_for(self, x: Tensor) -> ModuleType | None:
         return self.native if self.native is not None and cpu_native.uses_native(x) else None
 
+    def store_kv(self, *, key: Tensor, value: Tensor, kv_cache: Tensor, slot_mapping: Tensor,
+                 k_scale: float, v_scale: float) -> None:  # fmt: skip
+        native = self._native_for(key)
+        if (native is None or kv_cache.dtype != key.dtype or not kv_cache.is_contiguous()
+                or key.stride(-2) != key.shape[-1] or value.stride(-2) != value.shape[-1]
+                or key.stride(-1) != 1 or value.stride(-1) != 1):  # fmt: skip
+            return super().store_kv(key=key, value=value, kv_cache=kv_cache,
+                                    slot_mapping=slot_mapping, k_scale=k_scale, v_scale=v_scale)  # fmt: skip
+        # an unquantized cache stores the rows as they are (its scales are 1.0)
+        native.store_kv(key, value, kv_cache, slot_mapping.long().contiguous())
+
     def rms_norm(self, *, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         native = self._native_for(x)
         if native is None or not x.is_contiguous() or weight.dtype != x.dtype:

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -471,6 +472,41 @@ void rotary_embedding(at::Tensor q, at::Tensor k, const at::Tensor& cos, const a
   });
 }
 
+// ---------------------------------------------------------------------------------------
+// Store this step's K/V rows into the paged cache: token t goes to slot slot_mapping[t]
+// (block = slot / block_size, row = slot % block_size); negative slots are skipped.
+void store_kv(const at::Tensor& key, const at::Tensor& value, at::Tensor kv_cache,
+              const at::Tensor& slot_mapping) {
+  TORCH_CHECK(key.dim() == 3 && value.sizes() == key.sizes() && kv_cache.dim() == 5 &&
+              kv_cache.size(3) == key.size(1) && kv_cache.size(4) == key.size(2),
+              "key/value [T, KVH, D] and kv_cache [2, N, B, KVH, D]");
+  TORCH_CHECK(key.scalar_type() == kv_cache.scalar_type() && value.scalar_type() == key.scalar_type(),
+              "key, value and kv_cache must share a dtype");
+  TORCH_CHECK(kv_cache.is_contiguous(), "kv_cache must be contiguous");
+  TORCH_CHECK(key.stride(2) == 1 && value.stride(2) == 1 && key.stride(1) == key.size(2) &&
+              value.stride(1) == value.size(2), "each token's K/V heads must be contiguous");
+  TORCH_CHECK(slot_mapping.is_contiguous() && slot_mapping.scalar_type() == at::kLong,
+              "slot_mapping must be contiguous int64");
+  const int64_t T_ = key.size(0), row = key.size(1) * key.size(2);
+  const int64_t num_slots = kv_cache.size(1) * kv_cache.size(2);
+  const int64_t elem = kv_cache.element_size();
+  const char* kp = static_cast<const char*>(key.data_ptr());
+  const char* vp = static_cast<const char*>(value.data_ptr());
+  char* ck = static_cast<char*>(kv_cache.data_ptr());
+  char* cv = ck + kv_cache.stride(0) * elem;
+  const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+  const int64_t ks = key.stride(0) * elem, vs = value.stride(0) * elem, bytes = row * elem;
+  for (int64_t t = 0; t < T_; ++t)  // all checked before anything is written
+    TORCH_CHECK(slots[t] < num_slots, "slot ", slots[t], " is past the cache's ", num_slots,
+                " slots");
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t slot = slots[t];
+    if (slot < 0) continue;
+    std::memcpy(ck + slot * bytes, kp + t * ks, bytes);
+    std::memcpy(cv + slot * bytes, vp + t * vs, bytes);
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -478,4 +514,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm, optionally fused with the residual add (returns out, x + residual)");
   m.def("silu_and_mul", &silu_and_mul, "SiLU(gate) * up");
   m.def("rotary_embedding", &rotary_embedding, "rotate-half rotary, in place on q and k");
+  m.def("store_kv", &store_kv, "store K/V rows into the paged cache by slot");
 }
