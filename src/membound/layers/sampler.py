@@ -150,8 +150,8 @@ def apply_penalties(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
 def sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
     """[num_rows] int64 token ids from penalised logits (greedy rows: exact argmax)."""
     if md.all_greedy:
-        return logits.argmax(dim=-1)
-    greedy_ids = None if md.all_random else logits.argmax(dim=-1)
+        return greedy(logits)
+    greedy_ids = None if md.all_random else greedy(logits)
     assert md.temperature is not None
     logits = apply_temperature(logits, md.temperature)
     if md.min_p is not None:
@@ -162,6 +162,12 @@ def sample(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
     if greedy_ids is None:
         return random_ids
     return torch.where(md.is_greedy, greedy_ids, random_ids)
+
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's argmax (the first of equal maxima, like ``argmax``). ``max(dim)`` rather than
+    ``argmax``: on CPU it is 2x faster in float32 and 5x in bf16 ([16, 49152] logits)."""
+    return logits.max(dim=-1).indices
 
 
 def apply_temperature(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
