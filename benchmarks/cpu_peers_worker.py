@@ -87,18 +87,40 @@ class Vllm:
 
 class LlamaCpp:
     def __init__(self, a: argparse.Namespace) -> None:
+        import llama_cpp
         from llama_cpp import Llama
 
+        # llama.cpp's extra buffer types (its AMX and repacked-weight matmuls) are off: on a
+        # CPU whose CPUID reports AMX but whose OS/VM does not enable the tile state (this
+        # firecracker VM), ggml's AMX matmul faults at ``ldtilecfg`` on the first batch of
+        # more than one token. The plain CPU backend (AVX-512 / VNNI dot products) runs.
+        defaults = llama_cpp.llama_model_default_params
+
+        def params_without_extra_bufts() -> object:
+            p = defaults()
+            p.use_extra_bufts = False
+            return p
+
+        llama_cpp.llama.llama_cpp.llama_model_default_params = params_without_extra_bufts
         self.llm = Llama(model_path=a.model, n_ctx=a.max_len, n_threads=a.threads,
                          n_threads_batch=a.threads, n_batch=512, verbose=False, seed=0)  # fmt: skip
         self.eos = self.llm.token_eos()
 
     def batch1(self, prompt: list[int], n: int) -> tuple[float, list[float]]:
+        """Greedy, token by token (``generate`` yields each sampled id; streaming completions
+        merge tokens into text chunks), EOS suppressed like the other engines' ignore_eos."""
+        import numpy as np
+
+        def no_eos(_ids: object, scores: np.ndarray) -> np.ndarray:
+            scores[self.eos] = -np.inf
+            return scores
+
         self.llm.reset()
         t0, stamps = time.perf_counter(), []
-        for _ in self.llm.create_completion(prompt, max_tokens=n, temperature=0.0, stream=True,
-                                            logit_bias={self.eos: -1e4}):  # fmt: skip
+        for _ in self.llm.generate(prompt, temp=0.0, reset=True, logits_processor=[no_eos]):
             stamps.append(time.perf_counter())
+            if len(stamps) == n:
+                break
         return t0, stamps
 
     def offline(self, reqs: list[Request]) -> int:
