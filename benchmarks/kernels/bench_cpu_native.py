@@ -67,7 +67,8 @@ def elementwise_rows(native: Any, tokens: list[int], dtype: torch.dtype) -> list
         qkv = torch.randn(n, (HEADS + 2 * KV_HEADS) * HEAD_DIM, generator=g).to(dtype)
         q = qkv[:, : HEADS * HEAD_DIM].view(n, HEADS, HEAD_DIM)
         k = qkv[:, HEADS * HEAD_DIM : (HEADS + KV_HEADS) * HEAD_DIM].view(n, KV_HEADS, HEAD_DIM)
-        cos, sin = torch.rand(n, HEAD_DIM // 2), torch.rand(n, HEAD_DIM // 2)
+        angles = torch.rand(n, HEAD_DIM // 2, generator=g) * 6.28  # real rotations: the
+        cos, sin = angles.cos(), angles.sin()  # in-place repeats keep their magnitude
         cases = {
             "fused_add_rms_norm": (partial(fused_add_rms_norm_ref, x, r, w, 1e-5),
                                    partial(native.rms_norm, x, r, w, 1e-5)),
