@@ -84,4 +84,4 @@ def load_native_cpu_kernels() -> ModuleType | None:
 
 def uses_native(x: torch.Tensor) -> bool:
     """Whether ``CpuOps`` sends an op on ``x`` to the native kernels (bf16/fp16 on CPU)."""
-    return x.dtype in NATIVE_DTYPES and x.device.type == "cpu"
+    return x.is_cpu and x.dtype in NATIVE_DTYPES
