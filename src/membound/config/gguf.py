@@ -19,6 +19,7 @@ _FUSED_GROUPS = (
     ("attn_output",),
     ("ffn_down",),
 )
+_TABLES = (("token_embd.weight", "model.embed_tokens"), ("output.weight", "lm_head"))
 
 
 def gguf_model_fields(file: Any, dequantize: bool) -> dict[str, Any]:
@@ -86,23 +87,35 @@ def gguf_model_fields(file: Any, dequantize: bool) -> dict[str, Any]:
 
 
 def gguf_quantization(file: Any) -> QuantizationConfig | None:
-    """The int4 layout for every fused linear whose GGUF tensors are all int4-block types;
-    the other linears are ``ignored`` (loaded dequantized). None when nothing stays int4."""
+    """How the file's quantized tensors stay quantized: the int4 layout for every fused linear
+    whose GGUF tensors are all int4-block types; int8 per output row (``int8_modules``) for a
+    fused linear of other block types (or a mix) and for a quantized token embedding / output
+    table; the rest (float tensors) ``ignored``, loaded at the engine dtype. None when
+    nothing stays quantized."""
     from membound.gguf.names import hf_module
-    from membound.gguf.types import GROUP_SIZE, INT4_BLOCK_TYPES
+    from membound.gguf.types import GROUP_SIZE, INT4_BLOCK_TYPES, QUANTIZED_TYPES
 
-    kept, ignored = 0, []
+    kept, int8, ignored = 0, [], []
     for layer in range(int(file.get(f"{file.architecture}.block_count", 0))):
         for group in _FUSED_GROUPS:
             names = [f"blk.{layer}.{p}.weight" for p in group]
-            infos = [file.tensors.get(n) for n in names]
-            if all(i is not None and i.ggml_type in INT4_BLOCK_TYPES for i in infos):
+            types = [getattr(file.tensors.get(n), "ggml_type", None) for n in names]
+            modules = [m for m in (hf_module(n) for n in names) if m is not None]
+            if all(t in INT4_BLOCK_TYPES for t in types):
                 kept += 1
+            elif all(t in QUANTIZED_TYPES for t in types):
+                int8 += modules
             else:
-                ignored += [m for m in (hf_module(n) for n in names) if m is not None]
-    if kept == 0:
+                ignored += modules
+    for gguf_name, module in _TABLES:
+        info = file.tensors.get(gguf_name)
+        if info is not None and info.ggml_type in QUANTIZED_TYPES:
+            int8.append(module)
+    if kept == 0 and not int8:
         return None
-    return QuantizationConfig("gguf", "gguf", GROUP_SIZE, "none", ignored=tuple(ignored))
+    return QuantizationConfig(
+        "gguf", "gguf", GROUP_SIZE, "none", ignored=tuple(ignored), int8_modules=tuple(int8)
+    )
 
 
 def _check_tensor_types(file: Any) -> None:

@@ -33,7 +33,8 @@ _DEFAULT_GROUP = {"int4": 128, "awq": 128, "gptq": 128, "mxfp4": 32, "nvfp4": 16
 class QuantizationConfig:
     """How the decoder's linear layers are stored, parsed once from ``quantization_config``
     (or made for ``quantization=`` on a float checkpoint). Embeddings, lm_head, norms and
-    biases always stay in the model dtype. See docs/quantization.md for every layout."""
+    biases stay in the model dtype, except a GGUF file's quantized token embedding / output
+    table (``int8_modules``). See docs/quantization.md for every layout."""
 
     method: str  # one of QUANTIZATION_METHODS
     checkpoint_format: str = "float"  # the layout on disk; "float": quantize while loading
@@ -41,6 +42,9 @@ class QuantizationConfig:
     activation_scheme: str = "dynamic"  # "dynamic" per-token | "static" input_scale | "none"
     desc_act: bool = False  # GPTQ act-order: g_idx permutes the input rows
     ignored: tuple[str, ...] = ()  # modules left unquantized (names, globs or "re:" regexes)
+    # gguf only: modules held int8 per output row (weight-only), requantized from the file's
+    # other block types; may name model.embed_tokens and lm_head (their tables stay int8)
+    int8_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in QUANTIZATION_METHODS:
@@ -59,6 +63,11 @@ class QuantizationConfig:
             raise ConfigError(
                 f"{self.method} activation_scheme must be one of {schemes}, got "
                 f"{self.activation_scheme!r}"
+            )
+        if self.int8_modules and self.method != "gguf":
+            raise ConfigError(
+                f"int8_modules is set by GGUF files only; {self.method} quantizes every "
+                "module it does not ignore the same way"
             )
         g = self.group_size
         if self.method in ("mxfp4", "nvfp4") and g != _DEFAULT_GROUP[self.method]:
@@ -91,6 +100,10 @@ class QuantizationConfig:
             elif f".{pattern}." in padded:
                 return True
         return False
+
+    def is_int8(self, module_name: str) -> bool:
+        """True if ``module_name`` is held int8 per output row (GGUF's ``int8_modules``)."""
+        return module_name in self.int8_modules
 
     @classmethod
     def for_float_checkpoint(cls, method: str) -> QuantizationConfig:

@@ -6,6 +6,9 @@ copying, exactly as for safetensors:
 
 - a decoder linear kept int4 (``config.quantization`` "gguf", module not ``ignored``) gives
   ``<module>.qweight`` / ``.scales`` / ``.zeros`` decoded from its blocks (tensors.py);
+- a module the config holds int8 (``int8_modules``: linears of other block types, a quantized
+  token embedding / output table) gives ``<name>`` dequantized to float32, which its layer
+  requantizes per output row as it loads (layers/quantization/gguf.py, vocab_embedding.py);
 - anything else gives ``<name>`` dequantized to float32 (the layer casts to the engine dtype).
 
 Llama q/k rows are put back in HF order on the way. The whole file is validated against a
@@ -35,12 +38,14 @@ from membound.layers.checkpoint_tensor import LazyTensor
 from membound.models.registry import build_model
 
 logger = logging.getLogger(__name__)
+_DENSE_PARTS = ("float", "int8")  # parts read dequantized (int8: the layer requantizes)
 
 
 @dataclass(frozen=True)
 class _Source:
-    """One checkpoint tensor made from a GGUF tensor: ``part`` is "float" or one of the int4
-    pieces ("qweight", "scales", "zeros")."""
+    """One checkpoint tensor made from a GGUF tensor: ``part`` is "float" (held at the engine
+    dtype), "int8" (float32 handed to a layer that requantizes it) or one of the int4 pieces
+    ("qweight", "scales", "zeros")."""
 
     info: GGUFTensorInfo
     part: str
@@ -63,6 +68,7 @@ def plan_tensors(file: GGUFFile, config: ModelConfig) -> dict[str, _Source]:
             quant is not None
             and module is not None
             and not quant.is_ignored(module)
+            and not quant.is_int8(module)
             and info.ggml_type in INT4_BLOCK_TYPES
         ):
             rows, cols = info.shape  # stored transposed: [in // 8, out], [in // 32, out]
@@ -70,7 +76,8 @@ def plan_tensors(file: GGUFFile, config: ModelConfig) -> dict[str, _Source]:
             plan[f"{module}.scales"] = _Source(info, "scales", (cols // 32, rows), "F32")
             plan[f"{module}.zeros"] = _Source(info, "zeros", (cols // 32, rows), "F32")
         else:
-            plan[name] = _Source(info, "float", info.shape, "F32")
+            int8 = quant is not None and quant.is_int8(name.rsplit(".", 1)[0])
+            plan[name] = _Source(info, "int8" if int8 else "float", info.shape, "F32")
     if unknown:
         raise GGUFError(
             f"{file.path} has tensors membound does not know for {file.architecture}: "
@@ -106,19 +113,20 @@ class _Reader:
 
     def arrays(self, source: _Source) -> dict[str, np.ndarray]:
         info = source.info
+        dense = source.part in _DENSE_PARTS
         if self._cached is None or self._cached[0] != info.name:
             data = self.file.tensor_data(info.name)
-            if source.part == "float":
+            if dense:
                 arrays: tuple[np.ndarray, ...] = (dequantize(data, info.ggml_type, info.shape),)
             else:
                 arrays = decode_int4(data, info.ggml_type, info.shape)  # type: ignore[arg-type]
             arrays = tuple(self._unpermute(info.name, a) for a in arrays)  # rows = outputs
-            if source.part != "float":
+            if not dense:
                 arrays = int4_layout(*arrays)
             self._cached = (info.name, arrays)
         arrays = self._cached[1]
-        if source.part == "float":
-            return {"float": arrays[0]}
+        if dense:
+            return {source.part: arrays[0]}
         return dict(zip(("qweight", "scales", "zeros"), arrays))
 
     def _unpermute(self, name: str, a: np.ndarray) -> np.ndarray:
@@ -148,22 +156,36 @@ def iterate_gguf(
         yield name, reader.lazy(source)
 
 
-def describe_plan(file: GGUFFile, plan: dict[str, _Source], dtype: torch.dtype) -> str:
-    """The start-up line naming how each ggml type loaded (int4 in memory, or dense at
-    ``dtype``), e.g. ``210 tensors stay int4 in memory (Q4_1 x210); loaded at float32: ...``."""
+def describe_plan(
+    file: GGUFFile, plan: dict[str, _Source], dtype: torch.dtype, tied: bool = False
+) -> str:
+    """The start-up line naming how each ggml type loaded (int4 in memory, int8 per row, or
+    dense at ``dtype``), e.g. ``210 tensors stay int4 in memory (Q4_1 x210); 1 stays int8,
+    requantized per row: Q8_0 x1 (token_embd.weight); loaded at float32: F32 x61``."""
     kept = Counter(s.info.ggml_type for s in plan.values() if s.part == "qweight")
+    int8 = [s.info for s in plan.values() if s.part == "int8"]
     dense = [s.info for s in plan.values() if s.part == "float"]
-    types = Counter(i.ggml_type for i in dense)
-    parts = []
-    for t, n in sorted(types.items()):
-        few = [i.name for i in dense if i.ggml_type == t][:3] if t not in ("F32",) else []
-        parts.append(f"{t} x{n}" + (f" ({', '.join(few)}{'...' if n > 3 else ''})" if few else ""))
     int4 = ", ".join(f"{t} x{n}" for t, n in sorted(kept.items()))
     dtype_name = str(dtype).removeprefix("torch.")
-    return (
+    line = (
         f"GGUF {file.path}: {sum(kept.values())} tensors stay int4 in memory"
-        f"{f' ({int4})' if int4 else ''}; loaded at {dtype_name}: {'; '.join(parts)}"
+        f"{f' ({int4})' if int4 else ''}; "
     )
+    if int8:
+        line += f"{len(int8)} stay int8, requantized per row: {_by_type(int8)}; "
+    if tied and any(i.name == "token_embd.weight" for i in int8):
+        line += "the tied output head reads the int8 token_embd table (no second copy); "
+    return line + f"loaded at {dtype_name}: {_by_type(dense, skip=('F32',))}"
+
+
+def _by_type(infos: list[GGUFTensorInfo], skip: tuple[str, ...] = ()) -> str:
+    """``Q8_0 x1 (token_embd.weight); F32 x61``: each type, its count, a few names."""
+    types = Counter(i.ggml_type for i in infos)
+    parts = []
+    for t, n in sorted(types.items()):
+        few = [i.name for i in infos if i.ggml_type == t][:3] if t not in skip else []
+        parts.append(f"{t} x{n}" + (f" ({', '.join(few)}{'...' if n > 3 else ''})" if few else ""))
+    return "; ".join(parts) if parts else "nothing"
 
 
 def load_gguf_model(
@@ -184,7 +206,7 @@ def load_gguf_model(
     file = GGUFFile(path)
     plan = plan_tensors(file, config)
     validate_gguf(file, config, plan, max_positions)
-    logger.info("%s", describe_plan(file, plan, dtype))
+    logger.info("%s", describe_plan(file, plan, dtype, config.tie_word_embeddings))
     with _default_dtype(dtype), torch.device(device):
         model = build_model(config, max_positions, parallel, False, ops)
     model.load_weights(iterate_gguf(file, config, plan, progress))  # type: ignore[operator]

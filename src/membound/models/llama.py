@@ -4,7 +4,7 @@ Variants are explicit flags of ModelConfig (``qkv_bias``, ``qk_norm``, ``sliding
 ``tie_word_embeddings``); there is one implementation. Checkpoint tensors map onto fused
 parameters through ``packed_modules_mapping``. With ``config.quantization`` the decoder's
 linears get a quantization method each (by checkpoint module name); embeddings and lm_head
-stay in the model dtype. Under tensor parallelism (``parallel``) the layers hold their
+stay in the model dtype unless the config holds their table int8 (GGUF). Under tensor parallelism (``parallel``) the layers hold their
 rank's heads and slices (layers/parallel_linear.py); Mixture-of-Experts families reuse
 this decoder and replace ``make_mlp`` (models/mixtral.py).
 """
@@ -33,7 +33,7 @@ from membound.layers.parallel_linear import (
 )
 from membound.layers.quantization import QuantizationMethod, get_linear_method
 from membound.layers.rotary import RotaryEmbedding
-from membound.layers.vocab_embedding import LMHead, VocabEmbedding
+from membound.layers.vocab_embedding import LMHead, VocabEmbedding, int8_table
 
 _EXPERT_TENSOR = re.compile(r"\.experts\.(?P<e>\d+)\.(?P<proj>\w+)\.weight$")
 
@@ -163,7 +163,8 @@ class LlamaModel(nn.Module):
         parallel: ParallelContext | None = None, ops: KernelOps | None = None,
     ) -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, parallel)
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, parallel,
+                                           int8_table(config.quantization, "model.embed_tokens"))
         rotary = RotaryEmbedding(
             config.head_dim, max_positions, config.rope_theta, config.rope_scaling, ops
         )
@@ -237,7 +238,8 @@ class LlamaForCausalLM(nn.Module):
         )
         tied = self.model.embed_tokens if config.tie_word_embeddings else None
         self.lm_head = LMHead(config.vocab_size, config.hidden_size, tied, self.parallel,
-                              self.ops.backend.value)  # fmt: skip
+                              self.ops.backend.value,
+                              int8_table(config.quantization, "lm_head"))  # fmt: skip
 
     def make_mlp(self, layer_idx: int, prefix: str) -> nn.Module:
         """The MLP of decoder layer ``layer_idx`` (dense here; MoE families override)."""

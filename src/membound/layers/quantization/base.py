@@ -125,7 +125,8 @@ def get_linear_method(
     config: QuantizationConfig | None, checkpoint_names: Sequence[str]
 ) -> QuantizationMethod | None:
     """The method for a linear layer built from ``checkpoint_names`` (several when fused);
-    None (unquantized) without a config or when the config leaves these modules out."""
+    None (unquantized) without a config or when the config leaves these modules out; the
+    method's ``<name>_int8`` sibling for modules the config holds int8 (GGUF)."""
     if config is None:
         return None
     ignored = [config.is_ignored(n) for n in checkpoint_names]
@@ -137,7 +138,13 @@ def get_linear_method(
             f"{', '.join(checkpoint_names)} run as one fused layer but the quantization config "
             f"leaves only some of them unquantized (quantized: {', '.join(kept)})"
         )
-    return _METHODS[config.method](config)
+    int8 = [config.is_int8(n) for n in checkpoint_names]
+    if any(int8) and not all(int8):
+        raise ConfigError(
+            f"{', '.join(checkpoint_names)} run as one fused layer but the quantization config "
+            "holds only some of them int8"
+        )
+    return _METHODS[f"{config.method}_int8" if all(int8) else config.method](config)
 
 
 # ---- helpers shared by the methods ----------------------------------------------------------

@@ -1,4 +1,6 @@
-"""GGUF int4 blocks (Q4_0, Q4_1, Q4_K) kept 4-bit in memory, in the int4 layout.
+"""GGUF blocks kept quantized in memory: int4 blocks in the int4 layout, the rest int8.
+
+**int4** (method "gguf"): Q4_0, Q4_1, Q4_K, represented exactly.
 
 The loader (membound/gguf/loader.py) decodes each GGUF tensor straight into int4_rtn.py's
 stored layout (group size 32), so loading is a copy of output columns:
@@ -10,6 +12,16 @@ stored layout (group size 32), so loading is a copy of output columns:
 minimum, not an integer zero), so ``zeros`` is held in the model dtype rather than uint8.
 Compute is the int4 layers' own (``Int4LinearMethod.apply``: the CPU path), except that
 the Triton kernel, which reads uint8 zeros, is replaced by dequantize + GEMM.
+
+**int8** (method "gguf_int8", for the modules ``QuantizationConfig.int8_modules`` names):
+Q8_0, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, Q6_K (and a fused layer mixing them with int4 blocks).
+Their per-block scales have no exact per-row form, so the loader hands the dequantized
+weight and each output row is requantized symmetric int8 with one scale (lossy; the error
+is measured in benchmarks/results/gguf/). Stored and computed as int8.py's weight-only path:
+``weight`` int8 ``[out, in]``, ``weight_scale`` ``[out]``; the CPU backend in a bf16 model
+runs ``_weight_int8pack_mm`` (kernels/cpu_quant_linear.py, dequantize + GEMM above
+``SMALL_BATCH`` rows), every other case ``int8_weight_only_linear_ref``. Activations are
+never quantized.
 """
 
 from __future__ import annotations
@@ -19,6 +31,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from membound.kernels.cpu_quant_linear import (
+    int8_weight_only_linear,
+    int8_weight_only_linear_ref,
+)
 from membound.kernels.int4_gemm import int4_gemm_ref
 from membound.layers.quantization.base import (
     TensorSpec,
@@ -31,6 +47,7 @@ from membound.layers.quantization.base import (
     spec,
 )
 from membound.layers.quantization.int4_rtn import Int4LinearMethod, quantize_int4_rtn
+from membound.layers.quantization.int8 import Int8LinearMethod
 
 
 @register_method("gguf")
@@ -74,6 +91,35 @@ class GGUFInt4LinearMethod(Int4LinearMethod):
             return super().apply(layer, x, bias)
         x2, lead = flatten_tokens(x)  # [M, K]
         y = int4_gemm_ref(x2, layer.qweight, layer.scales, layer.zeros, layer.group_size)
+        if bias is not None:
+            y = y + bias
+        return y.reshape(*lead, -1)
+
+
+@register_method("gguf_int8")
+class GGUFInt8LinearMethod(Int8LinearMethod):
+    """Weight-only int8, per output row, quantized from the dequantized GGUF weight."""
+
+    name = "gguf_int8"
+
+    def checkpoint_specs(self, input_size: int, output_size: int) -> dict[str, TensorSpec]:
+        return {"weight": spec((output_size, input_size))}
+
+    def load(
+        self, layer: nn.Module, suffix: str, loaded: torch.Tensor, rows: tuple[int, int], name: str
+    ) -> None:
+        if suffix != "weight":
+            raise KeyError(name)
+        check_kind(loaded, ("float",), name)
+        self.quantize_rows(layer, on_device(layer, loaded, "weight"), rows)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        x2, lead = flatten_tokens(x)  # [M, K]
+        if layer.cpu_weight_only:
+            y = int8_weight_only_linear(x2, layer.weight, layer.weight_scale)
+        else:
+            y = int8_weight_only_linear_ref(x2, layer.weight, layer.weight_scale)
+        y = y.to(x.dtype)
         if bias is not None:
             y = y + bias
         return y.reshape(*lead, -1)
