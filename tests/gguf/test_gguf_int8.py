@@ -190,6 +190,7 @@ def test_block_linears_stay_int8(tmp_path: Path, kind: str, caplog) -> None:  # 
     with caplog.at_level(logging.INFO, logger="membound.gguf.loader"):
         model = _load(path, torch.float32)
     assert f"14 stay int8, requantized per row: {kind} x14 (blk.0.attn_q.weight" in caplog.text
+    assert "compute through 8 linears: int8_weight_only_linear_ref" in caplog.text  # fp32
     reader = gguf.GGUFReader(str(path))
     for layer in model.model.layers:
         for lin in (layer.self_attn.qkv_proj, layer.mlp.down_proj):

@@ -1,8 +1,9 @@
 """SmolLM2-135M-Instruct (a real Q4_1 GGUF) against transformers' GGUF loader, the oracle:
 the same token ids on a text corpus, and, loaded dense in fp32, the same greedy tokens and
-logprobs over chat-formatted, non-ASCII and long prompts. The int4-in-memory path is
-checked for memory (weights within 1.3x of the file's Q4_1 bytes) and for still answering;
-its agreement and perplexity figures come from benchmarks/gguf_quality.py."""
+logprobs over chat-formatted, non-ASCII and long prompts. The quantized-in-memory path (Q4_1
+int4, the Q8_0 embedding int8 and shared by the tied head) is checked for memory (whole-model
+weights within 1.3x of the file's tensor bytes) and for still answering; its agreement and
+perplexity figures come from benchmarks/gguf_quality.py, its memory from gguf_memory.py."""
 
 from __future__ import annotations
 
@@ -107,19 +108,26 @@ def test_dense_fp32_matches_transformers(smollm2_gguf: Path, ours: Tokenizer) ->
                 assert abs(value - float(lp[token])) < 2e-3, (token, value, float(lp[token]))
 
 
-def test_int4_in_memory_answers_within_memory_budget(smollm2_gguf: Path) -> None:
+def test_quantized_in_memory_answers_within_memory_budget(smollm2_gguf: Path) -> None:
+    """Q4_1 linears stay int4, the Q8_0 token embedding stays int8 and the tied head reads
+    it (no second copy): the engine's whole-model weight bytes stay within 1.3x of the
+    file's tensor bytes (benchmarks/gguf_memory.py records the figures)."""
     from membound.gguf.reader import GGUFFile
 
     llm = LLM(str(smollm2_gguf), dtype="float32", max_model_len=256, num_kv_blocks=32)
+    model = llm.llm_engine.executor.driver.model
     linears = [
-        m
-        for m in llm.llm_engine.executor.driver.model.modules()
-        if hasattr(m, "quant_method") and m.quant_method.name == "gguf"
+        m for m in model.modules() if hasattr(m, "quant_method") and m.quant_method.name == "gguf"
     ]
     assert len(linears) == 30 * 4  # qkv, o, gate_up, down of every layer stay int4
     held = sum(p.numel() * p.element_size() for m in linears for p in m.parameters())
     q4_1 = sum(t.n_bytes for t in GGUFFile(smollm2_gguf).tensors.values() if t.ggml_type == "Q4_1")
     assert held <= 1.3 * q4_1, (held, q4_1)
+    emb = model.model.embed_tokens
+    assert emb.weight.dtype == torch.int8 and model.lm_head.weight is emb.weight
+    assert model.lm_head.packed_weight is None
+    whole = llm.llm_engine.info.weights_bytes
+    assert whole <= 1.3 * GGUFFile(smollm2_gguf).tensor_bytes(), whole
     tok = llm.get_tokenizer()
     assert tok is not None
     prompt = tok.encode_chat([{"role": "user", "content": "What is the capital of France?"}])

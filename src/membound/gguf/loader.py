@@ -214,4 +214,27 @@ def load_gguf_model(
         post_load = getattr(module, "process_weights_after_loading", None)
         if callable(post_load):
             post_load()
+    kernels = describe_int8_kernels(model)
+    if kernels:
+        logger.info("GGUF int8 tensors compute through %s", kernels)
     return model.eval()
+
+
+def describe_int8_kernels(model: nn.Module) -> str:
+    """Which kernel serves the int8 tables and linears after loading (empty: none held):
+    torch's packed CPU kernel (CPU backend, bf16) or the torch reference elsewhere."""
+    fast = ref = 0
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        if getattr(method, "name", None) == "gguf_int8":
+            fast, ref = fast + module.cpu_weight_only, ref + (not module.cpu_weight_only)
+    head = getattr(model, "lm_head", None)
+    parts = []
+    if head is not None and getattr(head, "weight_scale", None) is not None:
+        kernel = "the packed CPU int8 kernel" if head.int8_cpu_kernel else "int8_logits_ref"
+        parts.append(f"lm_head: {kernel}")
+    if fast:
+        parts.append(f"{fast} linears: the packed CPU int8 kernel")
+    if ref:
+        parts.append(f"{ref} linears: int8_weight_only_linear_ref (dequantize + GEMM per call)")
+    return "; ".join(parts)
