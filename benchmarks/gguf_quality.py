@@ -10,8 +10,11 @@ dequantized at the dtype. For each dtype this reports, over the same text:
 - greedy agreement through the engine (KV cache, decode kernels): chat prompts, ``--new-tokens``
   greedy tokens each, the fraction of positions equal and of prompts fully equal.
 
+``--requantize Q8_0,Q5_0`` adds rows for the file's 2-D tensors re-encoded in those types
+(benchmarks/gguf_requantize.py; at ``--requantize-dtypes``), whose linears take the int8 path.
+
     OMP_NUM_THREADS=1 python benchmarks/gguf_quality.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf \
-        --output-json benchmarks/results/gguf/smollm2_q4_1_quantized_vs_dense.json \
+        --requantize Q8_0,Q5_1 --output-json benchmarks/results/gguf/smollm2_q4_1_quantized_vs_dense.json \
         --output-log benchmarks/results/gguf/smollm2_q4_1_quantized_vs_dense.log
 """
 
@@ -21,12 +24,14 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from gguf_requantize import requantize
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT / "src/membound/assets/default_model/heldout.txt"
@@ -104,20 +109,29 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=2048)
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--requantize", default="", help="e.g. Q8_0,Q5_1 (see the docstring)")
+    ap.add_argument("--requantize-dtypes", default="float32")
     ap.add_argument("--output-json", required=True)
     ap.add_argument("--output-log", required=True)
     args = ap.parse_args()
 
     text = Path(args.dataset).read_text(encoding="utf-8")
     ids = Tokenizer.from_pretrained(args.gguf).encode(text)[: args.max_tokens]
+    runs = [(args.gguf, "as shipped", d) for d in args.dtypes.split(",")]
+    scratch = tempfile.TemporaryDirectory()
+    for kind in filter(None, args.requantize.split(",")):
+        path = str(Path(scratch.name) / f"{kind}.gguf")
+        requantize(args.gguf, path, kind)
+        runs += [(path, f"re-encoded {kind}", d) for d in args.requantize_dtypes.split(",")]
     rows = []
-    for dtype in args.dtypes.split(","):
+    for path, file, dtype in runs:
         start = time.perf_counter()
-        row = {"dtype": dtype, **perplexity_compare(args.gguf, dtype, ids, args.window)}
-        row["greedy"] = greedy_agreement(args.gguf, dtype, args.new_tokens)
+        row = {"file": file, "dtype": dtype, **perplexity_compare(path, dtype, ids, args.window)}
+        row["greedy"] = greedy_agreement(path, dtype, args.new_tokens)
         row["perplexity_change"] = row["perplexity_quantized"] / row["perplexity_float"] - 1
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
+    scratch.cleanup()
     commit, dirty = source_commit()
     result = {
         "benchmark": "gguf_quality",
@@ -143,7 +157,7 @@ def main() -> int:
     for r in rows:
         g = r["greedy"]
         lines.append(
-            f"{r['dtype']:>9}: {r['num_tokens']} tokens, KL {r['kl_divergence']:.6f} nats/token, "
+            f"{r['file']:>18}, {r['dtype']:>8}: {r['num_tokens']} tokens, KL {r['kl_divergence']:.6f} nats/token, "
             f"top-1 agreement {100 * r['top1_agreement']:.2f}%, perplexity "
             f"{r['perplexity_float']:.4f} -> {r['perplexity_quantized']:.4f} "
             f"({100 * r['perplexity_change']:+.3f}%); greedy positions equal "

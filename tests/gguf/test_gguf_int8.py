@@ -227,3 +227,25 @@ def test_wrong_int8_table_shape_refused_before_allocation(tmp_path: Path) -> Non
     write_tiny_llama(path, "Q8_0", embed_type="Q8_0", weights=w)
     with pytest.raises(GGUFError, match=rf"{path} does not match.*embed_tokens"):
         _load(path, torch.float32)
+
+
+def test_q8_0_linears_in_bf16_use_the_cpu_kernel(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "q8.gguf"
+    w = write_tiny_llama(path, "Q8_0", embed_type="Q8_0")
+    with caplog.at_level(logging.INFO, logger="membound.gguf.loader"):
+        model = _load(path, torch.bfloat16)
+    lin = model.model.layers[1].mlp.down_proj
+    assert lin.weight.dtype == torch.int8 and lin.weight_scale.dtype == (
+        torch.bfloat16 if lin.cpu_weight_only else torch.float32
+    )
+    if has_cpu_quant_kernels():
+        assert lin.cpu_weight_only
+        assert "lm_head: the packed CPU int8 kernel; 8 linears: the packed CPU int8" in caplog.text
+    down = torch.from_numpy(w["model.layers.1.mlp.down_proj.weight"])
+    deq = lin.quant_method.dequantize(lin)
+    q8 = (down.abs().amax(-1, keepdim=True) / 127) / 2  # Q8_0's own error is below this
+    assert ((deq - down).abs() <= _row_bound(down, lin.weight_scale) + q8).all()
+    for rows in (1, 24):  # the kernel, and dequantize + bf16 GEMM
+        x = torch.randn(rows, 512).bfloat16()
+        want = x.float() @ deq.t()
+        torch.testing.assert_close(lin(x).float(), want, rtol=3e-2, atol=3e-2)

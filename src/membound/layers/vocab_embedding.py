@@ -43,27 +43,14 @@ from membound.kernels.cpu_quant_linear import (
 from membound.layers.checkpoint_tensor import LazyTensor, materialize
 from membound.layers.linear import WeightShapeError
 from membound.layers.quantization.base import TensorSpec
+from membound.layers.quantization.int8 import quantize_int8_rows
 
-INT8_MAX = 127.0
 _ROW_CHUNK = 8192  # table rows quantized / dequantized at a time (bounds the fp32 scratch)
 
 
 def int8_table(quantization: QuantizationConfig | None, module: str) -> bool:
     """True if the table of ``module`` (model.embed_tokens, lm_head) is held int8."""
     return quantization is not None and quantization.is_int8(module)
-
-
-def quantize_rows_int8(
-    rows: torch.Tensor, scale_dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """float ``[n, hidden]`` -> (int8 ``[n, hidden]``, scales ``[n]`` in ``scale_dtype``),
-    symmetric round-to-nearest against the scale as stored (rounded to ``scale_dtype`` first);
-    an all-zero row gets scale 1."""
-    x = rows.to(torch.float32)
-    scale = (x.abs().amax(dim=-1) / INT8_MAX).to(scale_dtype)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(x / scale.to(torch.float32)[:, None]).clamp_(-INT8_MAX, INT8_MAX)
-    return q.to(torch.int8), scale
 
 
 def int8_lookup(
@@ -129,7 +116,7 @@ class VocabRows:
                 full = materialize(rows)
                 for start in range(0, n, _ROW_CHUNK):
                     chunk = full[start : start + _ROW_CHUNK].to(weight.device)
-                    q, s = quantize_rows_int8(chunk, scale.dtype)
+                    q, s = quantize_int8_rows(chunk, scale.dtype)
                     weight[start : start + q.shape[0]].copy_(q)
                     scale[start : start + q.shape[0]].copy_(s)
                 scale[n:].fill_(1)

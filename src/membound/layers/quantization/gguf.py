@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from membound.kernels.cpu_quant_linear import (
+    KERNEL_DTYPE,
     int8_weight_only_linear,
     int8_weight_only_linear_ref,
 )
@@ -47,7 +48,7 @@ from membound.layers.quantization.base import (
     spec,
 )
 from membound.layers.quantization.int4_rtn import Int4LinearMethod, quantize_int4_rtn
-from membound.layers.quantization.int8 import Int8LinearMethod
+from membound.layers.quantization.int8 import Int8LinearMethod, quantize_int8_rows
 
 
 @register_method("gguf")
@@ -112,6 +113,13 @@ class GGUFInt8LinearMethod(Int8LinearMethod):
             raise KeyError(name)
         check_kind(loaded, ("float",), name)
         self.quantize_rows(layer, on_device(layer, loaded, "weight"), rows)
+
+    def quantize_rows(self, layer: nn.Module, weight: torch.Tensor, rows: tuple[int, int]) -> None:
+        """Per row, against the scale as the kernel will read it (bf16 in a bf16 model)."""
+        dtype = KERNEL_DTYPE if layer.activation_dtype == KERNEL_DTYPE else torch.float32
+        q, s = quantize_int8_rows(weight.to(layer.weight.device), dtype)
+        copy_slice(layer.weight, q, 0, rows[0], rows[1], "weight")
+        copy_slice(layer.weight_scale, s.to(torch.float32), 0, rows[0], rows[1], "weight_scale")
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         x2, lead = flatten_tokens(x)  # [M, K]

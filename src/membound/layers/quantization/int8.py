@@ -47,6 +47,19 @@ def quantize_int8(
     return q, scale.contiguous()
 
 
+def quantize_int8_rows(
+    x: torch.Tensor, scale_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``x [M, K]`` -> (int8 values, scales [M] in ``scale_dtype``), symmetric
+    round-to-nearest against each scale as stored (rounded to ``scale_dtype`` first, so a
+    bf16 scale costs no extra error); an all-zero row gets scale 1."""
+    xf = x.to(torch.float32)
+    scale = (xf.abs().amax(dim=-1) / INT8_MAX).to(scale_dtype)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(xf / scale.to(torch.float32)[:, None]).clamp_(-INT8_MAX, INT8_MAX)
+    return q.to(torch.int8), scale
+
+
 def int8_linear_ref(
     x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     input_scale: torch.Tensor | None,
