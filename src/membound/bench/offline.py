@@ -32,8 +32,8 @@ def model_bytes(engine: Any) -> ModelBytes:
     model = engine.executor.driver.model  # rank 0's shard
     for name, param in model.named_parameters(remove_duplicate=False):
         is_embed = "embed_tokens" in name
-        if name.startswith("lm_head") or (tied and is_embed):
-            lm_head = param.numel()
+        if (name.startswith("lm_head") or (tied and is_embed)) and param.dim() >= 2:
+            lm_head = param.numel()  # the table, not an int8 table's per-row scales
         elif param.dim() >= 2 and not is_embed:
             linear += param.numel()
         if id(param) in seen:
