@@ -48,8 +48,10 @@ def _float_rows(seed: int = 0) -> torch.Tensor:
 
 
 def _row_bound(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Half an int8 step per row, plus the rounding of the stored scale at the row's max."""
-    return (0.5 + 127 * 2**-8) * scale.float()[:, None] + 1e-7 + 0 * w
+    """[rows, 1]: half an int8 step, plus the stored scale's rounding at the row's max
+    (values past 127 steps are clamped)."""
+    assert w.shape[0] == scale.shape[0]
+    return (0.5 + 127 * 2**-8) * scale.float()[:, None] + 1e-7
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

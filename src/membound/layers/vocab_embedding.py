@@ -147,10 +147,6 @@ class VocabEmbedding(nn.Module):
         self.weight, scale = _table_params(self.rows, int8)
         self.register_parameter("weight_scale", scale)  # None for a float table
 
-    @property
-    def int8(self) -> bool:
-        return self.weight_scale is not None
-
     # the checkpoint-loading protocol (layers/checkpoint_tensor.py), as linears have it
     def shard_ids(self) -> tuple[object, ...]:
         return (None,)
