@@ -215,8 +215,9 @@ class ParallelConfig:
         if model.quantization is not None:
             raise ConfigError(
                 f"tensor parallelism of quantized models ({model.quantization.method}) is not "
-                "supported yet; run the float checkpoint with tensor_parallel_size > 1, or the "
-                "quantized one with tensor_parallel_size=1"
+                "supported yet; run the float checkpoint with tensor_parallel_size > 1 (a GGUF "
+                "file: load_format='gguf_dequantized'), or the quantized one with "
+                "tensor_parallel_size=1"
             )
 
 
