@@ -3,7 +3,9 @@
 Each engine runs in its own process (``cpu_peers_worker.py``; vLLM from its own venv with
 ``--vllm-python``, llama.cpp with ``--llamacpp-python`` when ``llama_cpp`` imports there),
 is loaded once and kept loaded; the measurements alternate between engines (A B C A B C ...)
-so outside load on a shared machine hits all of them alike, and medians are reported:
+so outside load on a shared machine hits all of them alike, and medians are reported.
+While one engine is measured the others are frozen (SIGSTOP to their process groups): an
+idle vLLM CPU worker busy-polls one core, which would take half of a 2-core machine:
 
 * batch 1: TTFT and time per output token (greedy, EOS ignored), prompt ``--b1-prompt``
   tokens, ``--b1-output`` out, ``--b1-reps`` rounds;
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -60,9 +63,23 @@ class Engine:
 
     def start(self, log: Any) -> None:
         env = {**os.environ, **self.env}
+        # its own process group, so that freeze/thaw reach the engine's child processes
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=log, text=True, env=env)  # fmt: skip
+                                     stderr=log, text=True, env=env,
+                                     start_new_session=True)  # fmt: skip
         self.info = self.read()
+
+    def freeze(self) -> None:
+        """Stop the engine's processes (SIGSTOP to its group) while another is measured: an
+        idle engine must not take a core. vLLM's CPU worker busy-polls while idle (one core
+        at 100%, seen in /proc), which on a 2-core machine halves the cores of whichever
+        engine is being measured next to it."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
 
     def read(self) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdout is not None
@@ -80,6 +97,7 @@ class Engine:
         return ans
 
     def stop(self) -> None:
+        self.thaw()
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.ask({"op": "quit"})
@@ -256,16 +274,25 @@ def main() -> None:
         if a.output_json:
             Path(a.output_json).write_text(json.dumps(report, indent=1))
 
+    def turn(e: Engine) -> Engine:
+        """Only ``e`` runs: every other engine is frozen (see Engine.freeze)."""
+        for other in todo:
+            if other is not e:
+                other.freeze()
+        e.thaw()
+        return e
+
     try:
         for e in todo:
             print("starting", e.name, flush=True)
             e.start(log)
+            e.freeze()
             print(" ", e.name, e.info, flush=True)
         prompt = workload(1, 1, vocab)[0][0][: a.b1_prompt]
         prompt += [7] * (a.b1_prompt - len(prompt))
         for r in range(a.b1_reps):
             for e in todo:
-                ans = e.ask({"op": "batch1", "prompt": prompt, "output_len": a.b1_output})
+                ans = turn(e).ask({"op": "batch1", "prompt": prompt, "output_len": a.b1_output})
                 print(f"b1 round {r} {e.name} {ans} load {uptime()}", flush=True)
         write("batch1")
         reqs = workload(a.num_prompts, 0, vocab)
@@ -273,7 +300,7 @@ def main() -> None:
             for e in todo:
                 if e.results.get("offline", [{}])[-1].get("unsupported"):
                     continue
-                ans = e.ask({"op": "offline", "requests": reqs})
+                ans = turn(e).ask({"op": "offline", "requests": reqs})
                 print(f"offline round {r} {e.name} {ans} load {uptime()}", flush=True)
             write(f"offline round {r}")
     finally:
