@@ -50,6 +50,10 @@ def build_native_cpu_kernels(verbose: bool = False) -> ModuleType:
     once."""
     from torch.utils import cpp_extension
 
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
+    if not any(root.glob(f"**/{EXTENSION_NAME}/*.so")):  # a first build: say why we wait
+        logger.warning("compiling membound's native CPU kernels for this machine (once, about "
+                       "a minute; cached under %s)", root)  # fmt: skip
     start = time.perf_counter()
     try:
         module = cpp_extension.load(
