@@ -189,6 +189,73 @@ inline void block_scores(const float* q, int64_t G, int64_t D, const T* kb, int6
   }
 }
 
+#if defined(__AVX512F__)
+template <typename T>
+inline __m512 load16(const T* p) {  // any other dtype (double): through float
+  alignas(64) float f[16];
+  for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(p[i]);
+  return _mm512_load_ps(f);
+}
+template <>
+inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <>
+inline __m512 load16<c10::BFloat16>(const c10::BFloat16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+template <>
+inline __m512 load16<c10::Half>(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// acc[g] += sum_t scores[g * ld + t] * V_t for G heads of C * 16 floats, the G x C
+// accumulators held in registers over the block's rows (one load and store per block).
+template <typename T, int G, int C>
+inline void accumulate_v_fixed(float* acc, const float* scores, int64_t ld, const T* vb,
+                               int64_t s_tok, int64_t nt) {
+  __m512 a[G][C];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < C; ++c) a[g][c] = _mm512_loadu_ps(acc + (g * C + c) * 16);
+  for (int64_t t = 0; t < nt; ++t) {
+    const T* row = vb + t * s_tok;
+    __m512 v[C];
+    for (int c = 0; c < C; ++c) v[c] = load16<T>(row + c * 16);
+    for (int g = 0; g < G; ++g) {
+      const __m512 pv = _mm512_set1_ps(scores[g * ld + t]);
+      for (int c = 0; c < C; ++c) a[g][c] = _mm512_fmadd_ps(pv, v[c], a[g][c]);
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc + (g * C + c) * 16, a[g][c]);
+}
+#endif
+
+// acc [G, D] += scores [G, ld] (first nt columns) @ V rows at vb (row stride s_tok).
+template <typename T>
+inline void accumulate_v(float* acc, const float* scores, int64_t ld, const T* vb,
+                         int64_t s_tok, int64_t nt, int64_t G, int64_t D, float* vrow) {
+#if defined(__AVX512F__)
+#define MB_V_CASE(GG, CC)                                                         \
+  if (G == GG && D == CC * 16) {                                                  \
+    accumulate_v_fixed<T, GG, CC>(acc, scores, ld, vb, s_tok, nt);               \
+    return;                                                                       \
+  }
+  MB_V_CASE(1, 4) MB_V_CASE(2, 4) MB_V_CASE(3, 4) MB_V_CASE(4, 4)
+  MB_V_CASE(5, 4) MB_V_CASE(6, 4) MB_V_CASE(7, 4) MB_V_CASE(8, 4)
+  MB_V_CASE(1, 8) MB_V_CASE(2, 8) MB_V_CASE(3, 8) MB_V_CASE(4, 8)
+#undef MB_V_CASE
+#endif
+  for (int64_t t = 0; t < nt; ++t) {
+    load_f(vb + t * s_tok, vrow, D);
+    for (int64_t g = 0; g < G; ++g) {
+      const float p = scores[g * ld + t];
+      float* a = acc + g * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) a[d] += p * vrow[d];
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Decode attention over the paged cache, read in place.
 //
@@ -270,15 +337,8 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
 #pragma omp simd
           for (int64_t d = 0; d < D; ++d) a[d] *= corr;
         }
-        for (int64_t t = 0; t < nt; ++t) {
-          load_f(vb + (t0 - b * BS + t) * s_tok, krow.data(), D);
-          for (int64_t g = 0; g < G; ++g) {
-            const float p = scores[g * BS + t];
-            float* a = acc.data() + g * D;
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) a[d] += p * krow[d];
-          }
-        }
+        accumulate_v(acc.data(), scores.data(), BS, vb + (t0 - b * BS) * s_tok, s_tok, nt, G, D,
+                     krow.data());
       }
       for (int64_t g = 0; g < G; ++g) {
         const float inv = 1.f / l[g];
