@@ -137,10 +137,16 @@ def params_read_per_step(model_dir: str) -> tuple[int, int]:
     return layers * per_layer + h, cfg["vocab_size"] * h
 
 
-def workload(n: int, seed: int, vocab: int) -> list[tuple[list[int], int]]:
+def workload(n: int, seed: int, vocab: int, ids_seed: int | None = None
+             ) -> list[tuple[list[int], int]]:
+    """n requests: prompt lengths uniform in 32..512, output lengths in 32..256 (from
+    ``seed``), random token ids (from ``ids_seed``, default ``seed``). Each offline round
+    draws new ids over the same lengths, so no prompt is a prefix-cache hit from an earlier
+    round (both vLLM and membound cache prefixes by default)."""
     rng = random.Random(seed)
-    return [([rng.randrange(3, vocab) for _ in range(rng.randint(32, 512))],
-             rng.randint(32, 256)) for _ in range(n)]  # fmt: skip
+    shapes = [(rng.randint(32, 512), rng.randint(32, 256)) for _ in range(n)]
+    ids = random.Random(seed if ids_seed is None else ids_seed)
+    return [([ids.randrange(3, vocab) for _ in range(p)], o) for p, o in shapes]
 
 
 def make_tinyllama(folder: Path) -> None:
@@ -295,8 +301,8 @@ def main() -> None:
                 ans = turn(e).ask({"op": "batch1", "prompt": prompt, "output_len": a.b1_output})
                 print(f"b1 round {r} {e.name} {ans} load {uptime()}", flush=True)
         write("batch1")
-        reqs = workload(a.num_prompts, 0, vocab)
         for r in range(a.offline_reps):
+            reqs = workload(a.num_prompts, 0, vocab, ids_seed=1000 + r)
             for e in todo:
                 if e.results.get("offline", [{}])[-1].get("unsupported"):
                     continue
