@@ -198,5 +198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console_main() -> None:
+    """The ``membound`` command: re-executes itself once with transparent huge pages for
+    glibc's allocations (kernels/cpu_hugepages.py), then runs ``main``."""
+    from membound.kernels.cpu_hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages(sys.argv)
+    sys.exit(main())
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,6 +28,7 @@ import torch
 from membound.kernels import (
     activation,
     cpu_attention,
+    cpu_hugepages,
     cpu_native,
     kv_store,
     moe_gemm,
@@ -372,5 +373,7 @@ def select_kernel_ops(device: torch.device, requested: str = "auto") -> KernelOp
     cannot be)."""
     backend = select_kernel_backend(device, requested)
     if backend is KernelBackend.CPU:
+        if (line := cpu_hugepages.hint()) is not None:
+            logger.info("%s", line)
         return CpuOps(native=cpu_native.load_native_cpu_kernels())
     return kernel_ops(backend)
