@@ -244,6 +244,9 @@ def main() -> None:
     ap.add_argument("--transformers", action="store_true", help="also transformers (fp32)")
     ap.add_argument("--membound-quant", nargs="*", default=["int8", "int4"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-hugepages", dest="hugepages", action="store_false",
+                    help="do not start the engines with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
+                         "(by default every engine gets it, as the membound command sets it)")
     ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--b1-prompt", type=int, default=128)
     ap.add_argument("--b1-output", type=int, default=64)
@@ -271,6 +274,11 @@ def main() -> None:
     report["read_bandwidth_gbs"] = bw = read_bandwidth_gbs()
     print(f"read bandwidth {bw:.1f} GB/s", flush=True)
     todo = engines(a, model)
+    if a.hugepages:  # the same environment for every engine (kernels/cpu_hugepages.py)
+        from membound.kernels.cpu_hugepages import env_with_tunable
+
+        for e in todo:
+            e.env = env_with_tunable(e.env)
     n_params = params_read_per_step(model)
 
     def write(stage: str) -> None:  # after every phase: a killed run keeps what it measured
