@@ -132,3 +132,99 @@ def test_varlen_matches_reference(heads: tuple[int, int, int], window: int | Non
     expected = varlen_attention_ref(q, k, v, qsl, d**-0.5, window)
     got = varlen_attention_cpu(q, k, v, qsl, d**-0.5, window)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+
+
+# bf16/fp16 prefill: materialised float32 scores, query-tiled (cpu_attention._attend_materialised)
+HALF = [torch.bfloat16, torch.float16]
+HALF_TOL = {"atol": 1e-2, "rtol": 1e-2}  # the output's rounding to bf16 (fp16: 8x finer)
+
+
+def small_tiles(monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
+    """Tiles of ``rows`` query rows at most (the longest sequence spans several)."""
+    monkeypatch.setattr(cpu_attention, "MIN_TILE_GEMM_ROWS", 1)
+    monkeypatch.setattr(cpu_attention, "SCORE_TILE_BYTES", 1)
+    assert cpu_attention.query_tile_rows(8, 4, 70) == 1
+    monkeypatch.setattr(cpu_attention, "MIN_TILE_GEMM_ROWS", rows)  # rows x group rows
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("window", [None, 9, 24])
+@pytest.mark.parametrize("tile_rows", [None, 3])  # None: the shipped tiles (one per sequence)
+def test_half_prefill_matches_reference(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, heads: tuple[int, int, int],
+    window: int | None, tile_rows: int | None,
+) -> None:
+    """Fresh prompts, chunks over cached context, a single-token chunk, GQA/MQA/MHA, sliding
+    windows, and tiles of 3 query rows x group (crossing every sequence's length)."""
+    h, kvh, d = heads
+    if tile_rows is not None:
+        small_tiles(monkeypatch, tile_rows * (h // kvh))
+    inputs = paged_inputs([n + c for n, c in SEQS], h, kvh, d, 8, seed=11, cache_dtype=dtype)
+    q_lens = [n for n, _ in SEQS]
+    qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    query = torch.randn(sum(q_lens), h, d, generator=torch.Generator().manual_seed(12)).to(dtype)
+    args = (inputs["block_tables"], qsl, inputs["seq_lens"], inputs["scale"], window)
+    # the reference in float32 over the same (rounded) values
+    expected = prefill_attention_ref(query.float(), inputs["kv_cache"].float(), *args)
+    got = prefill_attention_cpu(query, inputs["kv_cache"], *args,
+                                out=torch.full_like(query, float("nan")))  # fmt: skip
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected, **HALF_TOL)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("window", [None, 6])
+def test_half_varlen_matches_reference(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype,
+                                       window: int | None) -> None:  # fmt: skip
+    small_tiles(monkeypatch, 4)
+    h, kvh, d = 8, 2, 16
+    gen = torch.Generator().manual_seed(13)
+    q_lens = [5, 0, 19, 1, 12]
+    t = sum(q_lens)
+    q, k, v = (torch.randn(t, n, d, generator=gen).to(dtype) for n in (h, kvh, kvh))
+    qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    expected = varlen_attention_ref(q.float(), k.float(), v.float(), qsl, d**-0.5, window)
+    got = varlen_attention_cpu(q, k, v, qsl, d**-0.5, window)
+    torch.testing.assert_close(got.float(), expected, **HALF_TOL)
+
+
+def test_half_prefill_applies_the_fp8_scales(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An FP8 cache: K's scale folds into the softmax scale, V's into the output."""
+    small_tiles(monkeypatch, 8)
+    seqs = [(30, 10), (12, 0)]
+    inputs = paged_inputs([n + c for n, c in seqs], 8, 2, 16, 4, seed=14,
+                          cache_dtype=torch.float8_e4m3fn)  # fmt: skip
+    qsl = torch.tensor([0, 30, 42], dtype=torch.int32)
+    query = torch.randn(42, 8, 16, generator=torch.Generator().manual_seed(15)).bfloat16()
+    args = (inputs["kv_cache"], inputs["block_tables"], qsl, inputs["seq_lens"], inputs["scale"])
+    scales = {"k_scale": 0.5, "v_scale": 3.0}
+    expected = prefill_attention_ref(query.float(), *args, **scales)
+    got = prefill_attention_cpu(query, *args, **scales)
+    torch.testing.assert_close(got.float(), expected, atol=3e-2, rtol=1e-2)  # |out| up to ~9
+    assert not torch.allclose(got.float(), prefill_attention_ref(query.float(), *args),
+                              atol=0.1)  # fmt: skip
+
+
+def test_float32_prefill_stays_on_sdpa() -> None:
+    """float32 is bit-equal to SDPA (token-identical to transformers); half precision is not
+    routed there."""
+    gen = torch.Generator().manual_seed(16)
+    q, k, v = (torch.randn(40, n, 16, generator=gen) for n in (6, 2, 2))
+    for window, ctx in [(None, 0), (None, 10), (7, 10)]:
+        args = (q[ctx:], k, v, 0.25, window)
+        assert torch.equal(cpu_attention._attend(*args), cpu_attention._attend_sdpa(*args))
+    half = (q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.25, None)
+    assert torch.equal(cpu_attention._attend(*half), cpu_attention._attend_materialised(*half))
+
+
+def test_query_tiles_bound_the_score_bytes() -> None:
+    """Each tile's float32 scores stay under the budget, or at MIN_TILE_GEMM_ROWS GEMM rows
+    where the budget allows fewer: an 8K-token prompt allocates MBs, not GBs."""
+    budget, min_rows = cpu_attention.SCORE_TILE_BYTES, cpu_attention.MIN_TILE_GEMM_ROWS
+    rows = cpu_attention.query_tile_rows(9, 3, 2048)  # SmolLM2 heads, 2K keys: the budget
+    assert rows * 9 * 2048 * 4 <= budget < (rows + 1) * 9 * 2048 * 4 and rows * 3 >= min_rows
+    for h, g in [(9, 3), (32, 4), (32, 1)]:  # 8K keys: the fewest GEMM rows
+        rows = cpu_attention.query_tile_rows(h, g, 8192)
+        assert rows == -(-min_rows // g) and rows * h * 8192 * 4 <= 64 << 20
+    assert cpu_attention.query_tile_rows(9, 3, 32) >= 2048  # short prompts: one tile

@@ -216,6 +216,15 @@ def _attend_sdpa(
     return o.transpose(0, 1)
 
 
+def query_tile_rows(num_heads: int, group: int, kv_len: int, tile_bytes: int | None = None
+                    ) -> int:  # fmt: skip
+    """Query rows per tile of ``_attend_materialised``: its float32 scores ([H, rows, kv_len])
+    stay under ``tile_bytes`` (None: ``SCORE_TILE_BYTES``) unless that leaves fewer than
+    ``MIN_TILE_GEMM_ROWS`` GEMM rows (rows x ``group``)."""
+    budget = SCORE_TILE_BYTES if tile_bytes is None else tile_bytes
+    return max(budget // (num_heads * kv_len * 4), -(-MIN_TILE_GEMM_ROWS // group))
+
+
 def _attend_materialised(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
     sliding_window: int | None, v_scale: float = 1.0, tile_bytes: int | None = None,
@@ -231,7 +240,7 @@ def _attend_materialised(
     keys after their last row (about half the work of a long prompt); K/V are upcast once
     and never repeated for GQA. A tile's scores stay under ``tile_bytes`` (None:
     ``SCORE_TILE_BYTES``) unless that leaves fewer than ``MIN_TILE_GEMM_ROWS`` GEMM rows:
-    at most max(4 MB, 64 x KVH x kv_len x 4 bytes), 16 MB at 8K keys with 8 KV heads."""
+    about max(4 MB, 64 x KVH x kv_len x 4 bytes): 16 MB at 8K keys with 8 KV heads."""
     q_len, num_heads, head_dim = query.shape
     kv_len, num_kv_heads = key.shape[0], key.shape[1]
     group, context = num_heads // num_kv_heads, kv_len - q_len
@@ -241,8 +250,7 @@ def _attend_materialised(
         v = v * v_scale
     q = (query.to(torch.float32) * scale).view(q_len, num_kv_heads, group, head_dim)
     out = torch.empty_like(query)
-    budget = SCORE_TILE_BYTES if tile_bytes is None else tile_bytes
-    tile = max(budget // (num_heads * kv_len * 4), -(-MIN_TILE_GEMM_ROWS // group))
+    tile = query_tile_rows(num_heads, group, kv_len, tile_bytes)
     for i0 in range(0, q_len, tile):
         i1 = min(q_len, i0 + tile)
         t = i1 - i0
@@ -250,8 +258,8 @@ def _attend_materialised(
         lo = 0 if sliding_window is None else max(0, context + i0 - sliding_window + 1)
         qt = q[i0:i1].permute(1, 2, 0, 3).reshape(num_kv_heads, group * t, head_dim)
         s = torch.bmm(qt, k[:, lo:hi].transpose(1, 2))  # [KVH, G*t, hi-lo]
-        q_pos = torch.arange(context + i0, hi)[:, None]
-        k_pos = torch.arange(lo, hi)[None, :]
+        q_pos = torch.arange(context + i0, hi, device=query.device)[:, None]
+        k_pos = torch.arange(lo, hi, device=query.device)[None, :]
         hidden = k_pos > q_pos
         if sliding_window is not None:
             hidden |= q_pos - k_pos >= sliding_window
