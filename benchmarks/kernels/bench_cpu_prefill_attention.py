@@ -1,18 +1,20 @@
-"""CPU prefill attention, bf16: torch's SDPA (the CPU flash kernel) against materialised
-scores, one sequence at a time as ``kernels/cpu_attention.py``'s ``_attend`` runs it.
+"""CPU prefill attention, bf16 (or ``--dtype float16``): torch's SDPA (the CPU flash
+kernel) against materialised scores, one sequence at a time as ``kernels/cpu_attention.py``'s
+``_attend`` runs it.
 
-Candidates (query [q_len, H, D], key/value [kv_len, KVH, D], bf16 in and out):
+Candidates (query [q_len, H, D], key/value [kv_len, KVH, D], bf16/fp16 in and out):
 
 - ``sdpa_gqa``: ``_attend_sdpa`` (SDPA with ``enable_gqa``): the float32 path, and the bf16
   path before materialised scores.
 - ``sdpa_repeat``: SDPA with K/V repeated to the query heads.
 - ``mat_f32``: q, K, V upcast to float32, S = q @ K^T per KV head (its G query heads stacked
   as rows), masked, softmax in place, @ V, cast back; the whole score matrix at once.
-- ``mat_bf16``: the same with bf16 GEMMs (bf16 scores, float32 softmax, bf16 P @ V).
+- ``mat_half``: the same with bf16 (fp16) GEMMs: half-precision scores, float32 softmax,
+  half-precision P @ V.
 - ``tiled_<MB>``: ``_attend_materialised`` (float32), query rows in tiles whose scores stay
   under <MB> (but of at least ``MIN_TILE_GEMM_ROWS`` GEMM rows), each tile reading only the
   keys it sees (causal end, window start).
-- ``shipped``: ``_attend`` as the engine runs it (bf16: ``tiled_4mb``).
+- ``shipped``: ``_attend`` as the engine runs it (bf16/fp16: ``tiled_4mb``).
 
 Sizes: q_len = kv_len in 32..2048 (a fresh prompt) and a chunk of 256 new tokens over 1024
 (chunked prefill), SmolLM2-135M heads (9/3, D 64) and Llama-3-8B heads (32/8, D 128).
@@ -101,10 +103,10 @@ def tiled(tile_bytes: int) -> Attend:
     return attend
 
 
-def candidates() -> dict[str, Attend]:
+def candidates(dtype: torch.dtype) -> dict[str, Attend]:
     return {
         "sdpa_gqa": _attend_sdpa, "sdpa_repeat": sdpa_repeat,
-        "mat_f32": materialised(torch.float32), "mat_bf16": materialised(torch.bfloat16),
+        "mat_f32": materialised(torch.float32), "mat_half": materialised(dtype),
         "tiled_1mb": tiled(1 << 20), "tiled_4mb": tiled(4 << 20), "tiled_16mb": tiled(16 << 20),
         "shipped": _attend,
     }
@@ -140,9 +142,11 @@ def main() -> None:
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--cases", nargs="+", default=[f"{q}:{kv}" for q, kv in CASES],
                    help="q_len:kv_len pairs")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     p.add_argument("--output-json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
     lines: list[str] = []
 
     def log(line: str) -> None:
@@ -150,7 +154,7 @@ def main() -> None:
         lines.append(line)
 
     load = os.getloadavg()
-    log(f"cpu prefill attention, bf16, {args.threads} thread(s), torch {torch.__version__}, "
+    log(f"cpu prefill attention, {args.dtype}, {args.threads} thread(s), torch {torch.__version__}, "
         f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} "
         "CPUs (a shared machine: CPU time, not wall time)")  # fmt: skip
     rows = []
@@ -158,12 +162,12 @@ def main() -> None:
     for shape in args.shapes:
         h, kvh, d = SHAPES[shape]
         for q_len, kv_len in (tuple(map(int, c.split(":"))) for c in args.cases):
-            q = torch.randn(q_len, h, d, generator=gen).bfloat16()
-            k, v = (torch.randn(kv_len, kvh, d, generator=gen).bfloat16() for _ in range(2))
+            q = torch.randn(q_len, h, d, generator=gen).to(dtype)
+            k, v = (torch.randn(kv_len, kvh, d, generator=gen).to(dtype) for _ in range(2))
             ref = _attend_sdpa(q.float(), k.float(), v.float(), d**-0.5, None)
             row: dict[str, Any] = {"shape": shape, "heads": h, "kv_heads": kvh, "head_dim": d,
                                    "q_len": q_len, "kv_len": kv_len}  # fmt: skip
-            for name, fn in candidates().items():
+            for name, fn in candidates(dtype).items():
                 if name.startswith("mat_") and h * q_len * kv_len * 4 > UNTILED_MAX_BYTES:
                     row[name] = None
                     continue
@@ -186,7 +190,7 @@ def main() -> None:
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "commit": git_commit(), "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "torch": torch.__version__,
-        "config": {"threads": args.threads, "budget_s": args.budget_s, "dtype": "bfloat16",
+        "config": {"threads": args.threads, "budget_s": args.budget_s, "dtype": args.dtype,
                    "timer": "time.process_time, median", "shipped_tile_bytes": SCORE_TILE_BYTES,
                    "shipped_min_tile_gemm_rows": MIN_TILE_GEMM_ROWS},  # fmt: skip
         "rows": rows,
