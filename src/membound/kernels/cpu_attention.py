@@ -16,6 +16,10 @@ buckets of similar length, each gathered separately and kept small:
 
 With a sliding window only the blocks that hold the window are gathered. GQA never repeats
 K/V: a KV head's query heads are that head's query rows.
+
+Prefill in bf16/fp16 materialises the scores in float32, a tile of query rows at a time
+(``_attend_materialised``): torch's SDPA CPU kernel reaches ~10-20 GFLOP/s there, two
+GEMMs per tile 30-70 (benchmarks/kernels/bench_cpu_prefill_attention.py). float32 keeps SDPA.
 """
 
 from __future__ import annotations
