@@ -4,9 +4,9 @@ A CPU decode step streams every weight from memory. With 4 KiB pages that is one
 per 4 KiB: SmolLM2's 0.27 GB of bf16 weights are ~66,000 pages a step, and the page walks
 cost a measurable share of the step. glibc backs its allocations with transparent huge pages
 (2 MiB) when the tunable ``glibc.malloc.hugetlb=1`` is set, and oneDNN's prepacked weights
-are allocated through malloc. Measured on the development machine (a 30-layer SmolLM2 GEMM
-stack streamed cold, one thread): 31.2 / 35.3 ms a step without, 25.8 / 28.0 ms with
-(benchmarks/kernels/bench_cpu_hugepages.py, docs/benchmarks.md run 4).
+are allocated through malloc. Measured on the development machine (SmolLM2's GEMM stack
+streamed cold, benchmarks/kernels/bench_cpu_hugepages.py): 30.9 -> 27.8 ms a step at one
+thread (1.11x), 17.9 -> 14.9 ms at two (1.20x); docs/benchmarks.md run 4.
 
 The tunable is read when the process starts, so it cannot be switched on from inside: the
 ``membound`` command re-executes itself once with it set (``console_main``), and users of the
@@ -73,5 +73,5 @@ def hint() -> str | None:
     if has_tunable(os.environ) or not should_reexec({**os.environ, NO_REEXEC: "0"}):
         return None
     return (f"CPU weights sit in 4 KiB pages: export GLIBC_TUNABLES={TUNABLE} before starting "
-            "Python for transparent huge pages (CPU decode ~15-20% faster here; the "
+            "Python for transparent huge pages (the weights stream 1.1-1.2x faster on the development machine; the "
             "`membound` command sets it itself)")  # fmt: skip
