@@ -111,6 +111,26 @@ class QuantizationMethod:
 _METHODS: dict[str, Callable[[QuantizationConfig], QuantizationMethod]] = {}
 
 
+class QuantizeOnLoad:
+    """Mixin for a method whose checkpoint holds one float ``weight`` that it quantizes while
+    loading: ``quantize_rows(layer, weight, rows)`` (the method's own) does the work on the
+    rows of a (fused) weight; ``device_param`` names the parameter whose device the float
+    weight is moved to first."""
+
+    device_param = "weight"
+
+    def checkpoint_specs(self, input_size: int, output_size: int) -> dict[str, TensorSpec]:
+        return {"weight": spec((output_size, input_size))}
+
+    def load(
+        self, layer: nn.Module, suffix: str, loaded: torch.Tensor, rows: tuple[int, int], name: str
+    ) -> None:
+        if suffix != "weight":
+            raise KeyError(name)
+        check_kind(loaded, ("float",), name)
+        self.quantize_rows(layer, on_device(layer, loaded, self.device_param), rows)  # type: ignore[attr-defined]
+
+
 def register_method(
     name: str,
 ) -> Callable[[type[QuantizationMethod]], type[QuantizationMethod]]:

@@ -38,6 +38,7 @@ from membound.kernels.cpu_quant_linear import (
 )
 from membound.kernels.int4_gemm import int4_gemm_ref
 from membound.layers.quantization.base import (
+    QuantizeOnLoad,
     TensorSpec,
     check_kind,
     copy_slice,
@@ -98,21 +99,10 @@ class GGUFInt4LinearMethod(Int4LinearMethod):
 
 
 @register_method("gguf_int8")
-class GGUFInt8LinearMethod(Int8LinearMethod):
+class GGUFInt8LinearMethod(QuantizeOnLoad, Int8LinearMethod):
     """Weight-only int8, per output row, quantized from the dequantized GGUF weight."""
 
     name = "gguf_int8"
-
-    def checkpoint_specs(self, input_size: int, output_size: int) -> dict[str, TensorSpec]:
-        return {"weight": spec((output_size, input_size))}
-
-    def load(
-        self, layer: nn.Module, suffix: str, loaded: torch.Tensor, rows: tuple[int, int], name: str
-    ) -> None:
-        if suffix != "weight":
-            raise KeyError(name)
-        check_kind(loaded, ("float",), name)
-        self.quantize_rows(layer, on_device(layer, loaded, "weight"), rows)
 
     def quantize_rows(self, layer: nn.Module, weight: torch.Tensor, rows: tuple[int, int]) -> None:
         """Per row, against the scale as the kernel will read it (bf16 in a bf16 model)."""

@@ -46,15 +46,13 @@ from membound.kernels.int4_gemm import (
 )
 from membound.layers.quantization.base import (
     QuantizationMethod,
-    TensorSpec,
+    QuantizeOnLoad,
     check_kind,
     copy_slice,
     flatten_tokens,
     new_param,
-    on_device,
     register_method,
     require_multiple,
-    spec,
 )
 
 QMAX = 15
@@ -75,8 +73,10 @@ def quantize_int4_rtn(
     return q, scales, zeros.to(torch.uint8)
 
 
-class Int4LinearMethod(QuantizationMethod):
+class Int4LinearMethod(QuantizeOnLoad, QuantizationMethod):
     """The stored layout and compute of every 4-bit weight-only method."""
+
+    device_param = "qweight"  # a float checkpoint weight is quantized on qweight's device
 
     def group_size(self, input_size: int) -> int:
         assert self.config is not None
@@ -94,17 +94,6 @@ class Int4LinearMethod(QuantizationMethod):
         new_param(layer, "zeros", (input_size // g, out), torch.uint8)
         layer.register_buffer("perm", None, persistent=False)
         layer.group_size = g
-
-    def checkpoint_specs(self, input_size: int, output_size: int) -> dict[str, TensorSpec]:
-        return {"weight": spec((output_size, input_size))}
-
-    def load(
-        self, layer: nn.Module, suffix: str, loaded: torch.Tensor, rows: tuple[int, int], name: str
-    ) -> None:
-        if suffix != "weight":
-            raise KeyError(name)
-        check_kind(loaded, ("float",), name)
-        self.quantize_rows(layer, on_device(layer, loaded, "qweight"), rows)
 
     def quantize_rows(self, layer: nn.Module, weight: torch.Tensor, rows: tuple[int, int]) -> None:
         q, s, z = quantize_int4_rtn(weight.to(layer.qweight.device), layer.group_size)
