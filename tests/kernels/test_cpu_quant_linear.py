@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from membound.kernels.cpu_quant_linear import (
-    SMALL_BATCH,
+    INT4_KERNEL_MAX_ROWS,
+    INT8_KERNEL_MAX_ROWS,
     dequantize_int4_cpu,
     has_cpu_quant_kernels,
     int4_cpu_linear,
@@ -29,7 +30,7 @@ def close(got: torch.Tensor, ref: torch.Tensor, rel: float = 2e-2) -> None:
     assert err <= rel * ref.abs().max().item(), (err, ref.abs().max().item())
 
 
-@pytest.mark.parametrize("rows", [1, 3, SMALL_BATCH + 5])
+@pytest.mark.parametrize("rows", [1, 3, INT8_KERNEL_MAX_ROWS + 5])
 @pytest.mark.parametrize("shape", [(64, 96), (192, 128)])
 def test_int8_weight_only_matches_reference(rows: int, shape: tuple[int, int]) -> None:
     n, k = shape
@@ -46,7 +47,7 @@ def int4_case(n: int, k: int, g: int) -> tuple[torch.Tensor, ...]:
     return q.t().contiguous(), s.t().contiguous(), z.t().contiguous()  # membound: [K, N]
 
 
-@pytest.mark.parametrize("rows", [1, 4, SMALL_BATCH + 3])
+@pytest.mark.parametrize("rows", [1, 4, INT4_KERNEL_MAX_ROWS, INT4_KERNEL_MAX_ROWS + 3])
 @pytest.mark.parametrize(("n", "k", "g"), [(64, 64, 32), (128, 192, 64), (192, 256, 128)])
 def test_int4_cpu_matches_reference(rows: int, n: int, k: int, g: int) -> None:
     q, s, z = int4_case(n, k, g)

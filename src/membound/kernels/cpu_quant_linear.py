@@ -12,13 +12,17 @@ bytes, 4-bit a quarter. torch ships CPU kernels that dequantize inside the produ
 Both are fast only with bf16 activations on this hardware (fp32 and fp16 activations run
 10-300x slower), so the int8 / int4 layer methods use them in bf16 models only (fp32 models
 keep the reference numerics); ``to_kernel_dtype`` casts other inputs for direct callers.
-They are GEMV kernels, their cost grows with every row: for more than ``SMALL_BATCH`` rows
-(prefill) the layer dequantizes to bf16 once per call and runs the bf16 GEMM instead. Measured
+They are GEMV kernels, their cost grows with every row: above ``INT8_KERNEL_MAX_ROWS`` /
+``INT4_KERNEL_MAX_ROWS`` rows the layer dequantizes to bf16 once per call and runs the bf16
+GEMM instead. The thresholds are where the kernel stops beating dequantize + GEMM
+(benchmarks/kernels/bench_cpu_quant_crossover.py, benchmarks/results/cpu_quant_crossover.json,
+SmolLM2 shapes, one thread): INT8 between 16 and 32 rows, INT4 between 64 and 96 (at 64 rows
+2.8 ms against 3.9 for gate_up). Measured
 (benchmarks/results/cpu_kernels_bf16_quant.json, one thread, a loaded machine): at 1 token
 INT8 is 1.5x and INT4 3.6x faster than the prepacked bf16 GEMM (geometric means over SmolLM2
 and TinyLlama shapes), at 8 tokens both are already slower than it (0.4x / 0.6x), and the
 dequantize path at 64 tokens is far slower than bf16 (it rewrites the whole weight per call):
-quantized weights pay at batch 1 and cost at larger batches. ``SMALL_BATCH`` is not tuned.
+quantized weights pay at batch 1 and cost at larger batches.
 
 membound's INT4 layout (kernels/int4_gemm.py: asymmetric, integer zero points z) maps onto
 the kernel's with ``(q - z) * s = (q - 8) * s + (8 - z) * s``. The packed INT4 layout is
@@ -33,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 KERNEL_DTYPE = torch.bfloat16
-SMALL_BATCH = 16  # rows up to which the packed kernels beat dequantize + bf16 GEMM
+INT8_KERNEL_MAX_ROWS = 16  # rows up to which each packed kernel beats dequantize + bf16 GEMM
+INT4_KERNEL_MAX_ROWS = 64  # (benchmarks/results/cpu_quant_crossover.json)
 INT4_BLOCK_N = 64  # output rows per block of torch's CPU int4 layout
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 
@@ -56,7 +61,7 @@ def int8_weight_only_linear(
 ) -> torch.Tensor:
     """x [M, K] -> [M, N] bf16; weight [N, K] int8, scales [N] bf16."""
     x = to_kernel_dtype(x)
-    if x.shape[0] > SMALL_BATCH:
+    if x.shape[0] > INT8_KERNEL_MAX_ROWS:
         return F.linear(x, weight.to(KERNEL_DTYPE) * scales[:, None])
     return torch.ops.aten._weight_int8pack_mm(x, weight, scales)
 
@@ -118,7 +123,7 @@ def int4_cpu_linear(
 ) -> torch.Tensor:
     """x [M, K] -> [M, N] bf16 through the packed kernel (few rows) or dequantize + GEMM."""
     x = to_kernel_dtype(x)
-    if x.shape[0] > SMALL_BATCH:
+    if x.shape[0] > INT4_KERNEL_MAX_ROWS:
         return F.linear(x, dequantize_int4_cpu(packed, scales_and_zeros, group_size))
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros)
 

@@ -20,7 +20,7 @@ weight and each output row is requantized symmetric int8 with one scale (lossy; 
 is measured in benchmarks/results/gguf/). Stored and computed as int8.py's weight-only path:
 ``weight`` int8 ``[out, in]``, ``weight_scale`` ``[out]``; the CPU backend in a bf16 model
 runs ``_weight_int8pack_mm`` (kernels/cpu_quant_linear.py, dequantize + GEMM above
-``SMALL_BATCH`` rows), every other case ``int8_weight_only_linear_ref``. Activations are
+``INT8_KERNEL_MAX_ROWS`` rows), every other case ``int8_weight_only_linear_ref``. Activations are
 never quantized.
 """
 
