@@ -14,7 +14,7 @@ from membound.kernels.contract import (
     kernel_ops,
     select_kernel_backend,
 )
-from membound.kernels.cpu_attention import DecodePlan, decode_bytes_per_token
+from membound.kernels.cpu_attention import DecodePlan
 from membound.layers.attention.layer import Attention
 from membound.layers.attention.metadata import build_attention_metadata
 from membound.layers.norm import RMSNorm
@@ -89,7 +89,7 @@ def test_layer_matches_reference_layer_on_a_mixed_step(
             assert md.decode is not None
             md.backend_decode = ops.plan_decode(
                 block_tables=md.decode.block_tables, seq_lens=md.decode.seq_lens, block_size=bs,
-                sliding_window=window, bytes_per_token=decode_bytes_per_token(caches[0]),
+                sliding_window=window, kv_cache=caches[0],
             )
             assert isinstance(md.backend_decode, DecodePlan)
         for cache in caches:  # two layers, each with its own cache, one metadata

@@ -162,3 +162,29 @@ def test_store_kv(native, dtype: torch.dtype) -> None:
     with pytest.raises(RuntimeError, match="past the cache"):
         native.store_kv(k, v, cache, torch.tensor([0, 1, 2, 3, 64]))
     assert torch.equal(cache, ref)  # nothing written
+
+
+def test_decode_plan_is_built_once_for_the_kernel_that_serves_the_step(native) -> None:
+    from membound.kernels.cpu_attention import DecodePlan
+
+    ops = CpuOps(native=native)
+    q, cache, tables, seq_lens = _paged_case(torch.bfloat16, [9, 40], 64)
+    plan = ops.plan_decode(block_tables=tables, seq_lens=seq_lens, block_size=16,
+                           sliding_window=None, kv_cache=cache)  # fmt: skip
+    assert isinstance(plan, cpu_native.NativeDecodePlan)
+    assert plan.seq_lens.dtype == plan.block_tables.dtype and plan.block_tables.is_contiguous()
+    kw = {"query": q, "kv_cache": cache, "block_tables": tables, "seq_lens": seq_lens,
+          "scale": 0.125, "sliding_window": None, "num_splits": None, "out": None,
+          "k_scale": 1.0, "v_scale": 1.0}  # fmt: skip
+    torch.testing.assert_close(ops.decode_attention(plan=plan, **kw),
+                               ops.decode_attention(plan=None, **kw))  # fmt: skip
+    # a float32 cache keeps the torch path and its length buckets; a native plan handed to it
+    # is ignored, not misread
+    q32, c32 = q.float(), cache.float()
+    plan32 = ops.plan_decode(block_tables=tables, seq_lens=seq_lens, block_size=16,
+                             sliding_window=None, kv_cache=c32)  # fmt: skip
+    assert isinstance(plan32, DecodePlan)
+    ref = paged_decode_attention_ref(q32, c32, tables, seq_lens, 0.125)
+    for p in (plan32, plan):
+        out = ops.decode_attention(**{**kw, "query": q32, "kv_cache": c32, "plan": p})
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

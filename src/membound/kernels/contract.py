@@ -63,8 +63,9 @@ class KernelOps(Protocol):
         (an FP8 cache stores K / k_scale and V / v_scale; kernels/kv_quant.py)."""
 
     def plan_decode(self, *, block_tables: Tensor, seq_lens: Tensor, block_size: int,
-                    sliding_window: int | None, bytes_per_token: int) -> object | None:  # fmt: skip
-        """This backend's per-step decode metadata (None: it needs none)."""
+                    sliding_window: int | None, kv_cache: Tensor) -> object | None:  # fmt: skip
+        """This backend's per-step decode metadata (None: it needs none). ``kv_cache``: one
+        layer's cache (every layer's has its dtype and shape)."""
 
     def decode_attention(
         self, *, query: Tensor, kv_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
@@ -119,7 +120,7 @@ class TorchOps:
                               v_scale=v_scale)  # fmt: skip
 
     def plan_decode(self, *, block_tables: Tensor, seq_lens: Tensor, block_size: int,
-                    sliding_window: int | None, bytes_per_token: int) -> object | None:  # fmt: skip
+                    sliding_window: int | None, kv_cache: Tensor) -> object | None:  # fmt: skip
         return None
 
     def decode_attention(
@@ -231,10 +232,13 @@ class CpuOps(TorchOps):
         return query, key
 
     def plan_decode(self, *, block_tables: Tensor, seq_lens: Tensor, block_size: int,
-                    sliding_window: int | None, bytes_per_token: int) -> object | None:  # fmt: skip
-        return cpu_attention.plan_decode(
-            block_tables, seq_lens, block_size, sliding_window, bytes_per_token
-        )
+                    sliding_window: int | None, kv_cache: Tensor) -> object | None:  # fmt: skip
+        """The native kernel's index tensors where it will serve the step (a bf16/fp16 cache),
+        else the torch path's length buckets; built once per step for every layer."""
+        if self._native_for(kv_cache) is not None:
+            return cpu_native.NativeDecodePlan.build(block_tables, seq_lens)
+        return cpu_attention.plan_decode(block_tables, seq_lens, block_size, sliding_window,
+                                         cpu_attention.decode_bytes_per_token(kv_cache))  # fmt: skip
 
     def decode_attention(
         self, *, query: Tensor, kv_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
@@ -243,12 +247,14 @@ class CpuOps(TorchOps):
     ) -> Tensor:
         native = self._native_for(query)
         if native is not None and kv_cache.dtype == query.dtype and query.stride(-1) == 1:
+            if not isinstance(plan, cpu_native.NativeDecodePlan):
+                plan = cpu_native.NativeDecodePlan.build(block_tables, seq_lens)
             out = torch.empty_like(query) if out is None else out
-            lens = seq_lens.to(block_tables.dtype)
             # an unquantized cache has no scales to fold (both 1.0)
-            return native.decode_attention(query, kv_cache, block_tables.contiguous(),
-                                           lens.contiguous(), scale, sliding_window or 0, out)  # fmt: skip
-        assert plan is None or isinstance(plan, cpu_attention.DecodePlan)
+            return native.decode_attention(query, kv_cache, plan.block_tables, plan.seq_lens,
+                                           scale, sliding_window or 0, out)  # fmt: skip
+        if not isinstance(plan, cpu_attention.DecodePlan):
+            plan = None  # built for the native kernel: the torch path plans for itself
         return cpu_attention.paged_decode_attention_cpu(
             query, kv_cache, block_tables, seq_lens, scale, sliding_window, num_splits, out,
             k_scale=k_scale, v_scale=v_scale, plan=plan,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -89,3 +90,16 @@ def load_native_cpu_kernels() -> ModuleType | None:
 def uses_native(x: torch.Tensor) -> bool:
     """Whether ``CpuOps`` sends an op on ``x`` to the native kernels (bf16/fp16 on CPU)."""
     return x.is_cpu and x.dtype in NATIVE_DTYPES
+
+
+@dataclass(frozen=True)
+class NativeDecodePlan:
+    """The native decode kernel's per-step inputs, converted once for every layer: the block
+    tables contiguous, the lengths in the tables' integer type."""
+
+    block_tables: torch.Tensor
+    seq_lens: torch.Tensor
+
+    @classmethod
+    def build(cls, block_tables: torch.Tensor, seq_lens: torch.Tensor) -> NativeDecodePlan:
+        return cls(block_tables.contiguous(), seq_lens.to(block_tables.dtype).contiguous())

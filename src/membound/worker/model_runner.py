@@ -15,7 +15,6 @@ from torch import nn
 
 from membound.core.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
 from membound.kernels.contract import KernelOps
-from membound.kernels.cpu_attention import decode_bytes_per_token
 from membound.layers.attention.metadata import AttentionMetadata
 from membound.layers.sampler import Sampler, prompt_logprobs
 from membound.layers.sampling_metadata import make_generator
@@ -70,7 +69,6 @@ class ModelRunner:
             max_num_seqs, max_model_len, block_size, vocab_size, device, sliding_window,
             make_generator(seed, device),
         )
-        self._bytes_per_token = decode_bytes_per_token(kv_caches[0]) if kv_caches else 0
 
     def _forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata
@@ -95,10 +93,10 @@ class ModelRunner:
             self._add_request(new)
         inputs = self.input_batch.prepare(sched, self.states, token_bitmasks)
         d = inputs.attn.decode
-        if d is not None:  # the backend's own decode metadata: once per step, for all layers
+        if d is not None and self.kv_caches:  # the backend's decode metadata: once a step
             inputs.attn.backend_decode = self.ops.plan_decode(
                 block_tables=d.block_tables, seq_lens=d.seq_lens, block_size=self.block_size,
-                sliding_window=self.sliding_window, bytes_per_token=self._bytes_per_token,
+                sliding_window=self.sliding_window, kv_cache=self.kv_caches[0],
             )
         return inputs
 
