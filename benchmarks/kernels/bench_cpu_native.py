@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import git_commit
+from common import cpu_ms_per_call, git_commit
 
 from membound.kernels.activation import silu_and_mul_ref
 from membound.kernels.cpu_attention import (
@@ -41,15 +39,7 @@ HIDDEN, INTER, HEADS, KV_HEADS, HEAD_DIM, BLOCK = 576, 1536, 9, 3, 64, 16
 
 
 def per_call_us(fn: Callable[[], Any], reps: int) -> float:
-    for _ in range(3):
-        fn()
-    samples = []
-    for _ in range(5):
-        start = time.process_time()
-        for _ in range(reps):
-            fn()
-        samples.append((time.process_time() - start) / reps * 1e6)
-    return statistics.median(samples)
+    return cpu_ms_per_call(fn, reps) * 1e3
 
 
 def rotate_both(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):

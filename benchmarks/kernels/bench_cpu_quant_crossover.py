@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import git_commit
+from common import cpu_ms_per_call, git_commit
 
 from membound.kernels import cpu_quant_linear as q
 
@@ -30,15 +28,7 @@ GROUP = 64
 
 
 def ms(fn: Callable[[], object], reps: int = 10) -> float:
-    for _ in range(2):
-        fn()
-    samples = []
-    for _ in range(5):
-        start = time.process_time()
-        for _ in range(reps):
-            fn()
-        samples.append((time.process_time() - start) / reps * 1e3)
-    return statistics.median(samples)
+    return cpu_ms_per_call(fn, reps, warmup=2)
 
 
 def int8_dequant_gemm(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,23 @@ def time_ms(fn: Callable[[], Any], warmup: int = 5, iters: int = 20) -> float:
     return times[len(times) // 2]
 
 
+def cpu_ms_per_call(fn: Callable[[], Any], reps: int, warmup: int = 3, repeats: int = 5) -> float:
+    """Median CPU milliseconds of this process per call of ``fn`` (``time.process_time``:
+    at one thread, robust to other processes on a shared machine, unlike wall time)."""
+    import statistics
+    import time
+
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.process_time()
+        for _ in range(reps):
+            fn()
+        samples.append((time.process_time() - start) / reps * 1e3)
+    return statistics.median(samples)
+
+
 def copy_bandwidth_gbs(num_bytes: int = 2 * 1024**3) -> float:
     """Measured device-to-device copy bandwidth (bytes read + bytes written per second): the
     ceiling a memory-bound kernel is compared against, rather than the datasheet peak."""
