@@ -52,8 +52,9 @@ def build_native_cpu_kernels(verbose: bool = False) -> ModuleType:
     from torch.utils import cpp_extension
 
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
-    # torch builds under <root>/<python+device tag>/<name>/: one level, not a tree walk
-    if not any(root.glob(f"*/{EXTENSION_NAME}/*.so")):  # a first build: say why we wait
+    # torch builds in $TORCH_EXTENSIONS_DIR/<name>/, else <default root>/<py+device tag>/<name>/
+    built = [*root.glob(f"{EXTENSION_NAME}/*.so"), *root.glob(f"*/{EXTENSION_NAME}/*.so")]
+    if not built:  # a first build: say why we wait
         logger.warning("compiling membound's native CPU kernels for this machine (once, about "
                        "a minute; cached under %s)", root)  # fmt: skip
     start = time.perf_counter()
