@@ -188,3 +188,70 @@ def test_decode_plan_is_built_once_for_the_kernel_that_serves_the_step(native) -
     for p in (plan32, plan):
         out = ops.decode_attention(**{**kw, "query": q32, "kv_cache": c32, "plan": p})
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def _prefill_case(q_lens: list[int], lens: list[int], heads: int, kv_heads: int, head_dim: int,
+                  block_size: int = 16):  # fmt: skip
+    g = torch.Generator().manual_seed(sum(lens) + head_dim)
+    max_blocks = max(-(-n // block_size) for n in lens)
+    num_blocks = len(lens) * max_blocks + 3
+    cache = torch.randn(2, num_blocks, block_size, kv_heads, head_dim, generator=g).bfloat16()
+    tables = torch.randperm(num_blocks, generator=g)[: len(lens) * max_blocks]
+    starts = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()])
+    q = torch.randn(int(starts[-1]), heads, head_dim, generator=g).bfloat16()
+    return q, cache, tables.view(len(lens), max_blocks), starts, torch.tensor(lens)
+
+
+@pytest.mark.parametrize(
+    ("q_lens", "lens", "heads", "kv_heads", "head_dim", "window"),
+    [
+        ([5], [5], 9, 3, 64, 0),  # one short prompt
+        ([3, 100, 64, 0], [10, 230, 64, 7], 9, 3, 64, 0),  # chunks after cached context; a
+        ([200], [500], 9, 3, 64, 37),  # sliding window       decode-only sequence (no rows)
+        ([33, 7], [33, 300], 8, 8, 128, 0),  # MHA, two 64-wide head slices
+        ([129], [129], 32, 4, 128, 0),  # TinyLlama's heads: 8 queries per KV head
+    ],
+)
+def test_prefill_attention(native, q_lens, lens, heads, kv_heads, head_dim, window) -> None:
+    """Against the float32 reference on the same bf16 inputs: within bf16 rounding (the
+    kernel keeps float32 scores; P is rounded to bf16 for the second GEMM)."""
+    from membound.kernels.prefill_attention import prefill_attention_ref
+
+    if not native.prefill_supported(head_dim):
+        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX / AVX512-BF16)")
+    q, cache, tables, starts, seq_lens = _prefill_case(q_lens, lens, heads, kv_heads, head_dim)
+    scale = head_dim**-0.5
+    ref = prefill_attention_ref(q.float(), cache.float(), tables, starts, seq_lens, scale,
+                                window or None)  # fmt: skip
+    out = torch.full_like(q, float("nan"))
+    native.prefill_attention(q, cache, tables, starts, seq_lens, scale, window, out)
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_prefill_attention_refuses_bad_input(native) -> None:
+    q, cache, tables, starts, seq_lens = _prefill_case([8], [8], 9, 3, 64)
+    out = torch.empty_like(q)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        native.prefill_attention(q.float(), cache, tables, starts, seq_lens, 0.1, 0, out)
+    with pytest.raises(RuntimeError, match="disagree"):  # more keys than the table holds
+        native.prefill_attention(q, cache, tables, starts, seq_lens + 64, 0.1, 0, out)
+    with pytest.raises(RuntimeError, match="int64"):
+        native.prefill_attention(q, cache, tables.int(), starts, seq_lens, 0.1, 0, out)
+    assert not native.prefill_supported(40)  # head_dim must be a multiple of 64
+
+
+def test_cpu_ops_route_bf16_prefill_to_native(native) -> None:
+    """CpuOps sends bf16 prefill with a bf16 cache to the kernel (int32 tables converted) and
+    float32 to the torch path; both agree with the reference."""
+    from membound.kernels.prefill_attention import prefill_attention_ref
+
+    q, cache, tables, starts, seq_lens = _prefill_case([3, 40], [20, 40], 9, 3, 64)
+    ops = CpuOps(native=native)
+    kw = {"block_tables": tables.int(), "query_start_loc": starts.int(), "seq_lens": seq_lens.int(),
+          "scale": 0.125, "sliding_window": None, "max_query_len": 40, "out": None,
+          "k_scale": 1.0, "v_scale": 1.0}  # fmt: skip
+    ref = prefill_attention_ref(q.float(), cache.float(), tables, starts, seq_lens, 0.125)
+    torch.testing.assert_close(ops.prefill_attention(query=q, kv_cache=cache, **kw).float(), ref,
+                               rtol=2e-2, atol=2e-2)  # fmt: skip
+    torch.testing.assert_close(ops.prefill_attention(query=q.float(), kv_cache=cache.float(), **kw),
+                               ref, rtol=1e-5, atol=1e-5)  # fmt: skip

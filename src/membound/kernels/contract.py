@@ -265,6 +265,14 @@ class CpuOps(TorchOps):
         query_start_loc: Tensor, seq_lens: Tensor, scale: float, sliding_window: int | None,
         max_query_len: int, out: Tensor | None, k_scale: float, v_scale: float,
     ) -> Tensor:
+        native = self._native_for(query)
+        if (native is not None and query.dtype == torch.bfloat16 and kv_cache.dtype == query.dtype
+                and query.stride(-1) == 1 and native.prefill_supported(query.shape[-1])):  # fmt: skip
+            out = torch.empty_like(query) if out is None else out
+            # an unquantized cache has no scales to fold (both 1.0)
+            return native.prefill_attention(
+                query, kv_cache, block_tables.long().contiguous(), query_start_loc.long(),
+                seq_lens.long(), scale, sliding_window or 0, out)  # fmt: skip
         return cpu_attention.prefill_attention_cpu(
             query, kv_cache, block_tables, query_start_loc, seq_lens, scale, sliding_window,
             max_query_len, out, k_scale=k_scale, v_scale=v_scale,

@@ -10,15 +10,18 @@
 // float32, round to the input dtype, multiply by the weight in the input dtype).
 
 #include <torch/extension.h>
+#include <ATen/native/CPUBlas.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -136,6 +139,23 @@ inline float dot(const float* __restrict a, const float* __restrict b, int64_t n
 #endif
 
 #if defined(__AVX512F__)
+// exp_f on 16 lanes (the same reduction and polynomial; 2^n applied with scalef).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, n);
+}
+
 // The horizontal sums of 16 vectors as one vector (lane t = the sum of v[t]'s lanes): a
 // transpose-and-add tree instead of 16 separate reductions.
 inline __m512 hsum16(const __m512* v) {
@@ -188,6 +208,42 @@ inline void block_scores(const float* q, int64_t G, int64_t D, const T* kb, int6
     for (int64_t g = 0; g < G; ++g) scores[g * ld + t] = dot(q + g * D, kbuf, D);
   }
 }
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+// block_scores for bf16 K rows against bf16 queries, with the CPU's bf16 dot-product
+// instruction (pairs of bf16 products summed into float32 lanes): no conversion of K to
+// float32 at all. q: G queries of D bf16 (D % 32 == 0), unscaled; scores come out times
+// ``scale``.
+inline void block_scores_bf16(const c10::BFloat16* q, int64_t G, int64_t D,
+                              const c10::BFloat16* kb, int64_t s_tok, int64_t nt, float scale,
+                              float* scores, int64_t ld) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t c0 = 0; c0 < nt; c0 += 16) {
+    const int64_t n = std::min<int64_t>(16, nt - c0);
+    for (int64_t g = 0; g < G; ++g) {
+      const c10::BFloat16* qg = q + g * D;
+      __m512 v[16];
+      for (int64_t t = 0; t < 16; ++t) {
+        __m512 acc = _mm512_setzero_ps();
+        if (t < n) {
+          const c10::BFloat16* kr = kb + (c0 + t) * s_tok;
+          for (int64_t c = 0; c < D; c += 32)
+            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(qg + c),
+                                   (__m512bh)_mm512_loadu_si512(kr + c));
+        }
+        v[t] = acc;
+      }
+      _mm512_mask_storeu_ps(scores + g * ld + c0, static_cast<__mmask16>((1u << n) - 1u),
+                            _mm512_mul_ps(hsum16(v), vscale));
+    }
+  }
+}
+constexpr bool kBf16Dot = true;
+#else
+inline void block_scores_bf16(const c10::BFloat16*, int64_t, int64_t, const c10::BFloat16*,
+                              int64_t, int64_t, float, float*, int64_t) {}
+constexpr bool kBf16Dot = false;
+#endif
 
 #if defined(__AVX512F__)
 template <typename T>
@@ -257,6 +313,38 @@ inline void accumulate_v(float* acc, const float* scores, int64_t ld, const T* v
 }
 
 // ---------------------------------------------------------------------------------------
+// The online-softmax update of one query over n new scores: the running max m moves to
+// cover them, s[t] = exp(s[t] - max) in place; returns (correction of the old sums, sum).
+inline std::pair<float, float> softmax_update(float* __restrict s, int64_t n, float& m) {
+#if defined(__AVX512F__)
+  __m512 vmax = _mm512_set1_ps(m);
+  for (int64_t t = 0; t < n; t += 16) {
+    const __mmask16 k = static_cast<__mmask16>(n - t >= 16 ? 0xFFFFu : (1u << (n - t)) - 1u);
+    vmax = _mm512_mask_max_ps(vmax, k, vmax, _mm512_maskz_loadu_ps(k, s + t));
+  }
+  const float bmax = _mm512_reduce_max_ps(vmax);
+  const __m512 vb = _mm512_set1_ps(bmax);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t t = 0; t < n; t += 16) {
+    const __mmask16 k = static_cast<__mmask16>(n - t >= 16 ? 0xFFFFu : (1u << (n - t)) - 1u);
+    const __m512 e = _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + t), vb)));
+    _mm512_mask_storeu_ps(s + t, k, e);
+    vsum = _mm512_add_ps(vsum, e);
+  }
+  const float sum = _mm512_reduce_add_ps(vsum);
+#else
+  float bmax = m;
+  for (int64_t t = 0; t < n; ++t) bmax = std::max(bmax, s[t]);
+#pragma omp simd
+  for (int64_t t = 0; t < n; ++t) s[t] = exp_f(s[t] - bmax);
+  float sum = 0.f;
+  for (int64_t t = 0; t < n; ++t) sum += s[t];
+#endif
+  const float corr = std::exp(m - bmax);  // exp(-inf) = 0 on the first block
+  m = bmax;
+  return {corr, sum};
+}
+
 // Decode attention over the paged cache, read in place.
 //
 // query [S, H, D]; kv_cache [2, num_blocks, block_size, KVH, D]; block_tables [S, max_blocks]
@@ -282,9 +370,12 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
   const int64_t qs0 = query.stride(0), qs1 = query.stride(1);
   const int64_t os0 = out.stride(0), os1 = out.stride(1);
   const float fscale = static_cast<float>(scale);
+  // bf16 scores through the bf16 dot-product instruction where the CPU has it
+  const bool bf16_dot = kBf16Dot && std::is_same_v<T, c10::BFloat16> && D % 32 == 0;
 
   at::parallel_for(0, S * KVH, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> q(G * D), acc(G * D), krow(D), kbuf(16 * D), scores(G * BS), m(G), l(G);
+    std::vector<T> qb(G * D);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / KVH, kvh = task % KVH;
       const int64_t len = static_cast<int64_t>(lens[s]);
@@ -295,9 +386,16 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
         continue;
       }
       const int64_t first = sliding_window > 0 ? std::max<int64_t>(0, len - sliding_window) : 0;
-      for (int64_t g = 0; g < G; ++g) {
-        load_f(q_ptr + s * qs0 + (kvh * G + g) * qs1, q.data() + g * D, D);
-        for (int64_t d = 0; d < D; ++d) q[g * D + d] *= fscale;
+      const c10::BFloat16* q_bf16 = nullptr;
+      if (bf16_dot) {  // the queries as they are (the scale applies to the scores)
+        for (int64_t g = 0; g < G; ++g)
+          std::memcpy(qb.data() + g * D, q_ptr + s * qs0 + (kvh * G + g) * qs1, D * sizeof(T));
+        q_bf16 = reinterpret_cast<const c10::BFloat16*>(qb.data());
+      } else {
+        for (int64_t g = 0; g < G; ++g) {
+          load_f(q_ptr + s * qs0 + (kvh * G + g) * qs1, q.data() + g * D, D);
+          for (int64_t d = 0; d < D; ++d) q[g * D + d] *= fscale;
+        }
       }
       std::fill(acc.begin(), acc.end(), 0.f);
       std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
@@ -320,19 +418,16 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
               __builtin_prefetch(nv + t * s_tok * static_cast<int64_t>(sizeof(T)) + o);
             }
         }
-        block_scores(q.data(), G, D, kb + (t0 - b * BS) * s_tok, s_tok, nt, kbuf.data(),
-                     scores.data(), BS);
+        if (bf16_dot)
+          block_scores_bf16(q_bf16, G, D, reinterpret_cast<const c10::BFloat16*>(kb) + (t0 - b * BS) * s_tok,
+                            s_tok, nt, fscale, scores.data(), BS);
+        else
+          block_scores(q.data(), G, D, kb + (t0 - b * BS) * s_tok, s_tok, nt, kbuf.data(),
+                       scores.data(), BS);
         for (int64_t g = 0; g < G; ++g) {
-          float bmax = m[g];
-          for (int64_t t = 0; t < nt; ++t) bmax = std::max(bmax, scores[g * BS + t]);
-          const float corr = std::exp(m[g] - bmax);  // exp(-inf) = 0 on the first block
-          float* sg = scores.data() + g * BS;
-#pragma omp simd
-          for (int64_t t = 0; t < nt; ++t) sg[t] = exp_f(sg[t] - bmax);
-          float sum = 0.f;
-          for (int64_t t = 0; t < nt; ++t) sum += sg[t];
+          const auto [corr, sum] = softmax_update(scores.data() + g * BS, nt, m[g]);
           l[g] = l[g] * corr + sum;
-          m[g] = bmax;
+          if (corr == 1.f) continue;  // the max did not move
           float* a = acc.data() + g * D;
 #pragma omp simd
           for (int64_t d = 0; d < D; ++d) a[d] *= corr;
@@ -567,6 +662,241 @@ void store_kv(const at::Tensor& key, const at::Tensor& value, at::Tensor kv_cach
   }
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Prefill / extend attention over the paged cache, bf16, flash-style on the CPU's matrix
+// units through torch's batch-reduce GEMM (at::native::cpublas::brgemm: oneDNN's ukernel,
+// bf16 x bf16 -> float32, AMX where the CPU has it; usable only where
+// cpublas::could_pack(bf16), which the caller checks through ``prefill_supported``).
+//
+// query [T, H, D]: the new tokens of every sequence, packed (sequence s owns rows
+// [query_start_loc[s], query_start_loc[s+1])); seq_lens [S]: keys per sequence, the new ones
+// included (they are already in the cache), so the new tokens sit at positions
+// [len - q_len, len). kv_cache [2, N, B, KVH, D]; block_tables [S, max_blocks]; all indices
+// int64. Row i of a sequence sees keys [max(0, pos - window + 1), pos] (window 0: all).
+//
+// Two phases, each parallel:
+//  1. per (sequence, KV head, chunk of PF_KC keys): K^T and V gathered from the cache and
+//     packed into the GEMM's operand layout (VNNI), zero past the last key;
+//  2. per (sequence, KV head, tile of query tokens): the tile's G heads x tokens rows are one
+//     GEMM operand (M = G * tile rows); per visible key chunk S = Q K^T (float32), scale,
+//     mask, an online-softmax update (running max and sum per row, the output rescaled), P
+//     rounded to bf16 and O += P V (float32); finally O / sum, stored as bf16.
+// Numerics: float32 scores and accumulation, P in bf16 for the second GEMM (as flash
+// attention kernels do); the torch path it replaces is within bf16 rounding of it.
+constexpr int64_t PF_KC = 64;       // keys per packed chunk (the ukernel's largest packed N)
+constexpr int64_t PF_DS = 64;       // head-dim slice of the P @ V GEMM (its N)
+constexpr int64_t PF_ROWS = 128;    // target GEMM rows per query tile (G heads x tokens)
+
+bool prefill_supported(int64_t head_dim) {
+  return head_dim % PF_DS == 0 && head_dim <= 512 &&
+         at::native::cpublas::could_pack(at::kBFloat16);
+}
+
+// One query row's online-softmax update over a chunk of PF_KC scores: the visible scores
+// [lo, hi) scaled, the row's running max m moved to cover them, sr[j] = exp(score - max)
+// (0 outside [lo, hi)), written to pr as bf16; returns (correction of the old sums, sum).
+template <int64_t KC>
+inline std::pair<float, float> chunk_row_softmax(float* __restrict sr, at::BFloat16* __restrict pr,
+                                                 int64_t lo, int64_t hi, float fscale, float& m) {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  static_assert(KC % 16 == 0, "whole vectors");
+  constexpr int64_t NV = KC / 16;
+  __m512 x[NV];
+  __mmask16 live[NV];
+  __m512 vmax = _mm512_set1_ps(m);
+  for (int64_t v = 0; v < NV; ++v) {
+    const int64_t a = std::clamp<int64_t>(lo - v * 16, 0, 16), b = std::clamp<int64_t>(hi - v * 16, 0, 16);
+    live[v] = static_cast<__mmask16>(((1u << b) - 1u) & ~((1u << a) - 1u));
+    x[v] = _mm512_mul_ps(_mm512_loadu_ps(sr + v * 16), _mm512_set1_ps(fscale));
+    vmax = _mm512_mask_max_ps(vmax, live[v], vmax, x[v]);
+  }
+  const float bmax = _mm512_reduce_max_ps(vmax);
+  const __m512 vb = _mm512_set1_ps(bmax);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t v = 0; v < NV; ++v) {
+    const __m512 e = _mm512_maskz_mov_ps(live[v], exp16(_mm512_sub_ps(x[v], vb)));
+    vsum = _mm512_add_ps(vsum, e);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + v * 16), (__m256i)_mm512_cvtneps_pbh(e));
+  }
+  const float corr = std::exp(m - bmax);
+  m = bmax;
+  return {corr, _mm512_reduce_add_ps(vsum)};
+#else
+  float bmax = m;
+  for (int64_t j = lo; j < hi; ++j) bmax = std::max(bmax, sr[j] * fscale);
+  float sum = 0.f;
+  for (int64_t j = 0; j < KC; ++j) {
+    sr[j] = (j >= lo && j < hi) ? exp_f(sr[j] * fscale - bmax) : 0.f;
+    sum += sr[j];
+  }
+  store_f(sr, pr, KC);
+  const float corr = std::exp(m - bmax);
+  m = bmax;
+  return {corr, sum};
+#endif
+}
+
+void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
+                            const at::Tensor& block_tables, const at::Tensor& query_start_loc,
+                            const at::Tensor& seq_lens, double scale, int64_t window,
+                            at::Tensor& out) {
+  using bf16 = at::BFloat16;
+  namespace cpublas = at::native::cpublas;
+  const int64_t S = seq_lens.size(0), H = query.size(1), D = query.size(2);
+  const int64_t BS = kv_cache.size(2), KVH = kv_cache.size(3), G = H / KVH;
+  const int64_t max_blocks = block_tables.size(1);
+  const int64_t* qsl = query_start_loc.data_ptr<int64_t>();
+  const int64_t* lens = seq_lens.data_ptr<int64_t>();
+  const int64_t* bt = block_tables.data_ptr<int64_t>();
+  const bf16* k_base = kv_cache.data_ptr<bf16>();
+  const bf16* v_base = k_base + kv_cache.stride(0);
+  const int64_t s_blk = kv_cache.stride(1), s_tok = kv_cache.stride(2), s_head = kv_cache.stride(3);
+  const bf16* q_ptr = query.data_ptr<bf16>();
+  bf16* o_ptr = out.data_ptr<bf16>();
+  const int64_t qs0 = query.stride(0), qs1 = query.stride(1);
+  const int64_t os0 = out.stride(0), os1 = out.stride(1);
+  const float fscale = static_cast<float>(scale);
+  const int64_t TQ = std::max<int64_t>(1, PF_ROWS / G);
+  const int64_t chunk_elems = D * PF_KC;  // packed K^T chunk and packed V chunk alike
+  const int64_t n_slices = D / PF_DS;
+
+  // chunks per sequence, their offsets; query tiles per sequence
+  std::vector<int64_t> chunk_off(S + 1, 0), tile_off(S + 1, 0);
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t q_len = qsl[s + 1] - qsl[s];
+    const int64_t n_chunks = q_len > 0 ? (lens[s] + PF_KC - 1) / PF_KC : 0;
+    chunk_off[s + 1] = chunk_off[s] + n_chunks;
+    tile_off[s + 1] = tile_off[s] + (q_len + TQ - 1) / TQ;
+  }
+  const int64_t total_chunks = chunk_off[S];
+  if (total_chunks == 0) return;
+  at::Tensor kp = at::empty({KVH, total_chunks, chunk_elems}, query.options());
+  at::Tensor vp = at::empty({KVH, total_chunks, chunk_elems}, query.options());
+  bf16* kp_ptr = kp.data_ptr<bf16>();
+  bf16* vp_ptr = vp.data_ptr<bf16>();
+
+  // 1. gather + pack: task = (KV head, global chunk)
+  at::parallel_for(0, KVH * total_chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<bf16> kt(D * PF_KC), vt(PF_KC * D);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t kvh = task / total_chunks, c = task % total_chunks;
+      const int64_t s = std::upper_bound(chunk_off.begin(), chunk_off.end(), c) - chunk_off.begin() - 1;
+      const int64_t k0 = (c - chunk_off[s]) * PF_KC, len = lens[s];
+      const int64_t* table = bt + s * max_blocks;
+      for (int64_t j = 0; j < PF_KC; ++j) {
+        const int64_t key = k0 + j;
+        if (key < len) {
+          const int64_t off = table[key / BS] * s_blk + (key % BS) * s_tok + kvh * s_head;
+          const bf16* kr = k_base + off;
+          for (int64_t d = 0; d < D; ++d) kt[d * PF_KC + j] = kr[d];
+          std::memcpy(vt.data() + j * D, v_base + off, D * sizeof(bf16));
+        } else {
+          for (int64_t d = 0; d < D; ++d) kt[d * PF_KC + j] = bf16(0.f);
+          std::memset(vt.data() + j * D, 0, D * sizeof(bf16));
+        }
+      }
+      bf16* kdst = kp_ptr + (kvh * total_chunks + c) * chunk_elems;
+      bf16* vdst = vp_ptr + (kvh * total_chunks + c) * chunk_elems;
+      cpublas::pack(D, PF_KC, PF_KC, PF_KC, at::kBFloat16, at::kBFloat16, kt.data(), kdst);
+      for (int64_t sl = 0; sl < n_slices; ++sl)
+        cpublas::pack(PF_KC, PF_DS, D, PF_DS, at::kBFloat16, at::kBFloat16,
+                      vt.data() + sl * PF_DS, vdst + sl * PF_KC * PF_DS);
+    }
+  });
+
+  // 2. attention: task = (sequence's query tile, KV head)
+  const int64_t total_tiles = tile_off[S];
+  at::parallel_for(0, total_tiles * KVH, 1, [&](int64_t begin, int64_t end) {
+    const int64_t M_max = TQ * G;
+    std::vector<bf16> a(M_max * D), p(M_max * PF_KC);
+    std::vector<float> sc(M_max * PF_KC), o(M_max * D), m(M_max), l(M_max);
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t tile = task / KVH, kvh = task % KVH;
+      const int64_t s = std::upper_bound(tile_off.begin(), tile_off.end(), tile) - tile_off.begin() - 1;
+      const int64_t q0 = qsl[s], q_len = qsl[s + 1] - q0, len = lens[s];
+      const int64_t context = len - q_len;
+      const int64_t i0 = (tile - tile_off[s]) * TQ, i1 = std::min(q_len, i0 + TQ);
+      const int64_t M = (i1 - i0) * G;
+      for (int64_t t = i0; t < i1; ++t)  // rows (token, head): a token's G heads are adjacent
+        for (int64_t g = 0; g < G; ++g)
+          std::memcpy(a.data() + ((t - i0) * G + g) * D, q_ptr + (q0 + t) * qs0 + (kvh * G + g) * qs1,
+                      D * sizeof(bf16));
+      std::fill(o.begin(), o.begin() + M * D, 0.f);
+      std::fill(m.begin(), m.begin() + M, neg_inf);
+      std::fill(l.begin(), l.begin() + M, 0.f);
+      const int64_t first_key = window > 0 ? std::max<int64_t>(0, context + i0 - window + 1) : 0;
+      const int64_t last_key = context + i1;  // exclusive
+      const bf16* kseq = kp_ptr + (kvh * total_chunks + chunk_off[s]) * chunk_elems;
+      const bf16* vseq = vp_ptr + (kvh * total_chunks + chunk_off[s]) * chunk_elems;
+      for (int64_t c = first_key / PF_KC; c * PF_KC < last_key; ++c) {
+        const int64_t k0 = c * PF_KC;
+        cpublas::brgemm(M, PF_KC, D, D, PF_KC, PF_KC, false, a.data(), kseq + c * chunk_elems,
+                        sc.data(), true);
+        for (int64_t r = 0; r < M; ++r) {
+          const int64_t pos = context + i0 + r / G;
+          const int64_t lo = std::max<int64_t>(window > 0 ? pos - window + 1 : 0, k0) - k0;
+          const int64_t hi = std::min<int64_t>(pos + 1, k0 + PF_KC) - k0;  // visible [lo, hi)
+          float* sr = sc.data() + r * PF_KC;
+          bf16* pr = p.data() + r * PF_KC;
+          if (hi <= lo) {  // this row sees nothing here
+            std::memset(pr, 0, PF_KC * sizeof(bf16));
+            continue;
+          }
+          const auto [corr, sum] = chunk_row_softmax<PF_KC>(sr, pr, lo, hi, fscale, m[r]);
+          l[r] = l[r] * corr + sum;
+          if (corr == 1.f) continue;  // the max did not move
+          float* orow = o.data() + r * D;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) orow[d] *= corr;
+        }
+        for (int64_t sl = 0; sl < n_slices; ++sl)
+          cpublas::brgemm(M, PF_DS, PF_KC, PF_KC, PF_DS, D, true, p.data(),
+                          vseq + c * chunk_elems + sl * PF_KC * PF_DS, o.data() + sl * PF_DS, true);
+      }
+      for (int64_t r = 0; r < M; ++r) {
+        const int64_t t = i0 + r / G, g = r % G;
+        float* orow = o.data() + r * D;
+        const float inv = 1.f / l[r];
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) orow[d] *= inv;
+        store_f(orow, o_ptr + (q0 + t) * os0 + (kvh * G + g) * os1, D);
+      }
+    }
+    cpublas::brgemm_release(true);
+  });
+}
+
+at::Tensor prefill_attention(const at::Tensor& query, const at::Tensor& kv_cache,
+                             const at::Tensor& block_tables, const at::Tensor& query_start_loc,
+                             const at::Tensor& seq_lens, double scale, int64_t sliding_window,
+                             at::Tensor out) {
+  TORCH_CHECK(query.dim() == 3 && kv_cache.dim() == 5, "query [T, H, D], kv_cache [2, N, B, KVH, D]");
+  TORCH_CHECK(query.scalar_type() == at::kBFloat16 && kv_cache.scalar_type() == at::kBFloat16 &&
+              out.scalar_type() == at::kBFloat16, "query, kv_cache and out must be bfloat16");
+  TORCH_CHECK(query.stride(2) == 1 && kv_cache.stride(4) == 1 && out.stride(2) == 1 &&
+              out.sizes() == query.sizes(), "the head dimension must be contiguous; out like query");
+  TORCH_CHECK(prefill_supported(query.size(2)), "head_dim ", query.size(2), " needs a multiple of ",
+              PF_DS, " and a CPU whose GEMM ukernel packs bf16 (prefill_supported)");
+  TORCH_CHECK(query.size(1) % kv_cache.size(3) == 0, "query heads must be a multiple of KV heads");
+  for (const at::Tensor* t : {&block_tables, &query_start_loc, &seq_lens})
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kLong,
+                "block_tables, query_start_loc and seq_lens must be contiguous int64");
+  TORCH_CHECK(query_start_loc.size(0) == seq_lens.size(0) + 1 &&
+              block_tables.size(0) >= seq_lens.size(0), "a start per sequence (+1), a table each");
+  const int64_t* qsl = query_start_loc.data_ptr<int64_t>();
+  const int64_t* lens = seq_lens.data_ptr<int64_t>();
+  for (int64_t s = 0; s < seq_lens.size(0); ++s) {  // everything checked before any work
+    const int64_t q_len = qsl[s + 1] - qsl[s];
+    TORCH_CHECK(q_len >= 0 && qsl[s + 1] <= query.size(0) && lens[s] >= q_len &&
+                (lens[s] + kv_cache.size(2) - 1) / kv_cache.size(2) <= block_tables.size(1),
+                "sequence ", s, ": query rows, length and block table disagree");
+  }
+  prefill_attention_impl(query, kv_cache, block_tables, query_start_loc, seq_lens, scale,
+                         sliding_window, out);
+  return out;
+}
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -574,5 +904,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm, optionally fused with the residual add (returns out, x + residual)");
   m.def("silu_and_mul", &silu_and_mul, "SiLU(gate) * up");
   m.def("rotary_embedding", &rotary_embedding, "rotate-half rotary, in place on q and k");
+  m.def("prefill_attention", &prefill_attention, "paged prefill/extend attention, bf16 (brgemm)");
+  m.def("prefill_supported", &prefill_supported, "whether prefill_attention serves this head_dim on this CPU");
   m.def("store_kv", &store_kv, "store K/V rows into the paged cache by slot");
 }
