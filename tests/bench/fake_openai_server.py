@@ -2,7 +2,9 @@
 benchmark's tests: one chunk per token after a fixed delay, and failures on request.
 
 Prompts (text, or the first token id) select the behaviour: "FAIL" / 13 -> HTTP 500,
-"EMPTY" -> a stream with no chunk, "ERROR" -> an error event, "NOUSAGE" -> no usage chunk.
+"EMPTY" -> a stream with no chunk, "ERROR" -> an error event, "NOUSAGE" -> no usage chunk,
+"LENGTH" -> no usage, tokens two to a chunk, then an empty chunk with finish_reason "length"
+(llama_cpp.server's streams).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class ServerStats:
 def _kind(prompt: Any) -> str:
     if isinstance(prompt, list):
         return "FAIL" if prompt and prompt[0] == 13 else "OK"
-    return prompt if prompt in ("FAIL", "EMPTY", "ERROR", "NOUSAGE") else "OK"
+    return prompt if prompt in ("FAIL", "EMPTY", "ERROR", "NOUSAGE", "LENGTH") else "OK"
 
 
 def make_app(stats: ServerStats, first_delay: float, gap: float) -> web.Application:
@@ -64,11 +66,16 @@ def make_app(stats: ServerStats, first_delay: float, gap: float) -> web.Applicat
         elif kind != "EMPTY":
             await asyncio.sleep(first_delay)
             n = int(body["max_tokens"])
+            if kind == "LENGTH":
+                for i in range(0, n, 2):
+                    await send({"choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}]})
+                await send({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]})
+                n = 0
             for i in range(n):
                 if i:
                     await asyncio.sleep(gap)
                 await send({"choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}]})
-            if kind != "NOUSAGE":
+            if kind not in ("NOUSAGE", "LENGTH"):
                 prompt = body["prompt"]
                 n_in = len(prompt) if isinstance(prompt, list) else len(prompt.split())
                 await send(

@@ -92,6 +92,19 @@ def test_metric_definitions_and_concurrency_cap() -> None:
     assert max(tl["in_flight"]) <= 2 + 1e-9
 
 
+def test_length_stop_without_usage_counts_max_tokens() -> None:
+    """llama_cpp.server streams no usage and may put several tokens in one chunk: a stream
+    that ends with finish_reason "length" generated max_tokens tokens."""
+    from membound.bench.datasets import SampleRequest
+
+    reqs = [SampleRequest("LENGTH", 1, 6), SampleRequest("NOUSAGE", 1, 3)]
+    with running_server(first_delay=0.0, gap=0.0) as (url, _):
+        results, _ = asyncio.run(run_load(url + "/v1/completions", MODEL, reqs, progress=False))
+    assert [r.finish_reason for r in results] == ["length", ""]
+    assert [r.output_len for r in results] == [6, 3]  # max_tokens; the chunk count
+    assert len(results[0].itl_s) == 3  # chunks are timed as they come: 3 token chunks + 1
+
+
 def test_refused_connections_are_counted(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there

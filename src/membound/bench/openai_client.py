@@ -5,7 +5,11 @@ vLLM's serving benchmark times it (``benchmarks/backend_request_func.py``):
 * ITL  = the gap between each later such chunk and the one before it;
 * latency (end-to-end) = from sending to the last such chunk;
 * output tokens = the ``usage.completion_tokens`` the server reports
-  (``stream_options.include_usage``), else the chunk count;
+  (``stream_options.include_usage``); without usage, ``max_tokens`` when the server says it
+  stopped for length (``finish_reason: "length"``: it generated exactly that many; servers
+  such as llama_cpp.server send no usage in streams and merge tokens into chunks), else the
+  chunk count;
+* finish reason = the last ``finish_reason`` the stream carried ("" when none);
 * success = HTTP 200 and at least one chunk received, with no error event.
 
 ``aiohttp`` is imported by the caller (``serve.py``) inside its functions.
@@ -33,6 +37,7 @@ class RequestResult:
     itl_s: list[float] = field(default_factory=list)
     start_s: float = 0.0
     error: str = ""
+    finish_reason: str = ""
 
     @property
     def tpot_s(self) -> float | None:
@@ -113,6 +118,8 @@ async def send_completion(
                         result.itl_s.append(now - last)
                     last = now
                     chunks += 1
+                    reason = event["choices"][0].get("finish_reason")
+                    result.finish_reason = str(reason) if reason else result.finish_reason
                 usage = event.get("usage") or {}
                 if usage.get("completion_tokens") is not None:
                     usage_tokens = int(usage["completion_tokens"])
@@ -126,7 +133,12 @@ async def send_completion(
         return result
     result.success = True
     result.latency_s = last - st
-    result.output_len = usage_tokens if usage_tokens is not None else chunks
+    if usage_tokens is not None:
+        result.output_len = usage_tokens
+    elif result.finish_reason == "length" and payload.get("max_tokens"):
+        result.output_len = int(payload["max_tokens"])
+    else:
+        result.output_len = chunks
     return result
 
 
