@@ -5,6 +5,9 @@ from its venv). Reads JSON commands on stdin, answers one JSON line each on stdo
     {"op": "offline", "requests": [[[ids], n], ...]}     -> elapsed_s, output_tokens
     {"op": "quit"}
 
+``llamacpp-server ARGS`` instead runs ``llama_cpp.server`` with llama.cpp's AMX path off,
+``llamacpp-eog GGUF`` prints the GGUF's end-of-generation token ids (``cpu_peers_serve.py``).
+
 Every answer carries the process's peak RSS so far. Standalone on purpose: it imports only
 the engine it runs (membound | vllm | llamacpp | transformers), named on the command line.
 """
@@ -85,23 +88,51 @@ class Vllm:
         return sum(len(o.outputs[0].token_ids) for o in outs)
 
 
+def disable_llamacpp_extra_bufts() -> None:
+    """Turn off llama.cpp's extra buffer types (its AMX and repacked-weight matmuls) for every
+    model loaded after this call: on a CPU whose CPUID reports AMX but whose OS/VM does not
+    enable the tile state (this firecracker VM), ggml's AMX matmul faults at ``ldtilecfg`` on
+    the first batch of more than one token. The plain CPU backend (AVX-512 / VNNI dot
+    products) runs. llama-cpp-python exposes no setting for it, so the default model
+    parameters that ``Llama`` starts from are wrapped."""
+    import llama_cpp
+
+    defaults = llama_cpp.llama_model_default_params
+
+    def params_without_extra_bufts() -> object:
+        p = defaults()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama.llama_cpp.llama_model_default_params = params_without_extra_bufts
+
+
+def llamacpp_server(argv: list[str]) -> None:
+    """``llama_cpp.server`` (its own command line, ``argv``) with the extra buffer types off
+    (see ``disable_llamacpp_extra_bufts``): what ``cpu_peers_serve.py`` starts."""
+    disable_llamacpp_extra_bufts()
+    from llama_cpp.server.__main__ import main as server_main
+
+    sys.argv = ["llama_cpp.server", *argv]
+    server_main()
+
+
+def llamacpp_eog_ids(gguf: str) -> list[int]:
+    """The ids llama.cpp ends a generation at (``llama_vocab_is_eog``: EOS, EOT, <|im_end|>
+    and the like), from the GGUF's vocabulary alone."""
+    import llama_cpp
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=gguf, vocab_only=True, verbose=False)
+    vocab = llm._model.vocab
+    return [i for i in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, i)]
+
+
 class LlamaCpp:
     def __init__(self, a: argparse.Namespace) -> None:
-        import llama_cpp
         from llama_cpp import Llama
 
-        # llama.cpp's extra buffer types (its AMX and repacked-weight matmuls) are off: on a
-        # CPU whose CPUID reports AMX but whose OS/VM does not enable the tile state (this
-        # firecracker VM), ggml's AMX matmul faults at ``ldtilecfg`` on the first batch of
-        # more than one token. The plain CPU backend (AVX-512 / VNNI dot products) runs.
-        defaults = llama_cpp.llama_model_default_params
-
-        def params_without_extra_bufts() -> object:
-            p = defaults()
-            p.use_extra_bufts = False
-            return p
-
-        llama_cpp.llama.llama_cpp.llama_model_default_params = params_without_extra_bufts
+        disable_llamacpp_extra_bufts()
         self.llm = Llama(model_path=a.model, n_ctx=a.max_len, n_threads=a.threads,
                          n_threads_batch=a.threads, n_batch=512, verbose=False, seed=0)  # fmt: skip
         self.eos = self.llm.token_eos()
@@ -185,6 +216,10 @@ def serve(engine: Any) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["llamacpp-server"]:  # the server's own options follow
+        return llamacpp_server(sys.argv[2:])
+    if sys.argv[1:2] == ["llamacpp-eog"]:  # GGUF path follows; prints the ids as JSON
+        return print(json.dumps(llamacpp_eog_ids(sys.argv[2])))
     ap = argparse.ArgumentParser()
     ap.add_argument("engine", choices=sorted(ENGINES))
     ap.add_argument("--model", required=True)
