@@ -64,6 +64,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -351,6 +352,9 @@ def main(argv: list[str] | None = None) -> None:
     from membound.engine.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(a.model)
+    # SIGTERM unwinds like Ctrl-C, so that ``finally`` stops the servers (own sessions: they
+    # would outlive this process otherwise)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run = Run(a)
     run.say("load", run.report["load_before"], "versions", run.report["versions"])
     try:
