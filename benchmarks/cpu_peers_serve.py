@@ -72,6 +72,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cpu_peers import uptime  # /proc/loadavg
 from cpu_peers_servers import RssSampler, Server, build_servers
 
 HERE = Path(__file__).resolve().parent
@@ -83,7 +84,7 @@ MEDIAN_KEYS = ("output_tokens_per_s", "requests_per_s", "duration_s",
                "chunks_per_request_mean")  # fmt: skip
 
 
-def exactness(results: list[Any], output_len: int) -> dict[str, int]:
+def exactness(results: list[Any], output_len: int) -> dict[str, Any]:
     """How many successful requests generated exactly ``output_len`` tokens and stopped for
     length (ignore_eos held), how many did not, and the mean stream chunks per request (the
     ITL samples + 1: output_len when every chunk is one token; llama_cpp.server adds an
@@ -141,15 +142,6 @@ def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, float]:
                     ratio = p[key] / m[key] if lower_better else m[key] / p[key]
                     out[f"{key}: {mine} vs {peer}"] = ratio
     return out
-
-
-def uptime() -> str:
-    """``/proc/loadavg`` (cpu_peers.py's helper)."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-    from cpu_peers import uptime as loadavg
-
-    return loadavg()
 
 
 def plot(summary: dict[str, dict[str, Any]], path: str, title: str) -> None:
