@@ -2,9 +2,11 @@
 
 For SmolLM2-135M shapes (hidden 576, MLP 1536, 9 query / 3 KV heads of 64), bf16, at decode
 and prefill token counts: RMSNorm fused with the residual add, SiLU-and-mul, rotary (q and k),
-and paged decode attention (the CPU backend's bucketed torch version, kernels/cpu_attention.py,
+paged decode attention (the CPU backend's bucketed torch version, kernels/cpu_attention.py,
 against the native kernel reading the cache in place; lengths uniform in a range, block tables
-shuffled over a cache larger than the batch).
+shuffled over a cache larger than the batch), and paged prefill attention (the torch path's
+query-tiled materialised scores against the native flash-style kernel on the CPU's matrix
+units; whole prompts, and chunks after cached context).
 
     python benchmarks/kernels/bench_cpu_native.py --threads 1 \\
         --output-json benchmarks/results/cpu_native_kernels.json
@@ -30,6 +32,7 @@ from membound.kernels.cpu_attention import (
     decode_bytes_per_token,
     paged_decode_attention_cpu,
     plan_decode,
+    prefill_attention_cpu,
 )
 from membound.kernels.cpu_native import build_native_cpu_kernels
 from membound.kernels.rms_norm import fused_add_rms_norm_ref
@@ -103,6 +106,36 @@ def attention_rows(native: Any, batches: list[tuple[int, int, int]], dtype: torc
     return rows
 
 
+def prefill_rows(native: Any, batches: list[tuple[int, int, int]], dtype: torch.dtype):
+    """(sequences, new tokens each, cached context each): torch path vs native, with the
+    attention FLOPs per second the native kernel reaches (causal: the new tokens' keys)."""
+    rows = []
+    for n, q_len, context in batches:
+        g = torch.Generator().manual_seed(n + q_len + context)
+        total = q_len + context
+        max_blocks = -(-total // BLOCK)
+        num_blocks = 2 * n * max_blocks
+        cache = torch.randn(2, num_blocks, BLOCK, KV_HEADS, HEAD_DIM, generator=g).to(dtype)
+        tables = torch.randperm(num_blocks, generator=g)[: n * max_blocks].view(n, max_blocks)
+        q = torch.randn(n * q_len, HEADS, HEAD_DIM, generator=g).to(dtype)
+        starts = torch.arange(n + 1) * q_len
+        lens = torch.full((n,), total)
+        out, scale, reps = torch.empty_like(q), HEAD_DIM**-0.5, max(3, 64 // n)
+        t_ref = per_call_us(partial(prefill_attention_cpu, q, cache, tables, starts, lens, scale,
+                                    out=out), reps)  # fmt: skip
+        t_nat = per_call_us(partial(native.prefill_attention, q, cache, tables, starts, lens,
+                                    scale, 0, out), reps)  # fmt: skip
+        pairs = n * (q_len * context + q_len * (q_len + 1) / 2)  # (query, key) pairs seen
+        flops = 4 * HEADS * HEAD_DIM * pairs
+        row = {"op": "prefill_attention", "seqs": n, "new_tokens": q_len, "context": context,
+               "torch_us": round(t_ref, 1), "native_us": round(t_nat, 1),
+               "speedup": round(t_ref / t_nat, 2),
+               "native_gflops": round(flops / t_nat / 1e3, 1)}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
@@ -120,6 +153,9 @@ def main() -> None:
         "decode_attention": attention_rows(
             native, [(1, 100, 200), (1, 900, 1000), (16, 60, 140), (16, 100, 700),
                      (64, 100, 500)], dtype),
+        "prefill_attention": prefill_rows(
+            native, [(1, 64, 0), (1, 512, 0), (8, 256, 0), (1, 2048, 0), (2, 512, 1024)], dtype)
+        if native.prefill_supported(HEAD_DIM) else "not supported on this CPU",
     }  # fmt: skip
     if args.output_json:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
