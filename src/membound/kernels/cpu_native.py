@@ -10,12 +10,15 @@ reads the paged cache in place.
 
     kernel                 reference (the oracle its test compares against)
     decode_attention       paged_attention.paged_decode_attention_ref
+    prefill_attention      prefill_attention.prefill_attention_ref (bf16, on the CPU's matrix
+                           units through torch's brgemm ukernel; ``prefill_supported``)
     rms_norm (+ residual)  rms_norm.rms_norm_ref / fused_add_rms_norm_ref
     silu_and_mul           activation.silu_and_mul_ref
     rotary_embedding       rotary.rotate_ref (in place on q and k)
 
 Results equal the references' in bf16 (the same roundings in the same places, float32
-accumulation); in float32 they differ by summation order (~1e-6), so ``CpuOps`` routes only
+accumulation; the attention kernels within bf16 rounding: they sum in another order and
+prefill rounds the softmax numerators to bf16 for its second GEMM); in float32 they differ by summation order (~1e-6), so ``CpuOps`` routes only
 bf16/fp16 here and float32 keeps the references, which are token-identical to transformers.
 
 The build needs a C++ compiler and takes about a minute once per machine and source version;
@@ -84,8 +87,8 @@ def load_native_cpu_kernels() -> ModuleType | None:
     except NativeBuildError as e:
         logger.warning("%s", e)
         return None
-    logger.info("CPU backend: native kernels for bf16/fp16 decode attention, RMSNorm, rotary, "
-                "SiLU-and-mul (kernels/cpu_native.py)")  # fmt: skip
+    logger.info("CPU backend: native kernels for bf16/fp16 decode attention, bf16 prefill "
+                "attention, RMSNorm, rotary, SiLU-and-mul (kernels/cpu_native.py)")  # fmt: skip
     return module
 
 
