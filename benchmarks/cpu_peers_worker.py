@@ -190,6 +190,17 @@ ENGINES = {"membound": Membound, "vllm": Vllm, "llamacpp": LlamaCpp,
 
 
 def peak_rss_mib() -> float:
+    """This process's peak resident set: VmHWM, which belongs to the address space (reset by
+    exec). ``ru_maxrss`` is not: Linux carries it over fork and exec, so a worker started by a
+    parent that once held more (``cpu_peers.py --tinyllama`` builds the checkpoint in its own
+    memory) would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
