@@ -78,6 +78,14 @@ def elementwise_rows(native: Any, tokens: list[int], dtype: torch.dtype) -> list
     return rows
 
 
+def attention_row(op: str, case: dict, t_ref: float, t_nat: float, **figures: float) -> dict:
+    """One printed result row: the case, both times (us), the speedup, then ``figures``."""
+    row = {"op": op, **case, "torch_us": round(t_ref, 1), "native_us": round(t_nat, 1),
+           "speedup": round(t_ref / t_nat, 2), **figures}  # fmt: skip
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def attention_rows(native: Any, batches: list[tuple[int, int, int]], dtype: torch.dtype):
     rows = []
     for n, lo, hi in batches:
@@ -97,12 +105,8 @@ def attention_rows(native: Any, batches: list[tuple[int, int, int]], dtype: torc
         t_nat = per_call_us(partial(native.decode_attention, q, cache, tables, lens, scale, 0,
                                     out), reps)  # fmt: skip
         kv_bytes = int(lens.sum()) * KV_HEADS * HEAD_DIM * cache.element_size() * 2
-        row = {"op": "decode_attention", "seqs": n, "len_range": [lo, hi],
-               "torch_us": round(t_ref, 1), "native_us": round(t_nat, 1),
-               "speedup": round(t_ref / t_nat, 2),
-               "native_kv_gbs": round(kv_bytes / t_nat / 1e3, 2)}  # fmt: skip
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        rows.append(attention_row("decode_attention", {"seqs": n, "len_range": [lo, hi]},
+                                  t_ref, t_nat, native_kv_gbs=round(kv_bytes / t_nat / 1e3, 2)))
     return rows
 
 
@@ -127,12 +131,9 @@ def prefill_rows(native: Any, batches: list[tuple[int, int, int]], dtype: torch.
                                     scale, 0, out), reps)  # fmt: skip
         pairs = n * (q_len * context + q_len * (q_len + 1) / 2)  # (query, key) pairs seen
         flops = 4 * HEADS * HEAD_DIM * pairs
-        row = {"op": "prefill_attention", "seqs": n, "new_tokens": q_len, "context": context,
-               "torch_us": round(t_ref, 1), "native_us": round(t_nat, 1),
-               "speedup": round(t_ref / t_nat, 2),
-               "native_gflops": round(flops / t_nat / 1e3, 1)}  # fmt: skip
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        case = {"seqs": n, "new_tokens": q_len, "context": context}
+        rows.append(attention_row("prefill_attention", case, t_ref, t_nat,
+                                  native_gflops=round(flops / t_nat / 1e3, 1)))
     return rows
 
 
