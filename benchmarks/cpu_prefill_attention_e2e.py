@@ -8,7 +8,10 @@ before), on SmolLM2 with real text.
    ``--prefill-len`` tokens, CPU seconds (``time.process_time``: the machine is shared).
 
 The SDPA run swaps ``cpu_attention._attend`` for ``_attend_sdpa`` for its duration (an A/B
-switch of this benchmark only; the engine has no such knob).
+switch of this benchmark only; the engine has no such knob). Both runs turn the native C++
+kernels off (``MEMBOUND_CPU_NATIVE=0``): with them, bf16 prefill goes to the native kernel
+and neither torch path would run (that kernel is measured by
+``benchmarks/kernels/bench_cpu_native.py`` and ``cpu_native_quality.py``).
 
     OMP_NUM_THREADS=1 python benchmarks/cpu_prefill_attention_e2e.py /path/to/SmolLM2-135M \\
         --output-json benchmarks/results/cpu_prefill_attention_e2e.json
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from cpu_native_quality import agreement  # greedy agreement with float32
 
 from membound import LLM, SamplingParams
 from membound.kernels import cpu_attention
@@ -33,6 +37,7 @@ def generate(model: str, dtype: str, sdpa: bool, prompts: list[list[int]], n: in
              ) -> tuple[list[list[int]], float]:  # fmt: skip
     """Greedy outputs and the CPU seconds of the timed ``generate`` (after a warm-up)."""
     shipped = cpu_attention._attend
+    os.environ["MEMBOUND_CPU_NATIVE"] = "0"  # the torch paths this compares (docstring)
     if sdpa:
         cpu_attention._attend = cpu_attention._attend_sdpa
     try:
@@ -85,10 +90,7 @@ def main() -> None:
     ref, _ = generate(a.model, "float32", False, prompts, a.output_len)
     for name, sdpa in (("sdpa", True), ("materialised", False)):
         got, _ = generate(a.model, "bfloat16", sdpa, prompts, a.output_len)
-        pairs = [(x, y) for r, g in zip(ref, got, strict=True) for x, y in zip(r, g, strict=True)]
-        q = {"positions_equal_fp32": round(sum(x == y for x, y in pairs) / len(pairs), 4),
-             "sequences_identical": sum(r == g for r, g in zip(ref, got, strict=True))}  # fmt: skip
-        doc["quality"][name] = q
+        doc["quality"][name] = q = agreement(ref, got)
         log(f"quality bf16 {name}: {json.dumps(q)} ({a.num_prompts} prompts x {a.prompt_len}, "
             f"{a.output_len} greedy tokens)")  # fmt: skip
     prompts = cut(a.prefill_prompts, a.prefill_len)

@@ -719,6 +719,9 @@ bool prefill_supported(int64_t head_dim) {
 // One query row's online-softmax update over a chunk of PF_KC scores: the visible scores
 // [lo, hi) scaled, the row's running max m moved to cover them, sr[j] = exp(score - max)
 // (0 outside [lo, hi)), written to pr as bf16; returns (correction of the old sums, sum).
+// softmax_update's job for a fixed-size chunk, kept separate on purpose: the chunk stays in
+// registers and the bf16 store is fused (folding both into softmax_update measured 1.28x
+// slower prefill attention at 512 tokens and 1.06x slower decode attention).
 template <int64_t KC>
 inline std::pair<float, float> chunk_row_softmax(float* __restrict sr, at::BFloat16* __restrict pr,
                                                  int64_t lo, int64_t hi, float fscale, float& m) {
