@@ -18,8 +18,9 @@ reads the paged cache in place.
 
 Results equal the references' in bf16 (the same roundings in the same places, float32
 accumulation; the attention kernels within bf16 rounding: they sum in another order and
-prefill rounds the softmax numerators to bf16 for its second GEMM); in float32 they differ by summation order (~1e-6), so ``CpuOps`` routes only
-bf16/fp16 here and float32 keeps the references, which are token-identical to transformers.
+prefill rounds the softmax numerators to bf16 for its second GEMM); in float32 they differ
+by summation order (~1e-6), so ``CpuOps`` routes only bf16/fp16 here and float32 keeps the
+references, which are token-identical to transformers.
 
 The build needs a C++ compiler and takes about a minute once per machine and source version;
 where it fails the CPU backend runs the references and says why in the log.
