@@ -19,7 +19,7 @@ from membound.config import ConfigError, ModelConfig, QuantizationConfig  # noqa
 from membound.distributed.context import ParallelContext  # noqa: E402
 from membound.gguf.loader import load_gguf_model  # noqa: E402
 from membound.gguf.reader import GGUFError  # noqa: E402
-from membound.kernels.contract import CPU_OPS  # noqa: E402
+from membound.kernels.contract import CPU_OPS, KernelBackend, kernel_ops  # noqa: E402
 from membound.kernels.cpu_quant_linear import has_cpu_quant_kernels  # noqa: E402
 from membound.layers.quantization import get_linear_method  # noqa: E402
 from membound.layers.vocab_embedding import (  # noqa: E402
@@ -76,7 +76,7 @@ def test_tied_int8_head_matches_reference(rows: int) -> None:
     for dtype, backend in ((torch.float32, "torch"), (torch.float32, "cpu"), (torch.bfloat16, "cpu")):
         table = _table(True, dtype)
         table.load_checkpoint_tensor("weight", w, None, "model.embed_tokens.weight")
-        head = LMHead(VOCAB, HID, table, kernel_backend=backend)
+        head = LMHead(VOCAB, HID, table, ops=kernel_ops(KernelBackend(backend)))
         head.process_weights_after_loading()
         assert head.packed_weight is None and head.weight is table.weight
         assert head.weight_scale is table.weight_scale

@@ -20,12 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "entrypoints" / "op
 def server(smollm2_gguf: Path) -> Iterator[Any]:
     from openai_server_harness import start_server
 
-    # dense: the reply takes a few decode steps and the CPU int4 path is the slow one here
+    # dense: the reply takes a few decode steps and the CPU int4 path is the slow one here.
+    # float32 (token-identical to transformers): the reply's first token is a near tie in
+    # this model ("The" vs "L", 0.08 apart in log-probability), which bf16 kernels may flip
     live = start_server(
         smollm2_gguf,
         max_model_len=256,
         block_size=16,
         load_format="gguf_dequantized",
+        dtype="float32",
         num_kv_blocks=32,
     )
     yield live

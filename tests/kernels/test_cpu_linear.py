@@ -62,7 +62,7 @@ def test_cpu_backend_relayouts_wide_linears_and_keeps_outputs() -> None:
 
 def test_cpu_backend_leaves_a_tied_head_row_major() -> None:
     table = VocabEmbedding(64, 8)
-    tied, untied = LMHead(64, 8, table, kernel_backend="cpu"), LMHead(64, 8, None, None, "cpu")
+    tied, untied = LMHead(64, 8, table, ops=CPU_OPS), LMHead(64, 8, None, None, CPU_OPS)
     for p in (table.weight, untied.weight):
         torch.nn.init.normal_(p)
     for head in (tied, untied):
@@ -96,7 +96,7 @@ def test_prepacked_bf16_matches_f_linear(rows: int, bias: bool) -> None:
     b = torch.randn(96).bfloat16() if bias else None
     x = torch.randn(rows, 80).bfloat16()
     packed = prepack_weight(w)
-    assert packed.shape == w.shape and torch.equal(dense_weight(packed), w)
+    assert packed.shape == w.shape and torch.equal(dense_weight(packed, 96), w)
     torch.testing.assert_close(
         linear_prepacked(x, packed, b), linear_prepacked_ref(x, w, b), rtol=1.6e-2, atol=1e-2
     )
@@ -116,8 +116,8 @@ def test_cpu_backend_prepacks_bf16_linears_and_heads() -> None:
     torch.manual_seed(0)
     lin = Linear(16, 48, ops=CPU_OPS).to(torch.bfloat16)
     table = VocabEmbedding(64, 16).to(torch.bfloat16)
-    tied = LMHead(64, 16, table, kernel_backend="cpu")
-    untied = LMHead(64, 16, None, None, "cpu").to(torch.bfloat16)
+    tied = LMHead(64, 16, table, ops=CPU_OPS)
+    untied = LMHead(64, 16, None, None, CPU_OPS).to(torch.bfloat16)
     for p in (lin.weight, table.weight, untied.weight):
         torch.nn.init.normal_(p)
     x = torch.randn(3, 16).bfloat16()

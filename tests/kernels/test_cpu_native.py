@@ -12,7 +12,7 @@ import torch
 
 from membound.kernels import cpu_native
 from membound.kernels.activation import silu_and_mul_ref
-from membound.kernels.contract import CpuOps, select_kernel_ops
+from membound.kernels.contract import CpuOps, TorchOps, select_kernel_ops
 from membound.kernels.paged_attention import paged_decode_attention_ref
 from membound.kernels.rms_norm import fused_add_rms_norm_ref, rms_norm_ref
 from membound.kernels.rotary import rotate_ref
@@ -255,3 +255,84 @@ def test_cpu_ops_route_bf16_prefill_to_native(native) -> None:
                                rtol=2e-2, atol=2e-2)  # fmt: skip
     torch.testing.assert_close(ops.prefill_attention(query=q.float(), kv_cache=cache.float(), **kw),
                                ref, rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rows", "out_features", "in_features", "bias"),
+    [(1, 192, 64, False), (7, 100, 96, True), (600, 130, 32, False), (3, 64, 2, True)],
+)
+def test_linear_vnni(native, rows, out_features, in_features, bias) -> None:
+    """Against F.linear in float32 on the same bf16 inputs, within bf16 rounding of the
+    output: column counts that are not a multiple of 64 (zero-padded block), more rows than
+    one ukernel call takes (600 > 512), a bias. The packed weight unpacks to the original."""
+    from membound.kernels.cpu_linear import pack_vnni, unpack_vnni
+
+    if not native.linear_supported(in_features):
+        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randn(out_features, in_features, generator=g).bfloat16()
+    x = torch.randn(rows, in_features, generator=g).bfloat16()
+    b = torch.randn(out_features, generator=g).bfloat16() if bias else None
+    packed = pack_vnni(w)
+    assert packed.shape == (-(-out_features // 64), in_features // 2, 64, 2)
+    assert torch.equal(unpack_vnni(packed, out_features), w)
+    ref = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float())
+    got = native.linear_vnni(x, packed, out_features, b)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, out_features)
+    torch.testing.assert_close(got.float(), ref, rtol=2**-7, atol=2**-7 * ref.abs().max().item())
+
+
+def test_linear_vnni_refuses_bad_input(native) -> None:
+    from membound.kernels.cpu_linear import pack_vnni
+
+    if not native.linear_supported(64):
+        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+    packed = pack_vnni(torch.randn(100, 64).bfloat16())
+    x = torch.randn(2, 64).bfloat16()
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        native.linear_vnni(x.float(), packed, 100, None)
+    with pytest.raises(RuntimeError, match="features"):
+        native.linear_vnni(torch.randn(2, 32).bfloat16(), packed, 100, None)
+    with pytest.raises(RuntimeError, match="out_features"):
+        native.linear_vnni(x, packed, 200, None)
+    with pytest.raises(RuntimeError, match="bias"):
+        native.linear_vnni(x, packed, 100, torch.randn(99).bfloat16())
+    with pytest.raises(ValueError, match="even number"):
+        pack_vnni(torch.randn(8, 7).bfloat16())
+    assert not native.linear_supported(7)
+
+
+def test_cpu_backend_packs_bf16_linears_and_heads_for_native(native) -> None:
+    """With the native kernels, the CPU backend VNNI-packs bf16 linears and LM heads (a tied
+    head as a second copy: lookups need the plain rows); outputs stay within bf16 rounding of
+    the plain layers, and the packed weight dequantizes to the loaded one."""
+    from membound.kernels.cpu_linear import is_vnni
+    from membound.layers.linear import Linear
+    from membound.layers.vocab_embedding import LMHead, VocabEmbedding
+
+    if not native.linear_supported(16):
+        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+    torch.manual_seed(0)
+    ops = CpuOps(native=native)
+    lin = Linear(16, 48, bias=True, ops=ops).to(torch.bfloat16)
+    table = VocabEmbedding(64, 16).to(torch.bfloat16)
+    tied, untied = LMHead(64, 16, table, ops=ops), LMHead(64, 16, None, None, ops).to(torch.bfloat16)
+    for p in (lin.weight, lin.bias, table.weight, untied.weight):
+        torch.nn.init.normal_(p)
+    plain = lin.weight.detach().clone()
+    x = torch.randn(2, 3, 16).bfloat16()  # leading dims kept
+    expected = lin(x), tied(x[0]), untied(x[0])
+    for layer in (lin, tied, untied):
+        layer.process_weights_after_loading()
+    assert is_vnni(lin.weight) and is_vnni(untied.weight) and is_vnni(tied.packed_weight)
+    assert tied.weight is table.weight and not is_vnni(table.weight)
+    assert torch.equal(lin.quant_method.dequantize(lin), plain.float())
+    for got, want in zip((lin(x), tied(x[0]), untied(x[0])), expected, strict=True):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1.6e-2, atol=2e-2)
+    # the reference every backend's packed weight answers to
+    torch.testing.assert_close(
+        ops.packed_linear(x=x, weight=lin.weight, bias=lin.bias, out_features=48),
+        TorchOps().packed_linear(x=x, weight=lin.weight, bias=lin.bias, out_features=48),
+        rtol=1.6e-2, atol=2e-2,
+    )

@@ -34,7 +34,7 @@ from membound.gguf.reader import GGUFError, GGUFFile, GGUFTensorInfo
 from membound.gguf.tensors import decode_int4, dequantize, int4_layout, unpermute_rows
 from membound.gguf.types import INT4_BLOCK_TYPES
 from membound.kernels.contract import KernelOps
-from membound.layers.checkpoint_tensor import LazyTensor
+from membound.layers.checkpoint_tensor import LazyTensor, process_after_loading
 from membound.models.registry import build_model
 
 logger = logging.getLogger(__name__)
@@ -210,10 +210,7 @@ def load_gguf_model(
     with _default_dtype(dtype), torch.device(device):
         model = build_model(config, max_positions, parallel, False, ops)
     model.load_weights(iterate_gguf(file, config, plan, progress))  # type: ignore[operator]
-    for module in model.modules():  # linears, experts, an untied LM head: each layer's post-load
-        post_load = getattr(module, "process_weights_after_loading", None)
-        if callable(post_load):
-            post_load()
+    process_after_loading(model)  # linears, experts, an untied LM head, then the model
     kernels = describe_int8_kernels(model)
     if kernels:
         logger.info("GGUF int8 tensors compute through %s", kernels)

@@ -10,7 +10,8 @@ the result back to ``decode_attention(plan=...)``.
 
     TorchOps   the plain-torch references: the oracles every kernel is tested against
     CpuOps     the references, except attention written for CPUs (kernels/cpu_attention.py)
-               and, where they build, native C++ kernels for bf16/fp16 (kernels/cpu_native.py)
+               and, where they build, native C++ kernels for bf16/fp16 (kernels/cpu_native.py),
+               bf16 GEMMs on VNNI-packed weights included (kernels/cpu_linear.py)
     TritonOps  the Triton kernels (CUDA; on CPU only under TRITON_INTERPRET=1, for tests)
 
 "auto" picks Triton on CUDA when triton is installed, else the CPU backend.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Protocol
 
@@ -29,6 +31,7 @@ from membound.kernels import (
     activation,
     cpu_attention,
     cpu_hugepages,
+    cpu_linear,
     cpu_native,
     kv_store,
     moe_gemm,
@@ -36,6 +39,11 @@ from membound.kernels import (
     prefill_attention,
     rms_norm,
     rotary,
+)
+from membound.kernels.cpu_decode_stack import (
+    CpuDecodeStack,
+    DecoderLayerWeights,
+    DecoderStackShape,
 )
 from membound.kernels.triton_utils import HAS_TRITON
 
@@ -108,6 +116,19 @@ class KernelOps(Protocol):
     ) -> Tensor:
         """Grouped GEMM of the (token, expert) pairs sorted by expert (kernels/moe_gemm.py)."""
 
+    def pack_linear_weight(self, *, weight: Tensor) -> Tensor | None:
+        """This backend's own layout of a float ``[out, in]`` linear weight, for
+        ``packed_linear``; None: it has none for this weight (the layer keeps its own)."""
+
+    def packed_linear(self, *, x: Tensor, weight: Tensor, bias: Tensor | None,
+                      out_features: int) -> Tensor:  # fmt: skip
+        """x [..., in] @ W^T (+ bias) -> [..., out_features], W from ``pack_linear_weight``."""
+
+    def decode_stack(self, *, layers: Sequence[DecoderLayerWeights],
+                     shape: DecoderStackShape) -> CpuDecodeStack | None:  # fmt: skip
+        """A runner of decode steps through all of ``layers`` in one native call
+        (kernels/cpu_decode_stack.py); None where this backend has none for them."""
+
 
 class TorchOps:
     """The plain-torch references."""
@@ -173,6 +194,19 @@ class TorchOps:
     ) -> Tensor:
         return moe_gemm.moe_gemm_ref(a, w, sorted_token_ids, expert_ids, num_pairs, block_m,
                                      a_row_div, topk_weights)  # fmt: skip
+
+    def pack_linear_weight(self, *, weight: Tensor) -> Tensor | None:
+        return None
+
+    def decode_stack(self, *, layers: Sequence[DecoderLayerWeights],
+                     shape: DecoderStackShape) -> CpuDecodeStack | None:  # fmt: skip
+        return None
+
+    def packed_linear(self, *, x: Tensor, weight: Tensor, bias: Tensor | None,
+                      out_features: int) -> Tensor:  # fmt: skip
+        """The reference for any backend's packed weight: its plain ``[out, in]`` form
+        through ``F.linear``."""
+        return torch.nn.functional.linear(x, cpu_linear.dense_weight(weight, out_features), bias)
 
 
 class CpuOps(TorchOps):
@@ -277,6 +311,29 @@ class CpuOps(TorchOps):
             query, kv_cache, block_tables, query_start_loc, seq_lens, scale, sliding_window,
             max_query_len, out, k_scale=k_scale, v_scale=v_scale,
         )
+
+    def pack_linear_weight(self, *, weight: Tensor) -> Tensor | None:
+        """A bf16 weight VNNI-packed for the native GEMM where it serves (kernels/cpu_linear.py:
+        a CPU whose GEMM ukernel packs bf16); None elsewhere (oneDNN's prepack then)."""
+        if (self.native is None or weight.dim() != 2 or weight.dtype != torch.bfloat16
+                or not weight.is_cpu or not self.native.linear_supported(weight.shape[1])):  # fmt: skip
+            return None
+        return cpu_linear.pack_vnni(weight)
+
+    def packed_linear(self, *, x: Tensor, weight: Tensor, bias: Tensor | None,
+                      out_features: int) -> Tensor:  # fmt: skip
+        if self.native is None or x.dtype != torch.bfloat16:
+            return super().packed_linear(x=x, weight=weight, bias=bias, out_features=out_features)
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        y = self.native.linear_vnni(rows, weight, out_features, bias)
+        return y.view(*x.shape[:-1], out_features)
+
+    def decode_stack(self, *, layers: Sequence[DecoderLayerWeights],
+                     shape: DecoderStackShape) -> CpuDecodeStack | None:  # fmt: skip
+        """The native stack where the native kernels are here and every layer is bf16."""
+        if self.native is None or not layers or not all(w.bf16() for w in layers):
+            return None
+        return CpuDecodeStack(self.native, layers, shape)
 
     def varlen_attention(
         self, *, query: Tensor, key: Tensor, value: Tensor, query_start_loc: Tensor,

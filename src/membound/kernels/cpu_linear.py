@@ -1,6 +1,19 @@
-"""Weight layout for GEMMs on CPU: column-major fp32, oneDNN-prepacked bf16.
+"""Weight layout for GEMMs on CPU: column-major fp32, VNNI-packed or oneDNN-prepacked bf16.
 
-**bf16** (the default dtype where the CPU has AVX512-BF16/AMX, kernels/cpu_features.py):
+**bf16 on a CPU whose GEMM ukernel packs bf16** (AMX; the native kernels built,
+kernels/cpu_native.py ``linear_supported``): the weight is packed once, after loading, by
+``pack_vnni`` into ``[N_pad / 64, K / 2, 64, 2]``: blocks of 64 output columns, each in the
+VNNI layout the ukernel reads (pairs of consecutive input features side by side; output rows
+padded with zeros to a multiple of 64), and every product runs the native ``linear_vnni``
+(csrc/cpu_kernels.cpp). Against the oneDNN prepacked GEMM below it streams SmolLM2's and
+TinyLlama's weights 1.10-1.44x faster for one row (a batch-1 decode step), 0.82-1.09x at 64
+rows, and is 0.76-1.0x for 2048 rows (prefill), where the matrix units' throughput, not the
+weight's bytes, is the limit (benchmarks/results/cpu_vnni_linear.json, 2 threads). It is
+the only copy (no oneDNN prepack beside it): decode, where the weights' bytes set the pace,
+is the case the engine is built for. ``unpack_vnni`` gives the ``[out, in]`` weight back.
+The 4-D shape is how a layer tells this layout from a plain weight (``is_vnni``).
+
+**bf16 elsewhere** (AVX512-BF16 without AMX, or no native kernels):
 the weight is reordered once, after loading, into oneDNN's blocked layout
 (``torch.ops.mkldnn._reorder_linear_weight``, the op Inductor's CPU freezing pass uses) and
 every product runs ``torch.ops.mkldnn._linear_pointwise`` on it. Against ``F.linear`` on the plain
@@ -90,6 +103,38 @@ def linear_prepacked_ref(
     return torch.nn.functional.linear(x, weight, bias)
 
 
-def dense_weight(weight: torch.Tensor) -> torch.Tensor:
-    """The ``[out, in]`` strided weight of a plain or prepacked one."""
+def dense_weight(weight: torch.Tensor, out_features: int) -> torch.Tensor:
+    """The ``[out, in]`` strided weight of a plain, oneDNN-prepacked or VNNI-packed one."""
+    if is_vnni(weight):
+        return unpack_vnni(weight, out_features)
     return weight.to_dense() if weight.is_mkldnn else weight
+
+
+VNNI_BLOCK = 64  # output columns per packed block (csrc/cpu_kernels.cpp LN_NB)
+
+
+def pack_vnni(weight: torch.Tensor) -> torch.Tensor:
+    """``[out, in]`` bf16 (``in`` even) -> ``[ceil(out / 64), in / 2, 64, 2]``: per block of 64
+    output rows (zero-padded), element ``[b, k, n, j]`` is ``W[64 b + n, 2 k + j]``."""
+    out_features, in_features = weight.shape
+    if weight.dtype != torch.bfloat16 or in_features % 2:
+        raise ValueError(
+            f"pack_vnni takes a bf16 weight with an even number of input features, got "
+            f"{weight.dtype} {tuple(weight.shape)}"
+        )
+    blocks = -(-out_features // VNNI_BLOCK)
+    padded = weight.detach().new_zeros(blocks * VNNI_BLOCK, in_features)
+    padded[:out_features] = weight.detach()
+    return padded.view(blocks, VNNI_BLOCK, in_features // 2, 2).permute(0, 2, 1, 3).contiguous()
+
+
+def unpack_vnni(packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    """The ``[out_features, in]`` weight ``pack_vnni`` packed."""
+    blocks, half_in = packed.shape[0], packed.shape[1]
+    rows = packed.permute(0, 2, 1, 3).reshape(blocks * VNNI_BLOCK, half_in * 2)
+    return rows[:out_features]
+
+
+def is_vnni(weight: torch.Tensor) -> bool:
+    """A weight ``pack_vnni`` packed (4-D; plain and oneDNN-prepacked weights are 2-D)."""
+    return weight.dim() == 4

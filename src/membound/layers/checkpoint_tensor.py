@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 Reader = Callable[[tuple[slice, ...] | None], torch.Tensor]
 
@@ -57,3 +58,13 @@ def owns_checkpoint_loading(module: object) -> bool:
         callable(getattr(module, m, None))
         for m in ("load_checkpoint_tensor", "shard_ids", "checkpoint_specs")
     )
+
+
+def process_after_loading(model: nn.Module) -> None:
+    """Every module's ``process_weights_after_loading`` once all tensors are in, children
+    before their parents (reversed pre-order), so a parent's step (a model building its
+    decode stack) sees its layers' weights already laid out."""
+    for module in reversed(list(model.modules())):
+        post_load = getattr(module, "process_weights_after_loading", None)
+        if callable(post_load):
+            post_load()

@@ -72,7 +72,8 @@ class Linear(nn.Module):
         self.prefix = prefix
         # the backend whose kernels serve: the quantization method's post-load step lays
         # the stored weight out for it ("torch" | "cpu" | "triton")
-        self.kernel_backend = (ops or TORCH_OPS).backend.value
+        self.ops = ops or TORCH_OPS  # its packed_linear serves a weight it packed
+        self.kernel_backend = self.ops.backend.value
         self.quant_method = quant_method or UnquantizedLinearMethod()
         sizes = tuple(output_sizes) if output_sizes is not None else (output_size,)
         self.quant_method.create_weights(self, input_size, sizes, torch.get_default_dtype())

@@ -28,8 +28,10 @@ from torch import nn
 
 from membound.config import QuantizationConfig
 from membound.distributed.context import ParallelContext
+from membound.kernels.contract import TORCH_OPS, KernelOps
 from membound.kernels.cpu_linear import (
     can_prepack,
+    is_vnni,
     linear_prepacked,
     prefers_column_major,
     prepack_weight,
@@ -191,12 +193,13 @@ class LMHead(nn.Module):
         hidden_size: int,
         tied_to: VocabEmbedding | None,
         parallel: ParallelContext | None = None,
-        kernel_backend: str = "torch",
+        ops: KernelOps | None = None,
         int8: bool = False,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
-        self.kernel_backend = kernel_backend  # the backend serving: "cpu" re-lays it out
+        self.ops = ops or TORCH_OPS  # the backend serving: the CPU one re-lays the table out
+        self.kernel_backend = self.ops.backend.value
         self.tied = tied_to is not None
         if tied_to is not None:
             self.parallel = tied_to.parallel
@@ -207,9 +210,10 @@ class LMHead(nn.Module):
             self.rows = VocabRows.of(vocab_size, hidden_size, self.parallel)
             self.weight, scale = _table_params(self.rows, int8)
         self.register_parameter("weight_scale", scale)
-        # CPU backend, bf16 float table: the weight prepacked for oneDNN (kernels/cpu_linear.py);
-        # a tied head keeps the embedding's table too (its lookups need the plain rows). A
-        # parameter, so the memory report counts the second copy. Int8 tables are never copied
+        # CPU backend, bf16 float table: the weight packed for the backend's GEMM, or else
+        # prepacked for oneDNN (kernels/cpu_linear.py); a tied head keeps the embedding's table
+        # too (its lookups need the plain rows). A parameter, so the memory report counts the
+        # second copy. Int8 tables are never copied
         self.register_parameter("packed_weight", None)
         self.int8_cpu_kernel = False  # set after loading: the packed CPU int8 kernel serves
 
@@ -227,8 +231,9 @@ class LMHead(nn.Module):
         self.rows.load(self.weight, self.weight_scale, loaded, name)
 
     def process_weights_after_loading(self) -> None:
-        """The CPU backend prepacks a bf16 head for oneDNN (a tied one as a second copy: the
-        embedding looks its rows up) and keeps an untied fp32 (wide) head column-major:
+        """The CPU backend packs a bf16 head for its GEMM, or else prepacks it for oneDNN (a
+        tied one as a second copy: the embedding looks its rows up) and keeps an untied fp32
+        (wide) head column-major:
         faster logits for few rows. A tied fp32 head stays row-major. An int8 table runs
         through the packed CPU int8 kernel where it serves (bf16 scales), as it is."""
         if self.kernel_backend != "cpu":
@@ -239,8 +244,12 @@ class LMHead(nn.Module):
                 and self.weight_scale.dtype == KERNEL_DTYPE
                 and has_cpu_quant_kernels()
             )
-        elif can_prepack(self.weight):
-            self.packed_weight = nn.Parameter(prepack_weight(self.weight), requires_grad=False)
+            return
+        packed = self.ops.pack_linear_weight(weight=self.weight)
+        if packed is None and can_prepack(self.weight):
+            packed = prepack_weight(self.weight)
+        if packed is not None:
+            self.packed_weight = nn.Parameter(packed, requires_grad=False)
             if not self.tied:  # the packed weight is the only copy
                 self.weight = self.packed_weight
         elif not self.tied and prefers_column_major(self.weight):
@@ -251,6 +260,9 @@ class LMHead(nn.Module):
             if self.int8_cpu_kernel:
                 return int8_weight_only_linear(hidden, self.weight, self.weight_scale)
             return int8_logits_ref(hidden, self.weight, self.weight_scale).to(hidden.dtype)
+        if self.packed_weight is not None and is_vnni(self.packed_weight):
+            return self.ops.packed_linear(x=hidden, weight=self.packed_weight, bias=None,
+                                          out_features=self.rows.per_rank)  # fmt: skip
         if self.packed_weight is not None:
             return linear_prepacked(hidden, self.packed_weight)
         return F.linear(hidden, self.weight)

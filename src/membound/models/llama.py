@@ -20,6 +20,12 @@ from torch import nn
 from membound.config import ModelConfig
 from membound.distributed.context import ParallelContext
 from membound.kernels.contract import TORCH_OPS, KernelOps
+from membound.kernels.cpu_decode_stack import (
+    CpuDecodeStack,
+    DecoderLayerWeights,
+    DecoderStackShape,
+)
+from membound.kernels.cpu_native import NativeDecodePlan
 from membound.layers.activation import SiluAndMul
 from membound.layers.attention.layer import Attention
 from membound.layers.attention.metadata import AttentionMetadata
@@ -53,6 +59,7 @@ class LlamaAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.head_dim = config.head_dim
+        self.parallel = parallel or ParallelContext.single()
         self.qkv_proj = QKVParallelLinear(
             config.hidden_size, self.head_dim, config.num_attention_heads,
             config.num_key_value_heads, config.qkv_bias,
@@ -156,6 +163,20 @@ class LlamaDecoderLayer(nn.Module):
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
+    def stack_weights(self) -> DecoderLayerWeights | None:
+        """This layer's weights for a native decode stack (kernels/cpu_decode_stack.py), or
+        None where its shape is not the stack's: QK norm, a MoE or other MLP, one rank of
+        several, or a linear in a layout the stack does not multiply (its method says)."""
+        attn, mlp = self.self_attn, self.mlp
+        if attn.qk_norm or not isinstance(mlp, LlamaMLP) or attn.parallel.world_size != 1:
+            return None
+        layers = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+        linears = [lin.quant_method.stack_linear(lin) for lin in layers]
+        if any(lin is None for lin in linears):
+            return None
+        return DecoderLayerWeights(self.input_layernorm.weight,
+                                   self.post_attention_layernorm.weight, *linears)  # fmt: skip
+
 
 class LlamaModel(nn.Module):
     def __init__(
@@ -175,6 +196,25 @@ class LlamaModel(nn.Module):
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.config = config
+        self.ops = ops or TORCH_OPS
+        # the backend's runner of decode steps through every layer at once, where it has one
+        # for these layers (kernels/cpu_decode_stack.py); built after loading
+        self.decode_stack: CpuDecodeStack | None = None
+
+    def process_weights_after_loading(self) -> None:
+        """Runs after every layer laid its weights out (the loaders post-load children
+        first): the backend's decode stack, where it has one for all of the layers."""
+        weights = [layer.stack_weights() for layer in self.layers]
+        if any(w is None for w in weights):
+            return
+        attn = self.layers[0].self_attn
+        shape = DecoderStackShape(
+            attn.num_heads, attn.num_kv_heads, attn.head_dim, self.config.hidden_size,
+            self.layers[0].mlp.gate_up_proj.output_size // 2, self.config.rms_norm_eps,
+            attn.attn.scale,
+        )  # fmt: skip
+        self.decode_stack = self.ops.decode_stack(layers=weights, shape=shape)
 
     def forward(
         self,
@@ -185,12 +225,41 @@ class LlamaModel(nn.Module):
     ) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden_size]
         rope = self.rotary_emb.cos_sin(positions, md.seq_lens_per_token)  # once per step
+        if self._stack_serves(hidden, kv_caches, md):
+            assert kv_caches is not None and md.slot_mapping is not None
+            plan = md.backend_decode
+            assert isinstance(plan, NativeDecodePlan)
+            cos, sin = (t.float().contiguous() for t in rope)
+            assert self.decode_stack is not None
+            hidden, residual = self.decode_stack.forward(
+                hidden, cos, sin, kv_caches, md.slot_mapping, plan.block_tables, plan.seq_lens,
+                md.sliding_window,
+            )  # fmt: skip
+            hidden, _ = self.norm(hidden, residual)
+            return hidden
         residual: torch.Tensor | None = None
         for i, layer in enumerate(self.layers):
             cache = kv_caches[i] if kv_caches is not None else None
             hidden, residual = layer(rope, hidden, residual, cache, md)
         hidden, _ = self.norm(hidden, residual)
         return hidden
+
+    def _stack_serves(
+        self, hidden: torch.Tensor, kv_caches: list[torch.Tensor] | None, md: AttentionMetadata
+    ) -> bool:
+        """A decode-only step (every token its sequence's one new token, in order) in bf16
+        with a bf16 cache and the native decode plan: what the decode stack takes."""
+        return (
+            self.decode_stack is not None
+            and kv_caches is not None
+            and md.prefill is None
+            and md.decode is not None
+            and md.decode.token_range == (0, md.num_tokens)
+            and self.decode_stack.takes(md.num_tokens)
+            and isinstance(md.backend_decode, NativeDecodePlan)
+            and hidden.dtype == torch.bfloat16
+            and kv_caches[0].dtype == torch.bfloat16
+        )
 
 
 class LlamaForCausalLM(nn.Module):
@@ -238,8 +307,7 @@ class LlamaForCausalLM(nn.Module):
         )
         tied = self.model.embed_tokens if config.tie_word_embeddings else None
         self.lm_head = LMHead(config.vocab_size, config.hidden_size, tied, self.parallel,
-                              self.ops.backend.value,
-                              int8_table(config.quantization, "lm_head"))  # fmt: skip
+                              self.ops, int8_table(config.quantization, "lm_head"))  # fmt: skip
 
     def make_mlp(self, layer_idx: int, prefix: str) -> nn.Module:
         """The MLP of decoder layer ``layer_idx`` (dense here; MoE families override)."""

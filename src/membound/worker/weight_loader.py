@@ -24,7 +24,11 @@ from torch import nn
 from membound.config import ModelConfig
 from membound.distributed.context import ParallelContext
 from membound.kernels.contract import KernelOps
-from membound.layers.checkpoint_tensor import LazyTensor, owns_checkpoint_loading
+from membound.layers.checkpoint_tensor import (
+    LazyTensor,
+    owns_checkpoint_loading,
+    process_after_loading,
+)
 from membound.layers.linear import Linear
 from membound.layers.quantization import TensorSpec, UnquantizedLinearMethod
 from membound.models.registry import build_model
@@ -277,8 +281,5 @@ def load_model(
     else:
         validate_checkpoint(model, headers)
         model.load_weights(iterate_tensors(headers, progress))  # type: ignore[operator]
-    for module in model.modules():  # linears, experts, an untied LM head
-        post_load = getattr(module, "process_weights_after_loading", None)
-        if callable(post_load):
-            post_load()
+    process_after_loading(model)  # linears, experts, an untied LM head, then the model
     return model.eval()

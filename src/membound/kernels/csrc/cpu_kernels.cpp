@@ -923,6 +923,251 @@ at::Tensor prefill_attention(const at::Tensor& query, const at::Tensor& kv_cache
                          sliding_window, out);
   return out;
 }
+
+// ---------------------------------------------------------------------------------------
+// bf16 linear y = x W^T (+ bias) on the CPU's matrix units through the same GEMM ukernel
+// (at::native::cpublas::brgemm, bf16 x bf16 -> float32), on a weight packed once at load
+// (kernels/cpu_linear.py ``pack_vnni``): [N_pad / 64, K / 2, 64, 2], each block of 64 output
+// columns the ukernel's VNNI layout of W^T, rows past N zero.
+//
+// x [M, K] bf16 contiguous; tasks (tile of LN_MT rows, block of 64 columns), consecutive
+// tasks sharing the row tile, split evenly over the threads. Each task: one ukernel call
+// (float32 out), then + bias and rounded to bf16 (nearest even). Against oneDNN's prepacked
+// GEMM it streams the weight faster for few rows (a decode step) and is slower for
+// thousands (benchmarks/results/cpu_brgemm_linear.json); the layer ships it where it wins
+// (docs/kernels.md).
+constexpr int64_t LN_NB = 64;   // output columns per packed block (the ukernel's largest N)
+constexpr int64_t LN_MT = 512;  // rows per ukernel call
+
+bool linear_supported(int64_t in_features) {
+  return in_features % 2 == 0 && at::native::cpublas::could_pack(at::kBFloat16);
+}
+
+// y [M, N] = x [M, K] @ W^T (+ bias), inputs checked by the caller.
+void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
+                      const at::BFloat16* bias_ptr, at::Tensor& y) {
+  namespace cpublas = at::native::cpublas;
+  using bf16 = at::BFloat16;
+  const int64_t M = x.size(0), K = x.size(1), nb = packed.size(0);
+  if (M == 0) return;
+  const bf16* xp = x.data_ptr<bf16>();
+  const bf16* wp = packed.data_ptr<bf16>();
+  bf16* yp = y.data_ptr<bf16>();
+  const int64_t mt = (M + LN_MT - 1) / LN_MT;
+  at::parallel_for(0, nb * mt, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> c(std::min(M, LN_MT) * LN_NB);
+    std::vector<float> row(LN_NB);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t % nb, m0 = (t / nb) * LN_MT, m = std::min(LN_MT, M - m0);
+      cpublas::brgemm(m, LN_NB, K, K, LN_NB, LN_NB, false, xp + m0 * K, wp + b * K * LN_NB,
+                      c.data(), true);
+      const int64_t n0 = b * LN_NB, nn = std::min(LN_NB, N - n0);
+      for (int64_t i = 0; i < m; ++i) {
+        const float* ci = c.data() + i * LN_NB;
+        if (bias_ptr != nullptr) {
+          load_f(bias_ptr + n0, row.data(), nn);
+#pragma omp simd
+          for (int64_t j = 0; j < nn; ++j) row[j] += ci[j];
+          ci = row.data();
+        }
+        store_f(ci, yp + (m0 + i) * N + n0, nn);
+      }
+    }
+    cpublas::brgemm_release(true);
+  });
+}
+
+void check_vnni(const at::Tensor& packed, int64_t in_features, int64_t out_features,
+                const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(packed.dim() == 4 && packed.is_contiguous() && packed.scalar_type() == at::kBFloat16 &&
+              packed.size(2) == LN_NB && packed.size(3) == 2,
+              "packed must be a contiguous bf16 [N_pad / 64, K / 2, 64, 2] weight (pack_vnni)");
+  const int64_t nb = packed.size(0);
+  TORCH_CHECK(packed.size(1) * 2 == in_features, "x has ", in_features,
+              " features, the packed weight ", packed.size(1) * 2);
+  TORCH_CHECK(out_features > 0 && out_features <= nb * LN_NB && out_features > (nb - 1) * LN_NB,
+              "out_features ", out_features, " does not match the packed weight's ", nb,
+              " blocks of ", LN_NB);
+  TORCH_CHECK(linear_supported(in_features),
+              "this CPU's GEMM ukernel does not pack bf16 (linear_supported)");
+  if (bias.has_value())
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous() &&
+                bias->scalar_type() == at::kBFloat16, "bias must be a contiguous bf16 [N]");
+}
+
+at::Tensor linear_vnni(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
+                       const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
+              "x must be a contiguous [M, K] bfloat16 matrix");
+  check_vnni(packed, x.size(1), out_features, bias);
+  at::Tensor y = at::empty({x.size(0), out_features}, x.options());
+  linear_vnni_impl(x, packed, out_features,
+                   bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr, y);
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------
+// A decode step through a stack of pre-norm decoder layers (Llama's: RMSNorm, QKV, rotary,
+// the paged cache, attention, O, RMSNorm with the residual, gate/up, SiLU-and-mul, down) in
+// one call: the kernels the model's modules call, in their order, on the same tensors, so
+// the result is the module path's bit for bit; what it saves is the Python and dispatch
+// between them (a third of a batch-1 step on a small model). bf16; built once after loading
+// (kernels/cpu_decode_stack.py), run per step.
+//
+// A linear is one of the CPU backend's layouts, multiplied as its layer does:
+//   kind 0  bf16 VNNI-packed (linear_vnni)
+//   kind 1  int4: torch's packed CPU kernel, weight [N, K/2] uint8, scales_zeros [K/G, N, 2]
+//   kind 2  int8 weight-only: torch's packed CPU kernel, weight [N, K] int8, scales [N] bf16
+// (the quantized kernels only up to the rows where the layers use them: the caller checks).
+struct StackLinear {
+  int64_t kind, in_features, out_features, group_size;
+  at::Tensor weight;
+  c10::optional<at::Tensor> bias, scales;
+
+  at::Tensor operator()(const at::Tensor& x) const {
+    if (kind == 0) {
+      at::Tensor y = at::empty({x.size(0), out_features}, x.options());
+      linear_vnni_impl(x, weight, out_features,
+                       bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr, y);
+      return y;
+    }
+    at::Tensor y = kind == 1 ? at::_weight_int4pack_mm_for_cpu(x, weight, group_size, *scales)
+                             : at::_weight_int8pack_mm(x, weight, *scales);
+    return bias.has_value() ? y.add_(*bias) : y;
+  }
+};
+
+using LinearSpec = std::tuple<int64_t, at::Tensor, c10::optional<at::Tensor>,
+                              c10::optional<at::Tensor>, int64_t, int64_t>;  // kind, w, b, s, N, G
+
+StackLinear make_linear(const LinearSpec& spec, int64_t in_features, int64_t out_features,
+                        const char* what) {
+  const auto& [kind, w, bias, scales, n, group] = spec;
+  TORCH_CHECK(n == out_features, what, ": ", n, " outputs where the stack needs ", out_features);
+  if (bias.has_value())
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous() &&
+                bias->scalar_type() == at::kBFloat16, what, ": the bias must be contiguous bf16 [N]");
+  if (kind == 0) {
+    check_vnni(w, in_features, n, bias);
+  } else if (kind == 1) {
+    TORCH_CHECK(w.dim() == 2 && w.size(0) == n && w.size(1) * 2 == in_features &&
+                w.scalar_type() == at::kByte && group > 0 && in_features % group == 0 &&
+                scales.has_value() && scales->scalar_type() == at::kBFloat16 &&
+                scales->dim() == 3 && scales->size(0) == in_features / group &&
+                scales->size(1) == n, what, ": int4 needs weight [N, K/2] uint8 and scales_zeros "
+                "[K/G, N, 2] bf16");
+  } else if (kind == 2) {
+    TORCH_CHECK(w.dim() == 2 && w.size(0) == n && w.size(1) == in_features &&
+                w.scalar_type() == at::kChar && scales.has_value() &&
+                scales->scalar_type() == at::kBFloat16 && scales->dim() == 1 &&
+                scales->size(0) == n, what, ": int8 needs weight [N, K] int8 and scales [N] bf16");
+  } else {
+    TORCH_CHECK(false, what, ": unknown linear kind ", kind);
+  }
+  return StackLinear{kind, in_features, n, group, w, bias, scales};
+}
+
+struct StackLayer {
+  at::Tensor in_norm, post_norm;
+  StackLinear qkv, o, gate_up, down;
+};
+
+struct DecodeStack {
+  std::vector<StackLayer> layers;
+  int64_t H, KVH, D, hidden, inter;
+  double eps, scale;
+
+  // per layer: (input norm, post norm, [qkv, o, gate_up, down]) with each linear a LinearSpec
+  DecodeStack(const std::vector<std::tuple<at::Tensor, at::Tensor, std::vector<LinearSpec>>>& spec,
+              int64_t H_, int64_t KVH_, int64_t D_, int64_t hidden_, int64_t inter_, double eps_,
+              double scale_)
+      : H(H_), KVH(KVH_), D(D_), hidden(hidden_), inter(inter_), eps(eps_), scale(scale_) {
+    TORCH_CHECK(!spec.empty(), "a stack needs layers");
+    TORCH_CHECK(H % KVH == 0 && D % 2 == 0, "heads a multiple of KV heads, an even head_dim");
+    for (size_t l = 0; l < spec.size(); ++l) {
+      const auto& [in_norm, post_norm, lins] = spec[l];
+      for (const at::Tensor* w : {&in_norm, &post_norm})
+        TORCH_CHECK(w->dim() == 1 && w->size(0) == hidden && w->is_contiguous() &&
+                    w->scalar_type() == at::kBFloat16, "layer ", l, ": norm weights bf16 [hidden]");
+      TORCH_CHECK(lins.size() == 4, "layer ", l, ": qkv, o, gate_up and down");
+      layers.push_back(StackLayer{in_norm, post_norm,
+                                  make_linear(lins[0], hidden, (H + 2 * KVH) * D, "qkv"),
+                                  make_linear(lins[1], H * D, hidden, "o"),
+                                  make_linear(lins[2], hidden, 2 * inter, "gate_up"),
+                                  make_linear(lins[3], inter, hidden, "down")});
+    }
+  }
+
+  int64_t num_layers() const { return static_cast<int64_t>(layers.size()); }
+
+  // hidden [T, hidden] bf16 (the embeddings); cos/sin [T, D/2] float32; one cache per layer;
+  // slot_mapping [T] int64; block_tables [T, max_blocks] / seq_lens [T] (both int32 or
+  // int64). Returns (hidden, residual) after the last layer (the final norm is the caller's).
+  std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& hidden_in, const at::Tensor& cos,
+                                             const at::Tensor& sin,
+                                             const std::vector<at::Tensor>& kv_caches,
+                                             const at::Tensor& slot_mapping,
+                                             const at::Tensor& block_tables,
+                                             const at::Tensor& seq_lens, int64_t window) const {
+    using bf16 = at::BFloat16;
+    const int64_t T_ = hidden_in.size(0);
+    TORCH_CHECK(hidden_in.dim() == 2 && hidden_in.size(1) == hidden && hidden_in.is_contiguous() &&
+                hidden_in.scalar_type() == at::kBFloat16, "hidden must be contiguous bf16 [T, hidden]");
+    TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
+                cos.is_contiguous() && sin.is_contiguous() && cos.size(0) == T_ &&
+                sin.sizes() == cos.sizes() && cos.size(1) * 2 == D,
+                "cos/sin must be contiguous float32 [T, D/2]");
+    TORCH_CHECK(static_cast<int64_t>(kv_caches.size()) == num_layers(), "a KV cache per layer");
+    for (const at::Tensor& c : kv_caches)
+      TORCH_CHECK(c.dim() == 5 && c.is_contiguous() && c.scalar_type() == at::kBFloat16 &&
+                  c.size(3) == KVH && c.size(4) == D, "KV caches must be contiguous bf16 [2, N, B, KVH, D]");
+    TORCH_CHECK(slot_mapping.is_contiguous() && slot_mapping.scalar_type() == at::kLong &&
+                slot_mapping.size(0) == T_, "slot_mapping must be contiguous int64 [T]");
+    TORCH_CHECK(block_tables.is_contiguous() && seq_lens.is_contiguous() &&
+                block_tables.scalar_type() == seq_lens.scalar_type() &&
+                (seq_lens.scalar_type() == at::kLong || seq_lens.scalar_type() == at::kInt) &&
+                block_tables.size(0) >= T_ && seq_lens.size(0) >= T_,
+                "block_tables/seq_lens: contiguous, both int32 or both int64, a row per token");
+    const int64_t num_slots = kv_caches[0].size(1) * kv_caches[0].size(2);
+    const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+    for (int64_t t = 0; t < T_; ++t)
+      TORCH_CHECK(slots[t] < num_slots, "slot ", slots[t], " is past the cache's ", num_slots, " slots");
+
+    at::Tensor residual = hidden_in, h = at::empty_like(hidden_in);
+    rms_norm_impl<bf16>(hidden_in, c10::nullopt, layers[0].in_norm, eps, h, nullptr);
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const StackLayer& L = layers[l];
+      if (l > 0) {
+        at::Tensor normed = at::empty_like(h), summed = at::empty_like(h);
+        rms_norm_impl<bf16>(h, residual, L.in_norm, eps, normed, summed.data_ptr<bf16>());
+        h = normed;
+        residual = summed;
+      }
+      at::Tensor qkv_out = L.qkv(h);
+      at::Tensor q = qkv_out.narrow(1, 0, H * D).view({T_, H, D});
+      at::Tensor k = qkv_out.narrow(1, H * D, KVH * D).view({T_, KVH, D});
+      at::Tensor v = qkv_out.narrow(1, (H + KVH) * D, KVH * D).view({T_, KVH, D});
+      rotary_impl<bf16>(q, k, cos, sin);
+      store_kv(k, v, kv_caches[l], slot_mapping);
+      at::Tensor attn = at::empty({T_, H, D}, h.options());
+      if (seq_lens.scalar_type() == at::kLong)
+        decode_attention_impl<bf16, int64_t>(q, kv_caches[l], block_tables, seq_lens, scale,
+                                             window, attn);
+      else
+        decode_attention_impl<bf16, int32_t>(q, kv_caches[l], block_tables, seq_lens, scale,
+                                             window, attn);
+      at::Tensor o_out = L.o(attn.view({T_, H * D}));
+      at::Tensor normed = at::empty_like(o_out), summed = at::empty_like(o_out);
+      rms_norm_impl<bf16>(o_out, residual, L.post_norm, eps, normed, summed.data_ptr<bf16>());
+      residual = summed;
+      at::Tensor gu = L.gate_up(normed);
+      at::Tensor act = at::empty({T_, inter}, gu.options());
+      silu_and_mul_impl<bf16>(gu, act);
+      h = L.down(act);
+    }
+    return {h, residual};
+  }
+};
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -933,4 +1178,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("prefill_attention", &prefill_attention, "paged prefill/extend attention, bf16 (brgemm)");
   m.def("prefill_supported", &prefill_supported, "whether prefill_attention serves this head_dim on this CPU");
   m.def("store_kv", &store_kv, "store K/V rows into the paged cache by slot");
+  m.def("linear_vnni", &linear_vnni, "bf16 x @ W^T (+ bias) on a VNNI-packed weight (brgemm)");
+  m.def("linear_supported", &linear_supported, "whether linear_vnni serves this in_features on this CPU");
+  pybind11::class_<DecodeStack>(m, "DecodeStack", "decode steps through a stack of decoder layers")
+      .def(pybind11::init<const std::vector<std::tuple<at::Tensor, at::Tensor, std::vector<LinearSpec>>>&,
+                          int64_t, int64_t, int64_t, int64_t, int64_t, double, double>())
+      .def("forward", &DecodeStack::forward)
+      .def_property_readonly("num_layers", &DecodeStack::num_layers);
 }

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from membound.config import ConfigError, QuantizationConfig
+from membound.kernels.cpu_decode_stack import StackLinear
 
 # safetensors header dtype -> the kind a TensorSpec names
 DTYPE_KINDS: dict[str, str] = {
@@ -106,6 +107,11 @@ class QuantizationMethod:
     def dequantize(self, layer: nn.Module) -> torch.Tensor:
         """The weight as float32 ``[out, in]``, as the layer computes with it."""
         raise NotImplementedError
+
+    def stack_linear(self, layer: nn.Module) -> StackLinear | None:
+        """The layer's weight as a native decode stack multiplies it, the way ``apply``
+        does (kernels/cpu_decode_stack.py); None where the stack has no such layout."""
+        return None
 
 
 _METHODS: dict[str, Callable[[QuantizationConfig], QuantizationMethod]] = {}

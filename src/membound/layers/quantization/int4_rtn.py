@@ -30,7 +30,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from membound.kernels.cpu_decode_stack import LinearKind, StackLinear
 from membound.kernels.cpu_quant_linear import (
+    INT4_KERNEL_MAX_ROWS,
     dequantize_int4_cpu,
     has_cpu_quant_kernels,
     int4_cpu_linear,
@@ -158,6 +160,13 @@ class Int4LinearMethod(QuantizeOnLoad, QuantizationMethod):
         if bias is not None:
             y = y + bias
         return y.reshape(*lead, -1)
+
+    def stack_linear(self, layer: nn.Module) -> StackLinear | None:
+        """The packed CPU kernel's layout (not with an act-order permutation)."""
+        if getattr(layer, "cpu_qweight", None) is None or layer.perm is not None:
+            return None
+        return StackLinear(LinearKind.INT4, layer.cpu_qweight, layer.bias, layer.output_size,
+                           layer.cpu_scales_zeros, layer.group_size, INT4_KERNEL_MAX_ROWS)  # fmt: skip
 
     def dequantize(self, layer: nn.Module) -> torch.Tensor:
         from membound.kernels.int4_gemm import dequantize_int4_ref

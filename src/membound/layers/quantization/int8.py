@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from membound.kernels.cpu_decode_stack import LinearKind, StackLinear
 from membound.kernels.cpu_quant_linear import (
+    INT8_KERNEL_MAX_ROWS,
     KERNEL_DTYPE,
     has_cpu_quant_kernels,
     int8_weight_only_linear,
@@ -121,6 +123,13 @@ class Int8LinearMethod(ScaledW8A8Method):
         scale = layer.weight_scale.detach().to(KERNEL_DTYPE)
         layer.weight_scale = nn.Parameter(scale, requires_grad=False)
         layer.cpu_weight_only = True
+
+    def stack_linear(self, layer: nn.Module) -> StackLinear | None:
+        """The packed CPU weight-only kernel's layout, where the layer uses it."""
+        if not layer.cpu_weight_only:
+            return None
+        return StackLinear(LinearKind.INT8, layer.weight, layer.bias, layer.output_size,
+                           layer.weight_scale, max_rows=INT8_KERNEL_MAX_ROWS)  # fmt: skip
 
     def apply(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None

@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from membound.kernels.cpu_decode_stack import LinearKind, StackLinear
 from membound.kernels.cpu_linear import (
     can_prepack,
     dense_weight,
+    is_vnni,
     linear_prepacked,
     prefers_column_major,
     prepack_weight,
@@ -47,11 +49,15 @@ class UnquantizedLinearMethod(QuantizationMethod):
         copy_slice(layer.weight, weight, 0, rows[0], rows[1], "weight")
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        """The CPU backend prepacks bf16 weights for oneDNN and keeps wide fp32 weights
-        column-major (kernels/cpu_linear.py)."""
+        """The CPU backend packs bf16 weights for its native GEMM where it serves, else
+        prepacks them for oneDNN, and keeps wide fp32 weights column-major
+        (kernels/cpu_linear.py)."""
         if layer.kernel_backend != "cpu":
             return
-        if can_prepack(layer.weight):
+        packed = layer.ops.pack_linear_weight(weight=layer.weight)
+        if packed is not None:
+            layer.weight = nn.Parameter(packed, requires_grad=False)
+        elif can_prepack(layer.weight):
             layer.weight = nn.Parameter(prepack_weight(layer.weight), requires_grad=False)
         elif prefers_column_major(layer.weight):
             to_column_major(layer.weight)
@@ -59,9 +65,17 @@ class UnquantizedLinearMethod(QuantizationMethod):
     def apply(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
+        if is_vnni(layer.weight):
+            return layer.ops.packed_linear(x=x, weight=layer.weight, bias=bias,
+                                           out_features=layer.output_size)  # fmt: skip
         if layer.weight.is_mkldnn:
             return linear_prepacked(x, layer.weight, bias)
         return F.linear(x, layer.weight, bias)
 
     def dequantize(self, layer: nn.Module) -> torch.Tensor:
-        return dense_weight(layer.weight.detach()).float()
+        return dense_weight(layer.weight.detach(), layer.output_size).float()
+
+    def stack_linear(self, layer: nn.Module) -> StackLinear | None:
+        if not is_vnni(layer.weight):
+            return None
+        return StackLinear(LinearKind.VNNI, layer.weight, layer.bias, layer.output_size)

@@ -1,0 +1,87 @@
+"""The CPU backend's bf16 GEMM on VNNI-packed weights (``native.linear_vnni``, torch's
+batch-reduce GEMM ukernel, kernels/cpu_linear.py) against oneDNN's prepacked
+``mkldnn._linear_pointwise`` (what a bf16 linear ran before, and still runs where the ukernel
+cannot pack bf16).
+
+    python benchmarks/kernels/bench_cpu_vnni_linear.py --threads 2 \\
+        --output-json benchmarks/results/cpu_vnni_linear.json
+
+Shapes: SmolLM2-135M (qkv 960x576, gate_up 3072x576, down 576x1536, LM head 49152x576) and
+TinyLlama-1.1B (qkv 2560x2048, gate_up 11264x2048, down 2048x5632). Each timed call uses
+another copy of the weight (copies over ~200 MB in all) so the weights stream from memory as
+in a decode step. Wall time, best of 3 passes over the copies (run it on an idle machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from common import git_commit
+
+from membound.kernels.cpu_linear import pack_vnni
+from membound.kernels.cpu_native import build_native_cpu_kernels
+
+SHAPES = {"smollm2": [(960, 576), (3072, 576), (576, 1536), (49152, 576)],
+          "tinyllama": [(2560, 2048), (11264, 2048), (2048, 5632)]}  # fmt: skip
+
+
+def best_us(fn, copies: int) -> float:
+    for i in range(copies):
+        fn(i)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for i in range(copies):
+            fn(i)
+        best = min(best, (time.perf_counter() - t) / copies)
+    return best * 1e6
+
+
+def measure(native, m: int, n: int, k: int) -> dict:
+    """oneDNN vs the ukernel for x [m, k] @ W^T, W [n, k], each call on another weight copy."""
+    copies = max(2, int(2e8 // (n * k * 2)))
+    ws = [torch.randn(n, k).bfloat16() for _ in range(copies)]
+    onednn = [torch.ops.mkldnn._reorder_linear_weight(w) for w in ws]
+    packed = [pack_vnni(w) for w in ws]
+    x = torch.randn(m, k).bfloat16()
+    ref = torch.nn.functional.linear(x, ws[0]).float()
+    err = (native.linear_vnni(x, packed[0], n, None).float() - ref).abs().max() / ref.abs().max()
+    t_dnn = best_us(lambda i: torch.ops.mkldnn._linear_pointwise(
+        x, onednn[i], None, "none", [], ""), copies)  # fmt: skip
+    t_brg = best_us(lambda i: native.linear_vnni(x, packed[i], n, None), copies)
+    return {"rows": m, "out": n, "in": k, "onednn_us": round(t_dnn, 1),
+            "brgemm_us": round(t_brg, 1), "brgemm_over_onednn": round(t_dnn / t_brg, 2),
+            "onednn_weight_gbs": round(n * k * 2 / t_dnn / 1e3, 1),
+            "brgemm_weight_gbs": round(n * k * 2 / t_brg / 1e3, 1),
+            "max_rel_err": float(f"{err:.1e}")}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 8, 64, 512, 2048])
+    p.add_argument("--output-json", default=None)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    native = build_native_cpu_kernels()
+    if not native.linear_supported(576):
+        raise SystemExit("this CPU's GEMM ukernel cannot pack bf16 (no AMX): nothing to compare")
+    rows = []
+    for m in a.rows:
+        for model, shapes in SHAPES.items():
+            for n, k in shapes:
+                row = {"model": model, **measure(native, m, n, k)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    if a.output_json:
+        doc = {"benchmark": "cpu_vnni_linear", "commit": git_commit(), "threads": a.threads,
+               "torch": torch.__version__, "timing": "wall, best of 3 passes", "rows": rows}  # fmt: skip
+        Path(a.output_json).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
