@@ -1171,18 +1171,21 @@ struct DecodeStack {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_attention", &decode_attention, "paged decode attention (in place reads)");
+  // The long calls let go of the GIL while they run (after their arguments are converted),
+  // as torch's own ops do: a server's event loop thread keeps serving during a model step.
+  const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
+  m.def("decode_attention", &decode_attention, "paged decode attention (in place reads)", nogil);
   m.def("rms_norm", &rms_norm, "RMSNorm, optionally fused with the residual add (returns out, x + residual)");
   m.def("silu_and_mul", &silu_and_mul, "SiLU(gate) * up");
   m.def("rotary_embedding", &rotary_embedding, "rotate-half rotary, in place on q and k");
-  m.def("prefill_attention", &prefill_attention, "paged prefill/extend attention, bf16 (brgemm)");
+  m.def("prefill_attention", &prefill_attention, "paged prefill/extend attention, bf16 (brgemm)", nogil);
   m.def("prefill_supported", &prefill_supported, "whether prefill_attention serves this head_dim on this CPU");
   m.def("store_kv", &store_kv, "store K/V rows into the paged cache by slot");
-  m.def("linear_vnni", &linear_vnni, "bf16 x @ W^T (+ bias) on a VNNI-packed weight (brgemm)");
+  m.def("linear_vnni", &linear_vnni, "bf16 x @ W^T (+ bias) on a VNNI-packed weight (brgemm)", nogil);
   m.def("linear_supported", &linear_supported, "whether linear_vnni serves this in_features on this CPU");
   pybind11::class_<DecodeStack>(m, "DecodeStack", "decode steps through a stack of decoder layers")
       .def(pybind11::init<const std::vector<std::tuple<at::Tensor, at::Tensor, std::vector<LinearSpec>>>&,
                           int64_t, int64_t, int64_t, int64_t, int64_t, double, double>())
-      .def("forward", &DecodeStack::forward)
+      .def("forward", &DecodeStack::forward, nogil)
       .def_property_readonly("num_layers", &DecodeStack::num_layers);
 }
