@@ -336,3 +336,20 @@ def test_cpu_backend_packs_bf16_linears_and_heads_for_native(native) -> None:
         TorchOps().packed_linear(x=x, weight=lin.weight, bias=lin.bias, out_features=48),
         rtol=1.6e-2, atol=2e-2,
     )
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path) -> None:
+    """A build killed mid-way leaves torch's lock file behind; later starts would wait on it
+    forever. One older than STALE_LOCK_S goes (logged); a younger one may be a live build."""
+    import os
+
+    stale = tmp_path / "py311_cpu" / cpu_native.EXTENSION_NAME / "lock"
+    fresh = tmp_path / cpu_native.EXTENSION_NAME / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    now = stale.stat().st_mtime + cpu_native.STALE_LOCK_S + 1
+    os.utime(fresh, (now - 5, now - 5))
+    assert cpu_native.clear_stale_lock(tmp_path, now=now) == [stale]
+    assert not stale.exists() and fresh.exists()
+    assert cpu_native.clear_stale_lock(tmp_path / "empty", now=now) == []

@@ -45,8 +45,36 @@ CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno
 NATIVE_DTYPES = (torch.bfloat16, torch.float16)  # float32 keeps the references (docstring)
 
 
+STALE_LOCK_S = 600.0  # a build takes about a minute: a lock this old was left by a killed one
+
+
 class NativeBuildError(RuntimeError):
     """The native CPU kernels could not be built or loaded here."""
+
+
+def clear_stale_lock(root: Path, now: float | None = None) -> list[Path]:
+    """Remove build locks older than ``STALE_LOCK_S`` under ``root``; returns them.
+
+    torch's builder takes a ``lock`` file in the build folder and removes it when done. A
+    build that is killed (Ctrl-C during a first start's minute of compiling) leaves the file
+    behind, and every later start waits on it forever, silently."""
+    now = time.time() if now is None else now
+    removed = []
+    for folder in [*root.glob(EXTENSION_NAME), *root.glob(f"*/{EXTENSION_NAME}")]:
+        lock = folder / "lock"
+        try:
+            age = now - lock.stat().st_mtime
+        except OSError:  # no lock: nothing to do
+            continue
+        if age > STALE_LOCK_S:
+            lock.unlink(missing_ok=True)
+            logger.warning("removed %s, a build lock %.0f s old: a build of the native CPU "
+                           "kernels was killed before it finished", lock, age)  # fmt: skip
+            removed.append(lock)
+        else:
+            logger.warning("waiting for another process building the native CPU kernels "
+                           "(lock %s); if none is, delete that file", lock)  # fmt: skip
+    return removed
 
 
 def build_native_cpu_kernels(verbose: bool = False) -> ModuleType:
@@ -57,6 +85,7 @@ def build_native_cpu_kernels(verbose: bool = False) -> ModuleType:
 
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
     # torch builds in $TORCH_EXTENSIONS_DIR/<name>/, else <default root>/<py+device tag>/<name>/
+    clear_stale_lock(root)
     built = [*root.glob(f"{EXTENSION_NAME}/*.so"), *root.glob(f"*/{EXTENSION_NAME}/*.so")]
     if not built:  # a first build: say why we wait
         logger.warning("compiling membound's native CPU kernels for this machine (once, about "
