@@ -977,8 +977,21 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   });
 }
 
-void check_vnni(const at::Tensor& packed, int64_t in_features, int64_t out_features,
-                const c10::optional<at::Tensor>& bias) {
+// y [M, N] newly allocated, inputs checked by the caller
+at::Tensor linear_vnni_unchecked(const at::Tensor& x, const at::Tensor& packed, int64_t N,
+                                 const c10::optional<at::Tensor>& bias) {
+  at::Tensor y = at::empty({x.size(0), N}, x.options());
+  linear_vnni_impl(x, packed, N, bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr, y);
+  return y;
+}
+
+void check_bias(const c10::optional<at::Tensor>& bias, int64_t out_features, const char* what) {
+  if (bias.has_value())
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous() &&
+                bias->scalar_type() == at::kBFloat16, what, ": the bias must be a contiguous bf16 [N]");
+}
+
+void check_vnni(const at::Tensor& packed, int64_t in_features, int64_t out_features) {
   TORCH_CHECK(packed.dim() == 4 && packed.is_contiguous() && packed.scalar_type() == at::kBFloat16 &&
               packed.size(2) == LN_NB && packed.size(3) == 2,
               "packed must be a contiguous bf16 [N_pad / 64, K / 2, 64, 2] weight (pack_vnni)");
@@ -990,20 +1003,15 @@ void check_vnni(const at::Tensor& packed, int64_t in_features, int64_t out_featu
               " blocks of ", LN_NB);
   TORCH_CHECK(linear_supported(in_features),
               "this CPU's GEMM ukernel does not pack bf16 (linear_supported)");
-  if (bias.has_value())
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features && bias->is_contiguous() &&
-                bias->scalar_type() == at::kBFloat16, "bias must be a contiguous bf16 [N]");
 }
 
 at::Tensor linear_vnni(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
                        const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
               "x must be a contiguous [M, K] bfloat16 matrix");
-  check_vnni(packed, x.size(1), out_features, bias);
-  at::Tensor y = at::empty({x.size(0), out_features}, x.options());
-  linear_vnni_impl(x, packed, out_features,
-                   bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr, y);
-  return y;
+  check_vnni(packed, x.size(1), out_features);
+  check_bias(bias, out_features, "linear_vnni");
+  return linear_vnni_unchecked(x, packed, out_features, bias);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1025,12 +1033,7 @@ struct StackLinear {
   c10::optional<at::Tensor> bias, scales;
 
   at::Tensor operator()(const at::Tensor& x) const {
-    if (kind == 0) {
-      at::Tensor y = at::empty({x.size(0), out_features}, x.options());
-      linear_vnni_impl(x, weight, out_features,
-                       bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr, y);
-      return y;
-    }
+    if (kind == 0) return linear_vnni_unchecked(x, weight, out_features, bias);
     at::Tensor y = kind == 1 ? at::_weight_int4pack_mm_for_cpu(x, weight, group_size, *scales)
                              : at::_weight_int8pack_mm(x, weight, *scales);
     return bias.has_value() ? y.add_(*bias) : y;
@@ -1044,11 +1047,9 @@ StackLinear make_linear(const LinearSpec& spec, int64_t in_features, int64_t out
                         const char* what) {
   const auto& [kind, w, bias, scales, n, group] = spec;
   TORCH_CHECK(n == out_features, what, ": ", n, " outputs where the stack needs ", out_features);
-  if (bias.has_value())
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous() &&
-                bias->scalar_type() == at::kBFloat16, what, ": the bias must be contiguous bf16 [N]");
+  check_bias(bias, n, what);
   if (kind == 0) {
-    check_vnni(w, in_features, n, bias);
+    check_vnni(w, in_features, n);
   } else if (kind == 1) {
     TORCH_CHECK(w.dim() == 2 && w.size(0) == n && w.size(1) * 2 == in_features &&
                 w.scalar_type() == at::kByte && group > 0 && in_features % group == 0 &&
