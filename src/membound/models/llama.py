@@ -225,22 +225,19 @@ class LlamaModel(nn.Module):
     ) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # [num_tokens, hidden_size]
         rope = self.rotary_emb.cos_sin(positions, md.seq_lens_per_token)  # once per step
-        if self._stack_serves(hidden, kv_caches, md):
-            assert kv_caches is not None and md.slot_mapping is not None
-            plan = md.backend_decode
-            assert isinstance(plan, NativeDecodePlan)
-            cos, sin = (t.float().contiguous() for t in rope)
-            assert self.decode_stack is not None
-            hidden, residual = self.decode_stack.forward(
-                hidden, cos, sin, kv_caches, md.slot_mapping, plan.block_tables, plan.seq_lens,
-                md.sliding_window,
-            )  # fmt: skip
-            hidden, _ = self.norm(hidden, residual)
-            return hidden
         residual: torch.Tensor | None = None
-        for i, layer in enumerate(self.layers):
-            cache = kv_caches[i] if kv_caches is not None else None
-            hidden, residual = layer(rope, hidden, residual, cache, md)
+        if self._stack_serves(hidden, kv_caches, md):
+            assert self.decode_stack is not None and kv_caches is not None
+            assert md.slot_mapping is not None and isinstance(md.backend_decode, NativeDecodePlan)
+            cos, sin = (t.float().contiguous() for t in rope)
+            hidden, residual = self.decode_stack.forward(
+                hidden, cos, sin, kv_caches, md.slot_mapping, md.backend_decode.block_tables,
+                md.backend_decode.seq_lens, md.sliding_window,
+            )  # fmt: skip
+        else:
+            for i, layer in enumerate(self.layers):
+                cache = kv_caches[i] if kv_caches is not None else None
+                hidden, residual = layer(rope, hidden, residual, cache, md)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
