@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from membound.config import ModelConfig, QuantizationConfig
 from membound.kernels import cpu_native
 from membound.kernels.contract import CpuOps
+from membound.kernels.kv_quant import FP8_KV_DTYPE, quantize_kv_ref
 from membound.layers.attention.metadata import build_attention_metadata
 from membound.worker.weight_loader import load_model
 from tiny_models import make_checkpoint
@@ -44,10 +46,13 @@ def _model(folder: Path, ops: CpuOps, dtype: torch.dtype = torch.bfloat16,
     return load_model(config, str(folder), dtype=dtype, device=torch.device("cpu"), ops=ops)
 
 
-def _caches(model, num_blocks: int = 24) -> list[torch.Tensor]:
+def _caches(model, num_blocks: int = 24, fp8: bool = False) -> list[torch.Tensor]:
     cfg = model.config
     g = torch.Generator().manual_seed(5)
     shape = (2, num_blocks, BLOCK, cfg.num_key_value_heads, cfg.head_dim)
+    if fp8:
+        return [quantize_kv_ref(torch.randn(shape, generator=g), 1.0, FP8_KV_DTYPE)
+                for _ in range(cfg.num_hidden_layers)]  # fmt: skip
     return [torch.randn(shape, generator=g).to(model.model.embed_tokens.weight.dtype)
             for _ in range(cfg.num_hidden_layers)]  # fmt: skip
 
@@ -91,6 +96,29 @@ def test_decode_stack_equals_module_path(native, tmp_path, family, quantization,
     assert torch.equal(via_stack, via_modules)
     for a, b in zip(caches_a, caches_b, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("seq_lens", [[9], [3, 17, 1]])
+def test_decode_stack_fp8_cache_equals_module_path(native, tmp_path, seq_lens) -> None:
+    """An FP8 cache with the checkpoint's per-layer K/V scales (different per layer): the
+    stack quantizes and reads with each layer's scales, as the attention layers do."""
+    folder = make_checkpoint(tmp_path / "m", "mistral", seed=3)
+    weights = load_file(folder / "model.safetensors")
+    layers = ModelConfig.from_hf(folder).num_hidden_layers
+    for i in range(layers):
+        weights[f"model.layers.{i}.self_attn.k_scale"] = torch.tensor(0.25 * (i + 1))
+        weights[f"model.layers.{i}.self_attn.v_scale"] = torch.tensor(0.5 / (i + 1))
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    ops = CpuOps(native=native)
+    model = _model(folder, ops)
+    assert model.model.decode_stack is not None
+    caches_a, caches_b = _caches(model, fp8=True), _caches(model, fp8=True)
+    with torch.no_grad():
+        via_stack = _decode_step(model, ops, caches_a, seq_lens, planned=True)
+        via_modules = _decode_step(model, ops, caches_b, seq_lens, planned=False)
+    assert torch.equal(via_stack, via_modules)
+    for a, b in zip(caches_a, caches_b, strict=True):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
 def test_decode_stack_is_not_built_where_it_does_not_serve(native, tmp_path) -> None:

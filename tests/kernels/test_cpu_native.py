@@ -94,10 +94,21 @@ def _paged_case(dtype: torch.dtype, lens: list[int], head_dim: int, block_size: 
     return q, cache, tables, torch.tensor(lens)
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """The decode kernel's task split depends on threads per sequence: with 1 thread the 5
+    sequences below go one task each (all KV heads), with 2 one task per (sequence, KV head)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("window", [None, 20])
 @pytest.mark.parametrize("head_dim", [64, 40])
-def test_decode_attention(native, dtype: torch.dtype, window: int | None, head_dim: int) -> None:
+def test_decode_attention(native, threads, dtype: torch.dtype, window: int | None,
+                          head_dim: int) -> None:  # fmt: skip
     lens = [1, 17, 33, 90, 0]  # a padding row (length 0) gives zeros
     q, cache, tables, seq_lens = _paged_case(dtype, lens, head_dim)
     scale = head_dim**-0.5
@@ -109,6 +120,19 @@ def test_decode_attention(native, dtype: torch.dtype, window: int | None, head_d
         tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
         torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
         assert torch.equal(out[4], torch.zeros_like(out[4]))
+
+
+@pytest.mark.parametrize("block_size", [8, 32, 128])
+def test_decode_attention_block_sizes(native, threads, block_size: int) -> None:
+    """Blocks smaller than a matrix-unit tile of 16 keys (all vector code), two tiles per
+    block, and blocks longer than a softmax chunk of keys; windows cut blocks mid-way."""
+    lens = [3, 40, 129, 300, 64]
+    q, cache, tables, seq_lens = _paged_case(torch.bfloat16, lens, 64, block_size)
+    for window in (None, 50):
+        ref = paged_decode_attention_ref(q, cache, tables, seq_lens, 0.125, window)
+        out = torch.full_like(q, float("nan"))
+        native.decode_attention(q, cache, tables, seq_lens, 0.125, window or 0, out)
+        torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
 
 
 def test_decode_attention_refuses_bad_input(native) -> None:

@@ -45,6 +45,7 @@ from membound.kernels.cpu_decode_stack import (
     DecoderLayerWeights,
     DecoderStackShape,
 )
+from membound.kernels.kv_quant import is_fp8
 from membound.kernels.triton_utils import HAS_TRITON
 
 logger = logging.getLogger(__name__)
@@ -212,8 +213,8 @@ class TorchOps:
 class CpuOps(TorchOps):
     """The references, with attention written for CPUs; its decode plan is its metadata.
     With ``native`` (kernels/cpu_native.py, built at start-up where a compiler exists),
-    bf16/fp16 decode attention, RMSNorm, rotary and SiLU-and-mul run in C++; float32 and an
-    FP8 cache keep the torch paths."""
+    bf16/fp16 decode attention, RMSNorm, rotary and SiLU-and-mul run in C++, and so do a bf16
+    model's stores to and attention over an FP8 cache; float32 keeps the torch paths."""
 
     backend = KernelBackend.CPU
 
@@ -226,13 +227,18 @@ class CpuOps(TorchOps):
     def store_kv(self, *, key: Tensor, value: Tensor, kv_cache: Tensor, slot_mapping: Tensor,
                  k_scale: float, v_scale: float) -> None:  # fmt: skip
         native = self._native_for(key)
-        if (native is None or kv_cache.dtype != key.dtype or not kv_cache.is_contiguous()
+        if (native is None or not self._native_cache(key, kv_cache) or not kv_cache.is_contiguous()
                 or key.stride(-2) != key.shape[-1] or value.stride(-2) != value.shape[-1]
                 or key.stride(-1) != 1 or value.stride(-1) != 1):  # fmt: skip
             return super().store_kv(key=key, value=value, kv_cache=kv_cache,
                                     slot_mapping=slot_mapping, k_scale=k_scale, v_scale=v_scale)  # fmt: skip
-        # an unquantized cache stores the rows as they are (its scales are 1.0)
-        native.store_kv(key, value, kv_cache, slot_mapping.long().contiguous())
+        native.store_kv(key, value, kv_cache, slot_mapping.long().contiguous(), k_scale, v_scale)
+
+    @staticmethod
+    def _native_cache(x: Tensor, kv_cache: Tensor) -> bool:
+        """Whether the native kernels read and write ``kv_cache`` for activations like ``x``:
+        a cache in their dtype, or an FP8 cache under a bf16 model."""
+        return kv_cache.dtype == x.dtype or (is_fp8(kv_cache.dtype) and x.dtype == torch.bfloat16)
 
     def rms_norm(self, *, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         native = self._native_for(x)
@@ -267,9 +273,9 @@ class CpuOps(TorchOps):
 
     def plan_decode(self, *, block_tables: Tensor, seq_lens: Tensor, block_size: int,
                     sliding_window: int | None, kv_cache: Tensor) -> object | None:  # fmt: skip
-        """The native kernel's index tensors where it will serve the step (a bf16/fp16 cache),
-        else the torch path's length buckets; built once per step for every layer."""
-        if self._native_for(kv_cache) is not None:
+        """The native kernel's index tensors where it will serve the step (a bf16/fp16 or FP8
+        cache), else the torch path's length buckets; built once per step for every layer."""
+        if self.native is not None and (cpu_native.uses_native(kv_cache) or is_fp8(kv_cache.dtype)):
             return cpu_native.NativeDecodePlan.build(block_tables, seq_lens)
         return cpu_attention.plan_decode(block_tables, seq_lens, block_size, sliding_window,
                                          cpu_attention.decode_bytes_per_token(kv_cache))  # fmt: skip
@@ -280,13 +286,12 @@ class CpuOps(TorchOps):
         plan: object | None, k_scale: float, v_scale: float,
     ) -> Tensor:
         native = self._native_for(query)
-        if native is not None and kv_cache.dtype == query.dtype and query.stride(-1) == 1:
+        if native is not None and self._native_cache(query, kv_cache) and query.stride(-1) == 1:
             if not isinstance(plan, cpu_native.NativeDecodePlan):
                 plan = cpu_native.NativeDecodePlan.build(block_tables, seq_lens)
             out = torch.empty_like(query) if out is None else out
-            # an unquantized cache has no scales to fold (both 1.0)
             return native.decode_attention(query, kv_cache, plan.block_tables, plan.seq_lens,
-                                           scale, sliding_window or 0, out)  # fmt: skip
+                                           scale, sliding_window or 0, out, k_scale, v_scale)  # fmt: skip
         if not isinstance(plan, cpu_attention.DecodePlan):
             plan = None  # built for the native kernel: the torch path plans for itself
         return cpu_attention.paged_decode_attention_cpu(
@@ -300,13 +305,12 @@ class CpuOps(TorchOps):
         max_query_len: int, out: Tensor | None, k_scale: float, v_scale: float,
     ) -> Tensor:
         native = self._native_for(query)
-        if (native is not None and query.dtype == torch.bfloat16 and kv_cache.dtype == query.dtype
+        if (native is not None and query.dtype == torch.bfloat16 and self._native_cache(query, kv_cache)
                 and query.stride(-1) == 1 and native.prefill_supported(query.shape[-1])):  # fmt: skip
             out = torch.empty_like(query) if out is None else out
-            # an unquantized cache has no scales to fold (both 1.0)
             return native.prefill_attention(
                 query, kv_cache, block_tables.long().contiguous(), query_start_loc.long(),
-                seq_lens.long(), scale, sliding_window or 0, out)  # fmt: skip
+                seq_lens.long(), scale, sliding_window or 0, out, k_scale, v_scale)  # fmt: skip
         return cpu_attention.prefill_attention_cpu(
             query, kv_cache, block_tables, query_start_loc, seq_lens, scale, sliding_window,
             max_query_len, out, k_scale=k_scale, v_scale=v_scale,

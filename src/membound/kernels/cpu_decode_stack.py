@@ -16,7 +16,8 @@ any other step or layout, so a step it does not serve is slower, never wrong:
 - bf16, each linear in one of the CPU backend's layouts (``StackLinear``): VNNI-packed bf16
   (kernels/cpu_linear.py), or torch's packed int4 / int8 weight-only kernels
   (kernels/cpu_quant_linear.py) up to the rows where the layers use those kernels
-  (``max_rows``: beyond them the layers dequantize); a bf16 KV cache;
+  (``max_rows``: beyond them the layers dequantize); a bf16 or FP8 KV cache (with each
+  layer's scales);
 - decode-only steps: every token of the step is its sequence's one new token, in order.
 
 The model builds it after loading (``CpuOps.decode_stack``: None where the backend cannot).
@@ -70,6 +71,10 @@ class DecoderLayerWeights:
     o: StackLinear
     gate_up: StackLinear
     down: StackLinear
+    # an FP8 KV cache's scales (kernels/kv_quant.py; the attention layer's); a bf16 cache
+    # ignores them, as the layer does
+    k_scale: float = 1.0
+    v_scale: float = 1.0
 
     def linears(self) -> tuple[StackLinear, StackLinear, StackLinear, StackLinear]:
         return self.qkv, self.o, self.gate_up, self.down
@@ -104,7 +109,8 @@ class CpuDecodeStack:
         self.num_layers = len(layers)
         limits = [lin.max_rows for w in layers for lin in w.linears() if lin.max_rows is not None]
         self.max_rows: int | None = min(limits) if limits else None  # tokens per step it takes
-        spec = [(w.input_norm, w.post_norm, [lin.spec() for lin in w.linears()]) for w in layers]
+        spec = [(w.input_norm, w.post_norm, [lin.spec() for lin in w.linears()], w.k_scale,
+                 w.v_scale) for w in layers]  # fmt: skip
         self._stack = native.DecodeStack(
             spec, shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.hidden_size,
             shape.intermediate_size, shape.rms_norm_eps, shape.scale,

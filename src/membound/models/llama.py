@@ -26,6 +26,7 @@ from membound.kernels.cpu_decode_stack import (
     DecoderStackShape,
 )
 from membound.kernels.cpu_native import NativeDecodePlan
+from membound.kernels.kv_quant import FP8_KV_DTYPE
 from membound.layers.activation import SiluAndMul
 from membound.layers.attention.layer import Attention
 from membound.layers.attention.metadata import AttentionMetadata
@@ -175,7 +176,8 @@ class LlamaDecoderLayer(nn.Module):
         if any(lin is None for lin in linears):
             return None
         return DecoderLayerWeights(self.input_layernorm.weight,
-                                   self.post_attention_layernorm.weight, *linears)  # fmt: skip
+                                   self.post_attention_layernorm.weight, *linears,
+                                   k_scale=attn.attn.k_scale, v_scale=attn.attn.v_scale)  # fmt: skip
 
 
 class LlamaModel(nn.Module):
@@ -245,7 +247,7 @@ class LlamaModel(nn.Module):
         self, hidden: torch.Tensor, kv_caches: list[torch.Tensor] | None, md: AttentionMetadata
     ) -> bool:
         """A decode-only step (every token its sequence's one new token, in order) in bf16
-        with a bf16 cache and the native decode plan: what the decode stack takes."""
+        with a bf16 or FP8 cache and the native decode plan: what the decode stack takes."""
         return (
             self.decode_stack is not None
             and kv_caches is not None
@@ -255,7 +257,7 @@ class LlamaModel(nn.Module):
             and self.decode_stack.takes(md.num_tokens)
             and isinstance(md.backend_decode, NativeDecodePlan)
             and hidden.dtype == torch.bfloat16
-            and kv_caches[0].dtype == torch.bfloat16
+            and kv_caches[0].dtype in (torch.bfloat16, FP8_KV_DTYPE)
         )
 
 

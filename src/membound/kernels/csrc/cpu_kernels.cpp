@@ -13,7 +13,10 @@
 #include <ATen/native/CPUBlas.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Float8_e4m3fn.h>
 #include <c10/util/Half.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <initializer_list>
@@ -245,6 +248,74 @@ inline void block_scores_bf16(const c10::BFloat16*, int64_t, int64_t, const c10:
 constexpr bool kBf16Dot = false;
 #endif
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+// Decode scores on the matrix units: S^T [16 keys, G] = K [16 keys, D] @ Q^T [D, G], K rows
+// loaded as tiles straight from the cache (row stride s_tok), Q^T packed once per task.
+// Tiles: 0 = S^T (float32), 1 = 32 dims of 16 K rows, 2 = the same 32 dims of Q^T, as pairs.
+constexpr bool kAmxScores = true;
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Linux hands the tile registers to a process only on request (once per process).
+bool amx_permitted() {
+  static const bool ok = [] {
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+// This thread's tiles set for G query heads; torch's own GEMM ukernel is told to reload its
+// configuration before its next call (amx_scores_end).
+inline void amx_scores_begin(int64_t G) {
+  TileConfig cfg;
+  cfg.rows[0] = 16; cfg.colsb[0] = static_cast<uint16_t>(4 * G);
+  cfg.rows[1] = 16; cfg.colsb[1] = 64;
+  cfg.rows[2] = 16; cfg.colsb[2] = static_cast<uint16_t>(4 * G);
+  _tile_loadconfig(&cfg);
+}
+inline void amx_scores_end() {
+  _tile_release();
+  at::native::cpublas::brgemm_release(true);
+}
+
+// qv [D / 32][16][G][2] from G query rows of D (row stride qs): the B operand of each 32 dims.
+inline void amx_pack_queries(const c10::BFloat16* q, int64_t qs, int64_t G, int64_t D,
+                             c10::BFloat16* qv) {
+  for (int64_t k = 0; k < D / 32; ++k)
+    for (int64_t r = 0; r < 16; ++r)
+      for (int64_t n = 0; n < G; ++n)
+        for (int64_t j = 0; j < 2; ++j)
+          qv[((k * 16 + r) * G + n) * 2 + j] = q[n * qs + k * 32 + 2 * r + j];
+}
+
+// c [16, G] = the 16 K rows at kb (row stride s_tok) times the packed queries qv.
+inline void amx_scores16(const c10::BFloat16* kb, int64_t s_tok, const c10::BFloat16* qv,
+                         int64_t G, int64_t D, float* c) {
+  _tile_zero(0);
+  for (int64_t k = 0; k < D / 32; ++k) {
+    _tile_loadd(1, kb + k * 32, s_tok * static_cast<int64_t>(sizeof(c10::BFloat16)));
+    _tile_loadd(2, qv + k * 16 * G * 2, 4 * G);
+    _tile_dpbf16ps(0, 1, 2);
+  }
+  _tile_stored(0, c, 4 * G);
+}
+#else
+constexpr bool kAmxScores = false;
+inline bool amx_permitted() { return false; }
+inline void amx_scores_begin(int64_t) {}
+inline void amx_scores_end() {}
+inline void amx_pack_queries(const c10::BFloat16*, int64_t, int64_t, int64_t, c10::BFloat16*) {}
+inline void amx_scores16(const c10::BFloat16*, int64_t, const c10::BFloat16*, int64_t, int64_t,
+                         float*) {}
+#endif
+
 #if defined(__AVX512F__)
 template <typename T>
 inline __m512 load16(const T* p) {  // any other dtype (double): through float
@@ -312,6 +383,87 @@ inline void accumulate_v(float* acc, const float* scores, int64_t ld, const T* v
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// FP8 (E4M3) KV cache: stored = saturate(x / scale), read = stored * scale (kv_quant.py).
+// Every E4M3 value is exactly a bf16 value, so reading converts without rounding and the
+// scales fold into arithmetic the kernels do anyway (K's into the softmax scale, V's into
+// the output); writing rounds to nearest even, as torch's cast does.
+using fp8 = c10::Float8_e4m3fn;
+constexpr float kFp8Max = 448.f;
+
+#if defined(__AVX512BW__)
+// 32 E4M3 values as 32 bf16 (exact). Normals: exponent rebased (bias 7 -> 127), mantissa
+// 3 -> 7 bits; subnormals (exponent field 0: m * 2^-9) from a table of the 8 of them.
+inline __m512i e4m3_to_bf16_x32(const fp8* p) {
+  const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  const __m512i mag = _mm512_and_si512(w, _mm512_set1_epi16(0x7F));
+  __m512i r = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(120 << 7));
+  // bf16 bits of m * 2^-9 for m = 0..7: 0, 2^-9, 2^-8, 1.5 * 2^-8, 2^-7, 1.25, 1.5, 1.75 * 2^-7
+  const __m512i sub_table = _mm512_set_epi16(
+      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+      0x3C60, 0x3C40, 0x3C20, 0x3C00, 0x3BC0, 0x3B80, 0x3B00, 0x0000);
+  r = _mm512_mask_permutexvar_epi16(r, _mm512_testn_epi16_mask(w, _mm512_set1_epi16(0x78)), mag,
+                                    sub_table);
+  return _mm512_or_si512(r, _mm512_and_si512(_mm512_slli_epi16(w, 8), _mm512_set1_epi16(-32768)));
+}
+
+// 16 floats to E4M3 bytes: saturated to +-448, rounded to nearest even (NaN stays NaN).
+inline __m128i f32_to_e4m3_x16(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512 a = _mm512_min_ps(_mm512_abs_ps(x), _mm512_set1_ps(kFp8Max));
+  const __m512i ab = _mm512_castps_si512(a);
+  // normals (a >= 2^-6): round the float's mantissa to 3 bits, rebase the exponent
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(ab, 20), _mm512_set1_epi32(1));
+  const __m512i rn = _mm512_srli_epi32(
+      _mm512_add_epi32(ab, _mm512_add_epi32(_mm512_set1_epi32(0x7FFFF), lsb)), 20);
+  __m512i code = _mm512_sub_epi32(rn, _mm512_set1_epi32(120 << 3));
+  // subnormals: a / 2^-9 rounded to an integer (8 is the smallest normal, 0x08)
+  const __mmask16 sub = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.015625f), _CMP_LT_OQ);
+  code = _mm512_mask_mov_epi32(code, sub, _mm512_cvtps_epi32(_mm512_mul_ps(a, _mm512_set1_ps(512.f))));
+  code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7F));
+  code = _mm512_or_si512(code, _mm512_and_si512(_mm512_srli_epi32(bits, 24), _mm512_set1_epi32(0x80)));
+  return _mm512_cvtepi32_epi8(code);
+}
+#endif
+
+// rows [0, n) of D E4M3 values at src (row stride s) to bf16 rows of D at dst, times scale
+// (1.0: exact)
+inline void fp8_rows_to_bf16(const fp8* src, int64_t s, int64_t n, int64_t D, float scale,
+                             c10::BFloat16* dst) {
+  for (int64_t r = 0; r < n; ++r) {
+    const fp8* in = src + r * s;
+    c10::BFloat16* out = dst + r * D;
+    int64_t i = 0;
+#if defined(__AVX512BW__) && defined(__AVX512BF16__)
+    for (; i + 32 <= D; i += 32) {
+      __m512i v = e4m3_to_bf16_x32(in + i);
+      if (scale != 1.f) {
+        const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)), 16));
+        const __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(v, 1)), 16));
+        v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, _mm512_set1_ps(scale)),
+                                         _mm512_mul_ps(lo, _mm512_set1_ps(scale)));
+      }
+      _mm512_storeu_si512(out + i, v);
+    }
+#endif
+    for (; i < D; ++i) out[i] = c10::BFloat16(static_cast<float>(in[i]) * scale);
+  }
+}
+
+// n values of x / scale into E4M3 (kv_quant.quantize_kv_ref: saturate, then round)
+template <typename T>
+inline void quantize_fp8(const T* x, float scale, int64_t n, fp8* out) {
+  int64_t i = 0;
+#if defined(__AVX512BW__)
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (; i + 16 <= n; i += 16)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     f32_to_e4m3_x16(_mm512_div_ps(load16<T>(x + i), vs)));
+#endif
+  for (; i < n; ++i)
+    out[i] = fp8(std::clamp(static_cast<float>(x[i]) / scale, -kFp8Max, kFp8Max));
+}
+
 // The online softmax's correction exp(m_old - m_new) of the running sums: 0 for a query's
 // first scores (m_old = -inf), 1 where the max did not move, exp_f otherwise (no libm call).
 inline float corr_exp(float m_old, float m_new) {
@@ -356,51 +508,89 @@ inline std::pair<float, float> softmax_update(float* __restrict s, int64_t n, fl
 //
 // query [S, H, D]; kv_cache [2, num_blocks, block_size, KVH, D]; block_tables [S, max_blocks]
 // int32; seq_lens [S] (int32/int64): query s attends keys [max(0, len - window), len).
-// One task per (sequence, KV head): its G = H / KVH query heads share each K/V row read.
-// Per block: the block's scores for the G heads, one rescale of the running sums, then V.
-template <typename T, typename IdxT>
+// One task per sequence when there are enough sequences to share out (a block's rows for all
+// its KV heads are then read in one sweep, in address order), else per (sequence, KV head).
+// The G = H / KVH query heads of a KV head share each K/V row read. Keys go in chunks of
+// whole blocks (about DA_CHUNK keys): the chunk's scores for every head, one online-softmax
+// update per head (its reductions amortised over the chunk), then V.
+constexpr int64_t DA_CHUNK = 64;
+
+// Prefetch the rows [0, BS) of one block for KV heads [h0, h1) at p (row stride s_tok, head
+// stride s_head): scattered blocks defeat the hardware prefetchers.
+template <typename T>
+inline void prefetch_block(const T* p, int64_t BS, int64_t s_tok, int64_t s_head, int64_t h0,
+                           int64_t h1, int64_t D) {
+  const int64_t span = ((h1 - h0 - 1) * s_head + D) * static_cast<int64_t>(sizeof(T));
+  for (int64_t t = 0; t < BS; ++t) {
+    const char* row = reinterpret_cast<const char*>(p + t * s_tok + h0 * s_head);
+    for (int64_t o = 0; o < span; o += 64) __builtin_prefetch(row + o);
+  }
+}
+
+// C: the cache's element type, T's or FP8 (with bf16 T): each block's rows for a KV head are
+// converted to bf16 (exactly) in a scratch buffer before the same arithmetic; k_scale joins
+// the softmax scale and v_scale the output's normalisation.
+template <typename T, typename C, typename IdxT>
 void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
                            const at::Tensor& block_tables, const at::Tensor& seq_lens,
-                           double scale, int64_t sliding_window, at::Tensor& out) {
+                           double scale, int64_t sliding_window, at::Tensor& out,
+                           double k_scale = 1.0, double v_scale = 1.0) {
+  constexpr bool kFp8 = std::is_same_v<C, fp8>;
+  static_assert(!kFp8 || std::is_same_v<T, c10::BFloat16>, "an FP8 cache is read with bf16 queries");
   const int64_t S = query.size(0), H = query.size(1), D = query.size(2);
   const int64_t BS = kv_cache.size(2), KVH = kv_cache.size(3);
   const int64_t G = H / KVH;
   const int64_t max_blocks = block_tables.size(1);
   const T* q_ptr = query.data_ptr<T>();
-  const T* k_base = kv_cache.data_ptr<T>();
+  const C* k_base = kv_cache.data_ptr<C>();
   const int64_t cache_half = kv_cache.stride(0);
-  const T* v_base = k_base + cache_half;
+  const C* v_base = k_base + cache_half;
   const int64_t s_blk = kv_cache.stride(1), s_tok = kv_cache.stride(2), s_head = kv_cache.stride(3);
   const IdxT* bt = block_tables.data_ptr<IdxT>();
   const IdxT* lens = seq_lens.data_ptr<IdxT>();
   T* o_ptr = out.data_ptr<T>();
   const int64_t qs0 = query.stride(0), qs1 = query.stride(1);
   const int64_t os0 = out.stride(0), os1 = out.stride(1);
-  const float fscale = static_cast<float>(scale);
+  const float fscale = static_cast<float>(scale * k_scale);  // stored K times k_scale
+  const float out_scale = static_cast<float>(v_scale);
   // bf16 scores through the bf16 dot-product instruction where the CPU has it
   const bool bf16_dot = kBf16Dot && std::is_same_v<T, c10::BFloat16> && D % 32 == 0;
+  const int64_t HT = S >= 4 * at::get_num_threads() ? KVH : 1;  // KV heads per task
+  const int64_t CB = std::max<int64_t>(1, DA_CHUNK / BS);        // blocks per chunk
+  const int64_t CT = CB * BS;                                    // keys per chunk
+  // scores on the matrix units: bf16, whole 32-dim tiles, at most 16 heads per KV head
+  const bool amx = bf16_dot && kAmxScores && G <= 16 && amx_permitted();
 
-  at::parallel_for(0, S * KVH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> q(G * D), acc(G * D), krow(D), kbuf(16 * D), scores(G * BS), m(G), l(G);
-    std::vector<T> qb(G * D);
+  at::parallel_for(0, S * (KVH / HT), 1, [&](int64_t begin, int64_t end) {
+    const int64_t HG = HT * G;  // the query heads of a task
+    std::vector<float> q(HG * D), acc(HG * D), krow(D), kbuf(16 * D), scores(HG * CT), m(HG), l(HG);
+    std::vector<T> qb(HG * D);
+    std::vector<c10::BFloat16> qv(amx ? HG * D : 0);
+    std::vector<float> c16(amx ? 16 * G : 0);
+    std::vector<T> kconv(kFp8 ? BS * D : 0), vconv(kFp8 ? BS * D : 0);  // a block's rows, bf16
+    if (amx) amx_scores_begin(G);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task / KVH, kvh = task % KVH;
+      const int64_t s = task / (KVH / HT), h0 = (task % (KVH / HT)) * HT, h1 = h0 + HT;
       const int64_t len = static_cast<int64_t>(lens[s]);
-      T* o_rows = o_ptr + s * os0 + kvh * G * os1;
+      T* o_rows = o_ptr + s * os0 + h0 * G * os1;
       if (len <= 0) {  // a padding row: zeros
         std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t g = 0; g < G; ++g) store_f(acc.data(), o_rows + g * os1, D);
+        for (int64_t g = 0; g < HG; ++g) store_f(acc.data(), o_rows + g * os1, D);
         continue;
       }
       const int64_t first = sliding_window > 0 ? std::max<int64_t>(0, len - sliding_window) : 0;
-      const c10::BFloat16* q_bf16 = nullptr;
+      const T* q_rows = q_ptr + s * qs0 + h0 * G * qs1;
+      if (amx) {
+        for (int64_t h = 0; h < HT; ++h)
+          amx_pack_queries(reinterpret_cast<const c10::BFloat16*>(q_rows + h * G * qs1), qs1, G, D,
+                           qv.data() + h * G * D);
+      }
       if (bf16_dot) {  // the queries as they are (the scale applies to the scores)
-        for (int64_t g = 0; g < G; ++g)
-          std::memcpy(qb.data() + g * D, q_ptr + s * qs0 + (kvh * G + g) * qs1, D * sizeof(T));
-        q_bf16 = reinterpret_cast<const c10::BFloat16*>(qb.data());
+        for (int64_t g = 0; g < HG; ++g)
+          std::memcpy(qb.data() + g * D, q_rows + g * qs1, D * sizeof(T));
       } else {
-        for (int64_t g = 0; g < G; ++g) {
-          load_f(q_ptr + s * qs0 + (kvh * G + g) * qs1, q.data() + g * D, D);
+        for (int64_t g = 0; g < HG; ++g) {
+          load_f(q_rows + g * qs1, q.data() + g * D, D);
           for (int64_t d = 0; d < D; ++d) q[g * D + d] *= fscale;
         }
       }
@@ -408,59 +598,98 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
       std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
       std::fill(l.begin(), l.end(), 0.f);
       const IdxT* table = bt + s * max_blocks;
-      for (int64_t b = first / BS; b * BS < len; ++b) {
-        const int64_t blk = static_cast<int64_t>(table[b]);
-        const int64_t t0 = std::max(b * BS, first), t1 = std::min((b + 1) * BS, len);
-        const int64_t nt = t1 - t0;
-        const T* kb = k_base + blk * s_blk + kvh * s_head;
-        const T* vb = v_base + blk * s_blk + kvh * s_head;
-        if ((b + 1) * BS < len) {  // the next block's rows: scattered blocks defeat prefetchers
-          const int64_t next = static_cast<int64_t>(table[b + 1]);
-          const char* nk = reinterpret_cast<const char*>(k_base + next * s_blk + kvh * s_head);
-          const char* nv = reinterpret_cast<const char*>(v_base + next * s_blk + kvh * s_head);
-          const int64_t row_bytes = D * static_cast<int64_t>(sizeof(T));
-          for (int64_t t = 0; t < BS; ++t)
-            for (int64_t o = 0; o < row_bytes; o += 64) {
-              __builtin_prefetch(nk + t * s_tok * static_cast<int64_t>(sizeof(T)) + o);
-              __builtin_prefetch(nv + t * s_tok * static_cast<int64_t>(sizeof(T)) + o);
+      const int64_t b_end = (len + BS - 1) / BS;
+      for (int64_t c0 = first / BS; c0 < b_end; c0 += CB) {
+        const int64_t c1 = std::min(c0 + CB, b_end);
+        const int64_t k0 = std::max(c0 * BS, first);  // the chunk's first key
+        const int64_t nk = std::min(c1 * BS, len) - k0;
+        // scores: block by block, every head of the task per block
+        for (int64_t b = c0; b < c1; ++b) {
+          const int64_t blk = static_cast<int64_t>(table[b]);
+          const int64_t t0 = std::max(b * BS, first), t1 = std::min((b + 1) * BS, len);
+          const C* kb = k_base + blk * s_blk + (t0 - b * BS) * s_tok;
+          if (b + 1 < b_end)  // the next block's K, this block's V (read after the chunk's scores)
+            prefetch_block(k_base + static_cast<int64_t>(table[b + 1]) * s_blk, BS, s_tok, s_head, h0, h1, D);
+          prefetch_block(v_base + blk * s_blk, BS, s_tok, s_head, h0, h1, D);
+          for (int64_t h = h0; h < h1; ++h) {
+            const T* kr;  // the block's K rows for head h, in T
+            int64_t ks;
+            if constexpr (kFp8) {
+              fp8_rows_to_bf16(kb + h * s_head, s_tok, t1 - t0, D, 1.f, kconv.data());
+              kr = kconv.data(), ks = D;
+            } else {
+              kr = kb + h * s_head, ks = s_tok;
             }
+            float* sc = scores.data() + (h - h0) * G * CT + (t0 - k0);
+            int64_t done = 0;
+            if (amx)  // whole tiles of 16 keys; the rest below
+              for (; done + 16 <= t1 - t0; done += 16) {
+                amx_scores16(reinterpret_cast<const c10::BFloat16*>(kr + done * ks), ks,
+                             qv.data() + (h - h0) * G * D, G, D, c16.data());
+                for (int64_t g = 0; g < G; ++g)
+                  for (int64_t t = 0; t < 16; ++t) sc[g * CT + done + t] = c16[t * G + g] * fscale;
+              }
+            if (done == t1 - t0) continue;
+            sc += done;
+            if (bf16_dot)
+              block_scores_bf16(reinterpret_cast<const c10::BFloat16*>(qb.data()) + (h - h0) * G * D, G, D,
+                                reinterpret_cast<const c10::BFloat16*>(kr + done * ks), ks,
+                                t1 - t0 - done, fscale, sc, CT);
+            else
+              block_scores(q.data() + (h - h0) * G * D, G, D, kr + done * ks, ks, t1 - t0 - done,
+                           kbuf.data(), sc, CT);
+          }
         }
-        if (bf16_dot)
-          block_scores_bf16(q_bf16, G, D, reinterpret_cast<const c10::BFloat16*>(kb) + (t0 - b * BS) * s_tok,
-                            s_tok, nt, fscale, scores.data(), BS);
-        else
-          block_scores(q.data(), G, D, kb + (t0 - b * BS) * s_tok, s_tok, nt, kbuf.data(),
-                       scores.data(), BS);
-        for (int64_t g = 0; g < G; ++g) {
-          const auto [corr, sum] = softmax_update(scores.data() + g * BS, nt, m[g]);
+        for (int64_t g = 0; g < HG; ++g) {
+          const auto [corr, sum] = softmax_update(scores.data() + g * CT, nk, m[g]);
           l[g] = l[g] * corr + sum;
           if (corr == 1.f) continue;  // the max did not move
           float* a = acc.data() + g * D;
 #pragma omp simd
           for (int64_t d = 0; d < D; ++d) a[d] *= corr;
         }
-        accumulate_v(acc.data(), scores.data(), BS, vb + (t0 - b * BS) * s_tok, s_tok, nt, G, D,
-                     krow.data());
+        for (int64_t b = c0; b < c1; ++b) {
+          const int64_t blk = static_cast<int64_t>(table[b]);
+          const int64_t t0 = std::max(b * BS, first), t1 = std::min((b + 1) * BS, len);
+          const C* vb = v_base + blk * s_blk + (t0 - b * BS) * s_tok;
+          for (int64_t h = h0; h < h1; ++h) {
+            float* a = acc.data() + (h - h0) * G * D;
+            const float* sc = scores.data() + (h - h0) * G * CT + (t0 - k0);
+            if constexpr (kFp8) {
+              fp8_rows_to_bf16(vb + h * s_head, s_tok, t1 - t0, D, 1.f, vconv.data());
+              accumulate_v(a, sc, CT, vconv.data(), D, t1 - t0, G, D, krow.data());
+            } else {
+              accumulate_v(a, sc, CT, vb + h * s_head, s_tok, t1 - t0, G, D, krow.data());
+            }
+          }
+        }
       }
-      for (int64_t g = 0; g < G; ++g) {
-        const float inv = 1.f / l[g];
+      for (int64_t g = 0; g < HG; ++g) {
+        const float inv = out_scale / l[g];
         float* a = acc.data() + g * D;
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) a[d] *= inv;
         store_f(a, o_rows + g * os1, D);
       }
     }
+    if (amx) amx_scores_end();
   });
 }
 
 at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& kv_cache,
                             const at::Tensor& block_tables, const at::Tensor& seq_lens,
-                            double scale, int64_t sliding_window, at::Tensor out) {
+                            double scale, int64_t sliding_window, at::Tensor out, double k_scale,
+                            double v_scale) {
   TORCH_CHECK(query.dim() == 3 && kv_cache.dim() == 5, "query [S, H, D], kv_cache [2, N, B, KVH, D]");
   TORCH_CHECK(query.stride(2) == 1 && kv_cache.stride(4) == 1 && out.stride(2) == 1,
               "the head dimension must be contiguous");
-  TORCH_CHECK(query.scalar_type() == kv_cache.scalar_type() && out.scalar_type() == query.scalar_type(),
-              "query, kv_cache and out must share a dtype");
+  const bool fp8_cache = kv_cache.scalar_type() == at::kFloat8_e4m3fn;
+  TORCH_CHECK((query.scalar_type() == kv_cache.scalar_type() ||
+               (fp8_cache && query.scalar_type() == at::kBFloat16)) &&
+              out.scalar_type() == query.scalar_type(),
+              "query, kv_cache and out must share a dtype (an FP8 cache takes bf16 queries)");
+  TORCH_CHECK(k_scale > 0 && v_scale > 0 && (fp8_cache || (k_scale == 1.0 && v_scale == 1.0)),
+              "k_scale/v_scale: positive, and 1.0 unless the cache is FP8");
   TORCH_CHECK(block_tables.is_contiguous() && seq_lens.is_contiguous() &&
               block_tables.scalar_type() == seq_lens.scalar_type() &&
               (seq_lens.scalar_type() == at::kLong || seq_lens.scalar_type() == at::kInt),
@@ -468,13 +697,23 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& kv_cache,
   TORCH_CHECK(block_tables.size(0) >= query.size(0) && seq_lens.size(0) >= query.size(0),
               "a block table row and a length per query");
   TORCH_CHECK(query.size(1) % kv_cache.size(3) == 0, "query heads must be a multiple of KV heads");
+  if (fp8_cache) {
+    using bf16 = c10::BFloat16;
+    if (seq_lens.scalar_type() == at::kLong)
+      decode_attention_impl<bf16, fp8, int64_t>(query, kv_cache, block_tables, seq_lens, scale,
+                                                sliding_window, out, k_scale, v_scale);
+    else
+      decode_attention_impl<bf16, fp8, int32_t>(query, kv_cache, block_tables, seq_lens, scale,
+                                                sliding_window, out, k_scale, v_scale);
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, query.scalar_type(), "decode_attention", [&] {
     if (seq_lens.scalar_type() == at::kLong)
-      decode_attention_impl<scalar_t, int64_t>(query, kv_cache, block_tables, seq_lens, scale,
-                                               sliding_window, out);
+      decode_attention_impl<scalar_t, scalar_t, int64_t>(query, kv_cache, block_tables, seq_lens,
+                                                         scale, sliding_window, out);
     else
-      decode_attention_impl<scalar_t, int32_t>(query, kv_cache, block_tables, seq_lens, scale,
-                                               sliding_window, out);
+      decode_attention_impl<scalar_t, scalar_t, int32_t>(query, kv_cache, block_tables, seq_lens,
+                                                         scale, sliding_window, out);
   });
   return out;
 }
@@ -654,12 +893,17 @@ void rotary_embedding(at::Tensor q, at::Tensor k, const at::Tensor& cos, const a
 // Store this step's K/V rows into the paged cache: token t goes to slot slot_mapping[t]
 // (block = slot / block_size, row = slot % block_size); negative slots are skipped.
 void store_kv(const at::Tensor& key, const at::Tensor& value, at::Tensor kv_cache,
-              const at::Tensor& slot_mapping) {
+              const at::Tensor& slot_mapping, double k_scale, double v_scale) {
   TORCH_CHECK(key.dim() == 3 && value.sizes() == key.sizes() && kv_cache.dim() == 5 &&
               kv_cache.size(3) == key.size(1) && kv_cache.size(4) == key.size(2),
               "key/value [T, KVH, D] and kv_cache [2, N, B, KVH, D]");
-  TORCH_CHECK(key.scalar_type() == kv_cache.scalar_type() && value.scalar_type() == key.scalar_type(),
-              "key, value and kv_cache must share a dtype");
+  const bool to_fp8 = kv_cache.scalar_type() == at::kFloat8_e4m3fn;
+  TORCH_CHECK(value.scalar_type() == key.scalar_type() &&
+              (to_fp8 ? key.scalar_type() == at::kBFloat16 || key.scalar_type() == at::kFloat
+                      : key.scalar_type() == kv_cache.scalar_type()),
+              "key and value share the cache's dtype, or are bf16/float32 for an FP8 cache");
+  TORCH_CHECK(k_scale > 0 && v_scale > 0 && (to_fp8 || (k_scale == 1.0 && v_scale == 1.0)),
+              "k_scale/v_scale: positive, and 1.0 unless the cache is FP8");
   TORCH_CHECK(kv_cache.is_contiguous(), "kv_cache must be contiguous");
   TORCH_CHECK(key.stride(2) == 1 && value.stride(2) == 1 && key.stride(1) == key.size(2) &&
               value.stride(1) == value.size(2), "each token's K/V heads must be contiguous");
@@ -667,16 +911,32 @@ void store_kv(const at::Tensor& key, const at::Tensor& value, at::Tensor kv_cach
               "slot_mapping must be contiguous int64");
   const int64_t T_ = key.size(0), row = key.size(1) * key.size(2);
   const int64_t num_slots = kv_cache.size(1) * kv_cache.size(2);
+  const int64_t* slots = slot_mapping.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T_; ++t)  // all checked before anything is written
+    TORCH_CHECK(slots[t] < num_slots, "slot ", slots[t], " is past the cache's ", num_slots,
+                " slots");
+  if (to_fp8) {
+    fp8* ck = kv_cache.data_ptr<fp8>();
+    fp8* cv = ck + kv_cache.stride(0);
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, key.scalar_type(), "store_kv_fp8", [&] {
+      const scalar_t* kp = key.data_ptr<scalar_t>();
+      const scalar_t* vp = value.data_ptr<scalar_t>();
+      at::parallel_for(0, T_, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          if (slots[t] < 0) continue;
+          quantize_fp8(kp + t * key.stride(0), static_cast<float>(k_scale), row, ck + slots[t] * row);
+          quantize_fp8(vp + t * value.stride(0), static_cast<float>(v_scale), row, cv + slots[t] * row);
+        }
+      });
+    });
+    return;
+  }
   const int64_t elem = kv_cache.element_size();
   const char* kp = static_cast<const char*>(key.data_ptr());
   const char* vp = static_cast<const char*>(value.data_ptr());
   char* ck = static_cast<char*>(kv_cache.data_ptr());
   char* cv = ck + kv_cache.stride(0) * elem;
-  const int64_t* slots = slot_mapping.data_ptr<int64_t>();
   const int64_t ks = key.stride(0) * elem, vs = value.stride(0) * elem, bytes = row * elem;
-  for (int64_t t = 0; t < T_; ++t)  // all checked before anything is written
-    TORCH_CHECK(slots[t] < num_slots, "slot ", slots[t], " is past the cache's ", num_slots,
-                " slots");
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t slot = slots[t];
     if (slot < 0) continue;
@@ -763,10 +1023,14 @@ inline std::pair<float, float> chunk_row_softmax(float* __restrict sr, at::BFloa
 #endif
 }
 
+// C: the cache's element type, bf16 or FP8 (read back times k_scale / v_scale while packing,
+// rounded to bf16 as kv_quant.dequantize_kv_ref does).
+template <typename C>
 void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
                             const at::Tensor& block_tables, const at::Tensor& query_start_loc,
                             const at::Tensor& seq_lens, double scale, int64_t window,
-                            at::Tensor& out) {
+                            at::Tensor& out, double k_scale, double v_scale) {
+  constexpr bool kFp8 = std::is_same_v<C, fp8>;
   using bf16 = at::BFloat16;
   namespace cpublas = at::native::cpublas;
   const int64_t S = seq_lens.size(0), H = query.size(1), D = query.size(2);
@@ -775,8 +1039,8 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
   const int64_t* qsl = query_start_loc.data_ptr<int64_t>();
   const int64_t* lens = seq_lens.data_ptr<int64_t>();
   const int64_t* bt = block_tables.data_ptr<int64_t>();
-  const bf16* k_base = kv_cache.data_ptr<bf16>();
-  const bf16* v_base = k_base + kv_cache.stride(0);
+  const C* k_base = kv_cache.data_ptr<C>();
+  const C* v_base = k_base + kv_cache.stride(0);
   const int64_t s_blk = kv_cache.stride(1), s_tok = kv_cache.stride(2), s_head = kv_cache.stride(3);
   const bf16* q_ptr = query.data_ptr<bf16>();
   bf16* o_ptr = out.data_ptr<bf16>();
@@ -804,7 +1068,7 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
 
   // 1. gather + pack: task = (KV head, global chunk)
   at::parallel_for(0, KVH * total_chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<bf16> kt(D * PF_KC), vt(PF_KC * D);
+    std::vector<bf16> kt(D * PF_KC), vt(PF_KC * D), krow(kFp8 ? D : 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t kvh = task / total_chunks, c = task % total_chunks;
       const int64_t s = std::upper_bound(chunk_off.begin(), chunk_off.end(), c) - chunk_off.begin() - 1;
@@ -814,9 +1078,16 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
         const int64_t key = k0 + j;
         if (key < len) {
           const int64_t off = table[key / BS] * s_blk + (key % BS) * s_tok + kvh * s_head;
-          const bf16* kr = k_base + off;
+          const bf16* kr;
+          if constexpr (kFp8) {
+            fp8_rows_to_bf16(k_base + off, 0, 1, D, static_cast<float>(k_scale), krow.data());
+            fp8_rows_to_bf16(v_base + off, 0, 1, D, static_cast<float>(v_scale), vt.data() + j * D);
+            kr = krow.data();
+          } else {
+            kr = k_base + off;
+            std::memcpy(vt.data() + j * D, v_base + off, D * sizeof(bf16));
+          }
           for (int64_t d = 0; d < D; ++d) kt[d * PF_KC + j] = kr[d];
-          std::memcpy(vt.data() + j * D, v_base + off, D * sizeof(bf16));
         } else {
           for (int64_t d = 0; d < D; ++d) kt[d * PF_KC + j] = bf16(0.f);
           std::memset(vt.data() + j * D, 0, D * sizeof(bf16));
@@ -897,10 +1168,14 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
 at::Tensor prefill_attention(const at::Tensor& query, const at::Tensor& kv_cache,
                              const at::Tensor& block_tables, const at::Tensor& query_start_loc,
                              const at::Tensor& seq_lens, double scale, int64_t sliding_window,
-                             at::Tensor out) {
+                             at::Tensor out, double k_scale, double v_scale) {
   TORCH_CHECK(query.dim() == 3 && kv_cache.dim() == 5, "query [T, H, D], kv_cache [2, N, B, KVH, D]");
-  TORCH_CHECK(query.scalar_type() == at::kBFloat16 && kv_cache.scalar_type() == at::kBFloat16 &&
-              out.scalar_type() == at::kBFloat16, "query, kv_cache and out must be bfloat16");
+  const bool fp8_cache = kv_cache.scalar_type() == at::kFloat8_e4m3fn;
+  TORCH_CHECK(query.scalar_type() == at::kBFloat16 && out.scalar_type() == at::kBFloat16 &&
+              (fp8_cache || kv_cache.scalar_type() == at::kBFloat16),
+              "query and out must be bfloat16, kv_cache bfloat16 or FP8 (float8_e4m3fn)");
+  TORCH_CHECK(k_scale > 0 && v_scale > 0 && (fp8_cache || (k_scale == 1.0 && v_scale == 1.0)),
+              "k_scale/v_scale: positive, and 1.0 unless the cache is FP8");
   TORCH_CHECK(query.stride(2) == 1 && kv_cache.stride(4) == 1 && out.stride(2) == 1 &&
               out.sizes() == query.sizes(), "the head dimension must be contiguous; out like query");
   TORCH_CHECK(prefill_supported(query.size(2)), "head_dim ", query.size(2), " needs a multiple of ",
@@ -919,8 +1194,12 @@ at::Tensor prefill_attention(const at::Tensor& query, const at::Tensor& kv_cache
                 (lens[s] + kv_cache.size(2) - 1) / kv_cache.size(2) <= block_tables.size(1),
                 "sequence ", s, ": query rows, length and block table disagree");
   }
-  prefill_attention_impl(query, kv_cache, block_tables, query_start_loc, seq_lens, scale,
-                         sliding_window, out);
+  if (fp8_cache)
+    prefill_attention_impl<fp8>(query, kv_cache, block_tables, query_start_loc, seq_lens, scale,
+                                sliding_window, out, k_scale, v_scale);
+  else
+    prefill_attention_impl<at::BFloat16>(query, kv_cache, block_tables, query_start_loc, seq_lens,
+                                         scale, sliding_window, out, 1.0, 1.0);
   return out;
 }
 
@@ -1071,6 +1350,7 @@ StackLinear make_linear(const LinearSpec& spec, int64_t in_features, int64_t out
 struct StackLayer {
   at::Tensor in_norm, post_norm;
   StackLinear qkv, o, gate_up, down;
+  double k_scale, v_scale;  // an FP8 cache's (kv_quant.py); a bf16 cache ignores them
 };
 
 struct DecodeStack {
@@ -1078,15 +1358,17 @@ struct DecodeStack {
   int64_t H, KVH, D, hidden, inter;
   double eps, scale;
 
-  // per layer: (input norm, post norm, [qkv, o, gate_up, down]) with each linear a LinearSpec
-  DecodeStack(const std::vector<std::tuple<at::Tensor, at::Tensor, std::vector<LinearSpec>>>& spec,
+  // per layer: (input norm, post norm, [qkv, o, gate_up, down], k_scale, v_scale) with each
+  // linear a LinearSpec
+  DecodeStack(const std::vector<std::tuple<at::Tensor, at::Tensor, std::vector<LinearSpec>, double, double>>& spec,
               int64_t H_, int64_t KVH_, int64_t D_, int64_t hidden_, int64_t inter_, double eps_,
               double scale_)
       : H(H_), KVH(KVH_), D(D_), hidden(hidden_), inter(inter_), eps(eps_), scale(scale_) {
     TORCH_CHECK(!spec.empty(), "a stack needs layers");
     TORCH_CHECK(H % KVH == 0 && D % 2 == 0, "heads a multiple of KV heads, an even head_dim");
     for (size_t l = 0; l < spec.size(); ++l) {
-      const auto& [in_norm, post_norm, lins] = spec[l];
+      const auto& [in_norm, post_norm, lins, k_scale, v_scale] = spec[l];
+      TORCH_CHECK(k_scale > 0 && v_scale > 0, "layer ", l, ": KV-cache scales must be positive");
       for (const at::Tensor* w : {&in_norm, &post_norm})
         TORCH_CHECK(w->dim() == 1 && w->size(0) == hidden && w->is_contiguous() &&
                     w->scalar_type() == at::kBFloat16, "layer ", l, ": norm weights bf16 [hidden]");
@@ -1095,7 +1377,7 @@ struct DecodeStack {
                                   make_linear(lins[0], hidden, (H + 2 * KVH) * D, "qkv"),
                                   make_linear(lins[1], H * D, hidden, "o"),
                                   make_linear(lins[2], hidden, 2 * inter, "gate_up"),
-                                  make_linear(lins[3], inter, hidden, "down")});
+                                  make_linear(lins[3], inter, hidden, "down"), k_scale, v_scale});
     }
   }
 
@@ -1119,9 +1401,11 @@ struct DecodeStack {
                 sin.sizes() == cos.sizes() && cos.size(1) * 2 == D,
                 "cos/sin must be contiguous float32 [T, D/2]");
     TORCH_CHECK(static_cast<int64_t>(kv_caches.size()) == num_layers(), "a KV cache per layer");
+    const bool fp8_cache = kv_caches[0].scalar_type() == at::kFloat8_e4m3fn;
     for (const at::Tensor& c : kv_caches)
-      TORCH_CHECK(c.dim() == 5 && c.is_contiguous() && c.scalar_type() == at::kBFloat16 &&
-                  c.size(3) == KVH && c.size(4) == D, "KV caches must be contiguous bf16 [2, N, B, KVH, D]");
+      TORCH_CHECK(c.dim() == 5 && c.is_contiguous() && c.scalar_type() == kv_caches[0].scalar_type() &&
+                  (fp8_cache || c.scalar_type() == at::kBFloat16) && c.size(3) == KVH && c.size(4) == D,
+                  "KV caches must be contiguous [2, N, B, KVH, D], all bf16 or all FP8");
     TORCH_CHECK(slot_mapping.is_contiguous() && slot_mapping.scalar_type() == at::kLong &&
                 slot_mapping.size(0) == T_, "slot_mapping must be contiguous int64 [T]");
     TORCH_CHECK(block_tables.is_contiguous() && seq_lens.is_contiguous() &&
@@ -1149,14 +1433,22 @@ struct DecodeStack {
       at::Tensor k = qkv_out.narrow(1, H * D, KVH * D).view({T_, KVH, D});
       at::Tensor v = qkv_out.narrow(1, (H + KVH) * D, KVH * D).view({T_, KVH, D});
       rotary_impl<bf16>(q, k, cos, sin);
-      store_kv(k, v, kv_caches[l], slot_mapping);
+      const double ks = fp8_cache ? L.k_scale : 1.0, vs = fp8_cache ? L.v_scale : 1.0;
+      store_kv(k, v, kv_caches[l], slot_mapping, ks, vs);
       at::Tensor attn = at::empty({T_, H, D}, h.options());
-      if (seq_lens.scalar_type() == at::kLong)
-        decode_attention_impl<bf16, int64_t>(q, kv_caches[l], block_tables, seq_lens, scale,
-                                             window, attn);
+      const bool i64 = seq_lens.scalar_type() == at::kLong;
+      if (fp8_cache && i64)
+        decode_attention_impl<bf16, fp8, int64_t>(q, kv_caches[l], block_tables, seq_lens, scale,
+                                                  window, attn, ks, vs);
+      else if (fp8_cache)
+        decode_attention_impl<bf16, fp8, int32_t>(q, kv_caches[l], block_tables, seq_lens, scale,
+                                                  window, attn, ks, vs);
+      else if (i64)
+        decode_attention_impl<bf16, bf16, int64_t>(q, kv_caches[l], block_tables, seq_lens, scale,
+                                                   window, attn);
       else
-        decode_attention_impl<bf16, int32_t>(q, kv_caches[l], block_tables, seq_lens, scale,
-                                             window, attn);
+        decode_attention_impl<bf16, bf16, int32_t>(q, kv_caches[l], block_tables, seq_lens, scale,
+                                                   window, attn);
       at::Tensor o_out = L.o(attn.view({T_, H * D}));
       at::Tensor normed = at::empty_like(o_out), summed = at::empty_like(o_out);
       rms_norm_impl<bf16>(o_out, residual, L.post_norm, eps, normed, summed.data_ptr<bf16>());
@@ -1175,17 +1467,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // The long calls let go of the GIL while they run (after their arguments are converted),
   // as torch's own ops do: a server's event loop thread keeps serving during a model step.
   const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
-  m.def("decode_attention", &decode_attention, "paged decode attention (in place reads)", nogil);
+  m.def("decode_attention", &decode_attention, "paged decode attention (in place reads)",
+        pybind11::arg("query"), pybind11::arg("kv_cache"), pybind11::arg("block_tables"),
+        pybind11::arg("seq_lens"), pybind11::arg("scale"), pybind11::arg("sliding_window"),
+        pybind11::arg("out"), pybind11::arg("k_scale") = 1.0, pybind11::arg("v_scale") = 1.0, nogil);
   m.def("rms_norm", &rms_norm, "RMSNorm, optionally fused with the residual add (returns out, x + residual)");
   m.def("silu_and_mul", &silu_and_mul, "SiLU(gate) * up");
   m.def("rotary_embedding", &rotary_embedding, "rotate-half rotary, in place on q and k");
-  m.def("prefill_attention", &prefill_attention, "paged prefill/extend attention, bf16 (brgemm)", nogil);
+  m.def("prefill_attention", &prefill_attention, "paged prefill/extend attention, bf16 (brgemm)",
+        pybind11::arg("query"), pybind11::arg("kv_cache"), pybind11::arg("block_tables"),
+        pybind11::arg("query_start_loc"), pybind11::arg("seq_lens"), pybind11::arg("scale"),
+        pybind11::arg("sliding_window"), pybind11::arg("out"), pybind11::arg("k_scale") = 1.0,
+        pybind11::arg("v_scale") = 1.0, nogil);
   m.def("prefill_supported", &prefill_supported, "whether prefill_attention serves this head_dim on this CPU");
-  m.def("store_kv", &store_kv, "store K/V rows into the paged cache by slot");
+  m.def("store_kv", &store_kv, "store K/V rows into the paged cache by slot (an FP8 cache: / scale, saturated)",
+        pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("kv_cache"),
+        pybind11::arg("slot_mapping"), pybind11::arg("k_scale") = 1.0, pybind11::arg("v_scale") = 1.0);
   m.def("linear_vnni", &linear_vnni, "bf16 x @ W^T (+ bias) on a VNNI-packed weight (brgemm)", nogil);
   m.def("linear_supported", &linear_supported, "whether linear_vnni serves this in_features on this CPU");
   pybind11::class_<DecodeStack>(m, "DecodeStack", "decode steps through a stack of decoder layers")
-      .def(pybind11::init<const std::vector<std::tuple<at::Tensor, at::Tensor, std::vector<LinearSpec>>>&,
+      .def(pybind11::init<const std::vector<std::tuple<at::Tensor, at::Tensor, std::vector<LinearSpec>, double, double>>&,
                           int64_t, int64_t, int64_t, int64_t, int64_t, double, double>())
       .def("forward", &DecodeStack::forward, nogil)
       .def_property_readonly("num_layers", &DecodeStack::num_layers);
