@@ -164,6 +164,9 @@ def engines(a: argparse.Namespace, model: str) -> list[Engine]:
     mine = [sys.executable, worker, "membound", *common]
     env = {"OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": str(HERE.parent / "src")}
     out = [Engine("membound-bf16", [*mine, "--dtype", "bfloat16"], "bfloat16", env=env)]
+    if a.membound_kv_fp8:  # bf16 weights, an FP8 (E4M3) KV cache: half the KV bytes per step
+        out.append(Engine("membound-bf16-kvfp8", [*mine, "--dtype", "bfloat16",
+                                                  "--kv-cache-dtype", "fp8"], "bfloat16", env=env))  # fmt: skip
     for q in a.membound_quant:
         out.append(Engine(f"membound-{q}", [*mine, "--dtype", "bfloat16", "--quantization", q],
                           q, "bfloat16", env=env))  # fmt: skip
@@ -243,6 +246,8 @@ def main() -> None:
     ap.add_argument("--llamacpp-python", default=None)
     ap.add_argument("--transformers", action="store_true", help="also transformers (fp32)")
     ap.add_argument("--membound-quant", nargs="*", default=["int8", "int4"])
+    ap.add_argument("--membound-kv-fp8", action="store_true",
+                    help="also membound with bf16 weights and an FP8 KV cache")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-hugepages", dest="hugepages", action="store_false",
                     help="do not start the engines with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "

@@ -34,7 +34,7 @@ class Membound:
         self.params = SamplingParams
         self.engine = LLMEngine.from_engine_args(EngineArgs(
             model=a.model, dtype=a.dtype, quantization=a.quantization, max_model_len=a.max_len,
-            max_num_seqs=64, skip_tokenizer_init=True))  # fmt: skip
+            kv_cache_dtype=a.kv_cache_dtype, max_num_seqs=64, skip_tokenizer_init=True))  # fmt: skip
 
     def add(self, prompt: list[int], n: int) -> None:
         p = self.params(temperature=0, max_tokens=n, ignore_eos=True)
@@ -236,6 +236,7 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--quantization", default=None)
+    ap.add_argument("--kv-cache-dtype", default="auto")  # membound only
     ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
