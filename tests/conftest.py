@@ -12,8 +12,10 @@ tests/kernels/ is the exception: its fp16/fp32 cases are written for both device
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -73,3 +75,19 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GQA Llama with a byte-level tokenizer, shared by the engine tests."""
     folder = make_checkpoint(tmp_path_factory.mktemp("tiny_llama"), "mistral", seed=1)
     return add_tokenizer(folder)
+
+
+@pytest.fixture(scope="session")
+def native() -> ModuleType:
+    """membound's native CPU kernels (kernels/cpu_native.py), built once per session. Skipped
+    where they cannot be built (no C++ compiler or ninja); where both are present a failed
+    build fails the tests that need it, so a broken C++ source never passes as skipped."""
+    from membound.kernels import cpu_native
+
+    try:
+        return cpu_native.build_native_cpu_kernels()
+    except cpu_native.NativeBuildError as e:
+        has_tools = shutil.which("ninja") and (shutil.which("c++") or shutil.which("g++"))
+        if has_tools:
+            pytest.fail(f"the native CPU kernels failed to build with a compiler present: {e}")
+        pytest.skip(f"native CPU kernels cannot be built here: {e}")

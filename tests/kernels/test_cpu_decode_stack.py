@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from membound.config import ModelConfig, QuantizationConfig
-from membound.kernels import cpu_native
 from membound.kernels.contract import CpuOps
 from membound.kernels.kv_quant import FP8_KV_DTYPE, quantize_kv_ref
 from membound.layers.attention.metadata import build_attention_metadata
@@ -26,14 +25,11 @@ BLOCK = 4
 
 
 @pytest.fixture(scope="module")
-def native():
-    try:
-        module = cpu_native.build_native_cpu_kernels()
-    except cpu_native.NativeBuildError as e:
-        pytest.skip(f"native CPU kernels cannot be built here: {e}")
-    if not module.linear_supported(64):
+def native(native):
+    """The session's native kernels (conftest.py), where they multiply VNNI weights."""
+    if not native.linear_supported(64):
         pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX): no VNNI weights")
-    return module
+    return native
 
 
 def _model(folder: Path, ops: CpuOps, dtype: torch.dtype = torch.bfloat16,

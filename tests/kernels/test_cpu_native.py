@@ -17,15 +17,6 @@ from membound.kernels.paged_attention import paged_decode_attention_ref
 from membound.kernels.rms_norm import fused_add_rms_norm_ref, rms_norm_ref
 from membound.kernels.rotary import rotate_ref
 
-
-@pytest.fixture(scope="module")
-def native():
-    try:
-        return cpu_native.build_native_cpu_kernels()
-    except cpu_native.NativeBuildError as e:
-        pytest.skip(f"native CPU kernels cannot be built here: {e}")
-
-
 DTYPES = [torch.bfloat16, torch.float32]
 
 

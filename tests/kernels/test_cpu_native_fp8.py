@@ -16,14 +16,6 @@ from membound.kernels.paged_attention import paged_decode_attention_ref
 from membound.kernels.prefill_attention import prefill_attention_ref
 
 
-@pytest.fixture(scope="module")
-def native():
-    try:
-        return cpu_native.build_native_cpu_kernels()
-    except cpu_native.NativeBuildError as e:
-        pytest.skip(f"native CPU kernels cannot be built here: {e}")
-
-
 def _fp8_cache(num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
                g: torch.Generator, k_scale: float, v_scale: float) -> torch.Tensor:  # fmt: skip
     """A cache of stored values: random K/V (a wide range of magnitudes) quantized."""
