@@ -616,9 +616,10 @@ inline void prefetch_block(const T* p, int64_t BS, int64_t s_tok, int64_t s_head
   }
 }
 
-// C: the cache's element type, T's or FP8 (with bf16 T): each block's rows for a KV head are
-// converted to bf16 (exactly) in a scratch buffer before the same arithmetic; k_scale joins
-// the softmax scale and v_scale the output's normalisation.
+// C: the cache's element type, T's or FP8 (with bf16 T): a block's K rows for a KV head are
+// converted to bf16 (exactly) in a scratch buffer for the same score arithmetic, its V rows in
+// registers (accumulate_v_eo); k_scale joins the softmax scale and v_scale the output's
+// normalisation.
 template <typename T, typename C, typename IdxT>
 void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
                            const at::Tensor& block_tables, const at::Tensor& seq_lens,
