@@ -118,7 +118,8 @@ def load_native_cpu_kernels() -> ModuleType | None:
         logger.warning("%s", e)
         return None
     logger.info("CPU backend: native kernels for bf16/fp16 decode attention, bf16 prefill "
-                "attention, RMSNorm, rotary, SiLU-and-mul (kernels/cpu_native.py)")  # fmt: skip
+                "attention (a bf16 model's FP8 KV cache too), RMSNorm, rotary, SiLU-and-mul "
+                "(kernels/cpu_native.py)")  # fmt: skip
     return module
 
 
