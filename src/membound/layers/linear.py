@@ -70,10 +70,9 @@ class Linear(nn.Module):
         self.output_size = output_size
         self.checkpoint_input_size = input_size  # in the checkpoint (row-parallel: larger)
         self.prefix = prefix
-        # the backend whose kernels serve: the quantization method's post-load step lays
-        # the stored weight out for it ("torch" | "cpu" | "triton")
-        self.ops = ops or TORCH_OPS  # its packed_linear serves a weight it packed
-        self.kernel_backend = self.ops.backend.value
+        # the backend whose kernels serve: the quantization method's post-load step lays the
+        # stored weight out for it (kernel_backend); its packed_linear serves what it packed
+        self.ops = ops or TORCH_OPS
         self.quant_method = quant_method or UnquantizedLinearMethod()
         sizes = tuple(output_sizes) if output_sizes is not None else (output_size,)
         self.quant_method.create_weights(self, input_size, sizes, torch.get_default_dtype())
@@ -86,6 +85,11 @@ class Linear(nn.Module):
             _set_loader(self.bias, default_weight_loader)
         else:
             self.register_parameter("bias", None)
+
+    @property
+    def kernel_backend(self) -> str:
+        """The serving backend's name ("torch" | "cpu" | "triton"): its ops'."""
+        return self.ops.backend.value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_method.apply(self, x, self.bias)

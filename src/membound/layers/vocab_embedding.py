@@ -199,7 +199,6 @@ class LMHead(nn.Module):
         super().__init__()
         self.vocab_size = vocab_size
         self.ops = ops or TORCH_OPS  # the backend serving: the CPU one re-lays the table out
-        self.kernel_backend = self.ops.backend.value
         self.tied = tied_to is not None
         if tied_to is not None:
             self.parallel = tied_to.parallel
@@ -236,7 +235,7 @@ class LMHead(nn.Module):
         (wide) head column-major:
         faster logits for few rows. A tied fp32 head stays row-major. An int8 table runs
         through the packed CPU int8 kernel where it serves (bf16 scales), as it is."""
-        if self.kernel_backend != "cpu":
+        if self.ops.backend.value != "cpu":
             return
         if self.weight_scale is not None:
             self.int8_cpu_kernel = (

@@ -539,6 +539,12 @@ inline int64_t eo_dim(int64_t, int64_t, int64_t) { return 0; }
 inline EoFn eo_fn(int64_t, int64_t) { return nullptr; }
 #endif
 
+// kv_quant.check_kv_scales: positive, and 1.0 unless the cache is FP8
+inline void check_kv_scales(bool fp8_cache, double k_scale, double v_scale) {
+  TORCH_CHECK(k_scale > 0 && v_scale > 0 && (fp8_cache || (k_scale == 1.0 && v_scale == 1.0)),
+              "k_scale/v_scale: positive, and 1.0 unless the cache is FP8");
+}
+
 // n values of x / scale into E4M3 (kv_quant.quantize_kv_ref: saturate, then round)
 template <typename T>
 inline void quantize_fp8(const T* x, float scale, int64_t n, fp8* out) {
@@ -799,8 +805,7 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& kv_cache,
                (fp8_cache && query.scalar_type() == at::kBFloat16)) &&
               out.scalar_type() == query.scalar_type(),
               "query, kv_cache and out must share a dtype (an FP8 cache takes bf16 queries)");
-  TORCH_CHECK(k_scale > 0 && v_scale > 0 && (fp8_cache || (k_scale == 1.0 && v_scale == 1.0)),
-              "k_scale/v_scale: positive, and 1.0 unless the cache is FP8");
+  check_kv_scales(fp8_cache, k_scale, v_scale);
   TORCH_CHECK(block_tables.is_contiguous() && seq_lens.is_contiguous() &&
               block_tables.scalar_type() == seq_lens.scalar_type() &&
               (seq_lens.scalar_type() == at::kLong || seq_lens.scalar_type() == at::kInt),
@@ -1013,8 +1018,7 @@ void store_kv(const at::Tensor& key, const at::Tensor& value, at::Tensor kv_cach
               (to_fp8 ? key.scalar_type() == at::kBFloat16 || key.scalar_type() == at::kFloat
                       : key.scalar_type() == kv_cache.scalar_type()),
               "key and value share the cache's dtype, or are bf16/float32 for an FP8 cache");
-  TORCH_CHECK(k_scale > 0 && v_scale > 0 && (to_fp8 || (k_scale == 1.0 && v_scale == 1.0)),
-              "k_scale/v_scale: positive, and 1.0 unless the cache is FP8");
+  check_kv_scales(to_fp8, k_scale, v_scale);
   TORCH_CHECK(kv_cache.is_contiguous(), "kv_cache must be contiguous");
   TORCH_CHECK(key.stride(2) == 1 && value.stride(2) == 1 && key.stride(1) == key.size(2) &&
               value.stride(1) == value.size(2), "each token's K/V heads must be contiguous");
@@ -1285,8 +1289,7 @@ at::Tensor prefill_attention(const at::Tensor& query, const at::Tensor& kv_cache
   TORCH_CHECK(query.scalar_type() == at::kBFloat16 && out.scalar_type() == at::kBFloat16 &&
               (fp8_cache || kv_cache.scalar_type() == at::kBFloat16),
               "query and out must be bfloat16, kv_cache bfloat16 or FP8 (float8_e4m3fn)");
-  TORCH_CHECK(k_scale > 0 && v_scale > 0 && (fp8_cache || (k_scale == 1.0 && v_scale == 1.0)),
-              "k_scale/v_scale: positive, and 1.0 unless the cache is FP8");
+  check_kv_scales(fp8_cache, k_scale, v_scale);
   TORCH_CHECK(query.stride(2) == 1 && kv_cache.stride(4) == 1 && out.stride(2) == 1 &&
               out.sizes() == query.sizes(), "the head dimension must be contiguous; out like query");
   TORCH_CHECK(prefill_supported(query.size(2)), "head_dim ", query.size(2), " needs a multiple of ",
