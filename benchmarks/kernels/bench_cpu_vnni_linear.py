@@ -1,7 +1,8 @@
 """The CPU backend's bf16 GEMM on VNNI-packed weights (``native.linear_vnni``, torch's
 batch-reduce GEMM ukernel, kernels/cpu_linear.py) against oneDNN's prepacked
 ``mkldnn._linear_pointwise`` (what a bf16 linear ran before, and still runs where the ukernel
-cannot pack bf16).
+cannot pack bf16); and, for the gate/up shapes, the GEMM with SiLU-and-mul fused into its
+epilogue (``native.linear_vnni_silu``) against the two calls it replaces.
 
     python benchmarks/kernels/bench_cpu_vnni_linear.py --threads 2 \\
         --output-json benchmarks/results/cpu_vnni_linear.json
@@ -60,6 +61,24 @@ def measure(native, m: int, n: int, k: int) -> dict:
             "max_rel_err": float(f"{err:.1e}")}  # fmt: skip
 
 
+GATE_UP = {(3072, 576), (11264, 2048)}
+
+
+def measure_silu(native, m: int, n: int, k: int) -> dict:
+    """linear_vnni then silu_and_mul against linear_vnni_silu on a gate/up weight [n, k]."""
+    copies = max(2, int(2e8 // (n * k * 2)))
+    packed = [pack_vnni(torch.randn(n, k).bfloat16() / k**0.5) for _ in range(copies)]
+    x = torch.randn(m, k).bfloat16()
+    same = torch.equal(native.linear_vnni_silu(x, packed[0], n // 2, None),
+                       native.silu_and_mul(native.linear_vnni(x, packed[0], n, None)))  # fmt: skip
+    t_two = best_us(lambda i: native.silu_and_mul(native.linear_vnni(x, packed[i], n, None)),
+                    copies)  # fmt: skip
+    t_fused = best_us(lambda i: native.linear_vnni_silu(x, packed[i], n // 2, None), copies)
+    return {"op": "gate_up+silu", "rows": m, "out": n, "in": k, "two_calls_us": round(t_two, 1),
+            "fused_us": round(t_fused, 1), "fused_speedup": round(t_two / t_fused, 2),
+            "bit_equal": same}  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -77,6 +96,10 @@ def main() -> None:
                 row = {"model": model, **measure(native, m, n, k)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+                if (n, k) in GATE_UP:
+                    row = {"model": model, **measure_silu(native, m, n, k)}
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
     if a.output_json:
         doc = {"benchmark": "cpu_vnni_linear", "commit": git_commit(), "threads": a.threads,
                "torch": torch.__version__, "timing": "wall, best of 3 passes", "rows": rows}  # fmt: skip

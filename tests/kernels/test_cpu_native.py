@@ -317,6 +317,64 @@ def test_linear_vnni_refuses_bad_input(native) -> None:
     assert not native.linear_supported(7)
 
 
+@pytest.mark.parametrize(("rows", "inter", "in_features", "bias"),
+                         [(1, 64, 32, False), (9, 128, 96, True), (600, 192, 64, False)])
+def test_linear_vnni_silu_equals_the_two_ops(native, rows, inter, in_features, bias) -> None:
+    """The GEMM with SiLU-and-mul in its epilogue gives the unfused pair's bytes (linear_vnni,
+    then silu_and_mul): one row, a bias, more rows than one ukernel call (600 > 512)."""
+    from membound.kernels.cpu_linear import pack_vnni
+
+    if not native.linear_silu_supported(in_features, inter):
+        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+    g = torch.Generator().manual_seed(rows)
+    w = (torch.randn(2 * inter, in_features, generator=g) / in_features**0.5).bfloat16()
+    x = torch.randn(rows, in_features, generator=g).bfloat16()
+    b = torch.randn(2 * inter, generator=g).bfloat16() if bias else None
+    packed = pack_vnni(w)
+    got = native.linear_vnni_silu(x, packed, inter, b)
+    assert got.shape == (rows, inter) and got.dtype == torch.bfloat16
+    assert torch.equal(got, native.silu_and_mul(native.linear_vnni(x, packed, 2 * inter, b)))
+    ref = silu_and_mul_ref(torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float()))
+    torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_linear_vnni_silu_refuses_bad_input(native) -> None:
+    from membound.kernels.cpu_linear import pack_vnni
+
+    if not native.linear_supported(64):
+        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+    x = torch.randn(2, 64).bfloat16()
+    assert not native.linear_silu_supported(64, 96)  # not whole 64-column blocks
+    with pytest.raises(RuntimeError, match="multiple of 64"):
+        native.linear_vnni_silu(x, pack_vnni(torch.randn(192, 64).bfloat16()), 96, None)
+    packed = pack_vnni(torch.randn(256, 64).bfloat16())
+    with pytest.raises(RuntimeError, match="out_features"):
+        native.linear_vnni_silu(x, packed, 64, None)  # a weight of 256 outputs, not 128
+    with pytest.raises(RuntimeError, match="bias"):
+        native.linear_vnni_silu(x, packed, 128, torch.randn(128).bfloat16())
+
+
+@pytest.mark.parametrize("inter", [64, 40])
+def test_gate_up_layer_fuses_silu_where_the_kernel_serves(native, inter) -> None:
+    """A packed gate/up layer's ``forward_silu_and_mul`` equals SiLU-and-mul of its output on
+    the CPU backend, fused (whole 64-column blocks) or not (40: the two ops)."""
+    from membound.layers.linear import MergedLinear
+
+    if not native.linear_supported(32):
+        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+    torch.manual_seed(inter)
+    ops = CpuOps(native=native)
+    layer = MergedLinear(32, [inter, inter], [0, 1], ops=ops).to(torch.bfloat16)
+    torch.nn.init.normal_(layer.weight, std=0.2)
+    layer.process_weights_after_loading()
+    x = torch.randn(3, 5, 32).bfloat16()
+    got = layer.forward_silu_and_mul(x)
+    assert got.shape == (3, 5, inter)
+    assert torch.equal(got, ops.silu_and_mul(x=layer(x)))
+    assert torch.equal(got, TorchOps.packed_linear_silu_and_mul(
+        ops, x=x, weight=layer.weight, bias=None, out_features=2 * inter))
+
+
 def test_cpu_backend_packs_bf16_linears_and_heads_for_native(native) -> None:
     """With the native kernels, the CPU backend VNNI-packs bf16 linears and LM heads (a tied
     head as a second copy: lookups need the plain rows); outputs stay within bf16 rounding of

@@ -125,6 +125,11 @@ class KernelOps(Protocol):
                       out_features: int) -> Tensor:  # fmt: skip
         """x [..., in] @ W^T (+ bias) -> [..., out_features], W from ``pack_linear_weight``."""
 
+    def packed_linear_silu_and_mul(self, *, x: Tensor, weight: Tensor, bias: Tensor | None,
+                                   out_features: int) -> Tensor:  # fmt: skip
+        """``silu_and_mul(packed_linear(...))`` for a gate/up weight of ``out_features`` (gate
+        rows, then up rows) -> [..., out_features / 2]."""
+
     def decode_stack(self, *, layers: Sequence[DecoderLayerWeights],
                      shape: DecoderStackShape) -> CpuDecodeStack | None:  # fmt: skip
         """A runner of decode steps through all of ``layers`` in one native call
@@ -208,6 +213,12 @@ class TorchOps:
         """The reference for any backend's packed weight: its plain ``[out, in]`` form
         through ``F.linear``."""
         return torch.nn.functional.linear(x, cpu_linear.dense_weight(weight, out_features), bias)
+
+    def packed_linear_silu_and_mul(self, *, x: Tensor, weight: Tensor, bias: Tensor | None,
+                                   out_features: int) -> Tensor:  # fmt: skip
+        """The two ops one after the other (the reference for a fused kernel)."""
+        gate_up = self.packed_linear(x=x, weight=weight, bias=bias, out_features=out_features)
+        return self.silu_and_mul(x=gate_up)
 
 
 class CpuOps(TorchOps):
@@ -331,6 +342,18 @@ class CpuOps(TorchOps):
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         y = self.native.linear_vnni(rows, weight, out_features, bias)
         return y.view(*x.shape[:-1], out_features)
+
+    def packed_linear_silu_and_mul(self, *, x: Tensor, weight: Tensor, bias: Tensor | None,
+                                   out_features: int) -> Tensor:  # fmt: skip
+        """The native GEMM with SiLU-and-mul in its epilogue where the intermediate size is
+        a multiple of its 64-column blocks (bit-equal to the two ops: csrc ``linear_vnni_silu``)."""
+        inter = out_features // 2
+        if (self.native is None or x.dtype != torch.bfloat16 or out_features % 2
+                or not self.native.linear_silu_supported(x.shape[-1], inter)):  # fmt: skip
+            return super().packed_linear_silu_and_mul(x=x, weight=weight, bias=bias,
+                                                      out_features=out_features)  # fmt: skip
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        return self.native.linear_vnni_silu(rows, weight, inter, bias).view(*x.shape[:-1], inter)
 
     def decode_stack(self, *, layers: Sequence[DecoderLayerWeights],
                      shape: DecoderStackShape) -> CpuDecodeStack | None:  # fmt: skip

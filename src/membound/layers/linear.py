@@ -94,6 +94,11 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant_method.apply(self, x, self.bias)
 
+    def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """SiLU(gate) * up of a gate/up layer's output (gate rows, then up rows), fused where
+        the backend's kernel for this weight fuses it."""
+        return self.quant_method.apply_silu_and_mul(self, x, self.bias)
+
     # ---- loading: checkpoint tensors of one shard (None: the whole layer) -------------------
     def shard_ids(self) -> tuple[object, ...]:
         return (None,)

@@ -27,7 +27,6 @@ from membound.kernels.cpu_decode_stack import (
 )
 from membound.kernels.cpu_native import NativeDecodePlan
 from membound.kernels.kv_quant import FP8_KV_DTYPE
-from membound.layers.activation import SiluAndMul
 from membound.layers.attention.layer import Attention
 from membound.layers.attention.metadata import AttentionMetadata
 from membound.layers.checkpoint_tensor import LazyTensor, owns_checkpoint_loading
@@ -120,14 +119,13 @@ class LlamaMLP(nn.Module):
             _quant(config, prefix, "gate_proj", "up_proj"), f"{prefix}.gate_up_proj", parallel,
             ops=ops,
         )
-        self.act = SiluAndMul(ops)
         self.down_proj = RowParallelLinear(
             inter, config.hidden_size, config.mlp_bias, _quant(config, prefix, "down_proj"),
             f"{prefix}.down_proj", parallel, reduce_results, ops=ops,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+        return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x))
 
 
 MLPFactory = Callable[[int, str], nn.Module]  # (layer index, prefix) -> the layer's MLP

@@ -899,6 +899,31 @@ std::tuple<at::Tensor, c10::optional<at::Tensor>> rms_norm(
 
 // ---------------------------------------------------------------------------------------
 // SiLU(gate) * up for x [..., 2d] holding gate then up -> [..., d]; products in T like torch.
+
+// out[i] = silu(g[i]) * u[i] for g, u float32 holding T values: silu in float32 rounded to
+// T, the product rounded to T (torch's roundings); g is overwritten. The arithmetic of
+// silu_and_mul_impl's general path, shared with the GEMM that fuses it (linear_vnni_silu).
+template <typename T>
+inline void silu_mul_row(float* __restrict g, const float* __restrict u, T* out, int64_t d) {
+#pragma omp simd
+  for (int64_t i = 0; i < d; ++i) g[i] = g[i] / (1.f + exp_f(-g[i]));
+  round_to<T>(g, d);  // silu's result in T
+#pragma omp simd
+  for (int64_t i = 0; i < d; ++i) g[i] *= u[i];
+  store_f(g, out, d);
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+// silu(g) * u on 16 lanes of bf16 values held as float32, rounded like silu_mul_row (the
+// bf16 fast path of silu_and_mul_impl and linear_vnni_silu's epilogue).
+inline __m256i silu_mul16_bf16(__m512 gv, __m512 uv) {
+  const __m512 sv = _mm512_div_ps(
+      gv, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+  const __m512 sr = _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(sv));  // silu's result in bf16
+  return (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(sr, uv));
+}
+#endif
+
 template <typename T>
 void silu_and_mul_impl(const at::Tensor& x, at::Tensor& out) {
   const int64_t d_ = out.size(-1);
@@ -916,25 +941,15 @@ void silu_and_mul_impl(const at::Tensor& x, at::Tensor& out) {
         const T* xg = xp + r * 2 * d;                      // below do, explicitly vectorised)
         T* o = op + r * d;
         int64_t i = 0;
-        for (; i + 16 <= d; i += 16) {
-          const __m512 gv = load16<T>(xg + i), uv = load16<T>(xg + d + i);
-          const __m512 sv = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f),
-                                                            exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
-          const __m512 sr = _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(sv));  // silu's result in bf16
+        for (; i + 16 <= d; i += 16)
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + i),
-                              (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(sr, uv)));
-        }
+                              silu_mul16_bf16(load16<T>(xg + i), load16<T>(xg + d + i)));
         if (i == d) continue;
       }
 #endif
       load_f(xp + r * 2 * d, g, d);
       load_f(xp + r * 2 * d + d, u, d);
-#pragma omp simd
-      for (int64_t i = 0; i < d; ++i) g[i] = g[i] / (1.f + exp_f(-g[i]));
-      round_to<T>(g, d);  // silu's result in T
-#pragma omp simd
-      for (int64_t i = 0; i < d; ++i) g[i] *= u[i];
-      store_f(g, op + r * d, d);
+      silu_mul_row(g, u, op + r * d, d);
     }
   });
 }
@@ -1370,6 +1385,72 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   });
 }
 
+// y [M, inter] = silu(x Wg^T + bg) * (x Wu^T + bu) on a gate_up weight packed as
+// linear_vnni's (gate rows, then up rows; inter a multiple of 64, so gate block b and up
+// block b + inter / 64 hold the same output columns). A task multiplies one block of each,
+// rounds both products to bf16 as linear_vnni stores them, then applies silu_and_mul's
+// arithmetic: the unfused pair's result bit for bit, without writing the [M, 2 inter]
+// product to memory and reading it back (at prefill's thousands of rows, more than the
+// caches hold). Inputs checked by the caller.
+void linear_vnni_silu_impl(const at::Tensor& x, const at::Tensor& packed, int64_t inter,
+                           const at::BFloat16* bias_ptr, at::Tensor& y) {
+  namespace cpublas = at::native::cpublas;
+  using bf16 = at::BFloat16;
+  const int64_t M = x.size(0), K = x.size(1), nbg = inter / LN_NB;
+  if (M == 0) return;
+  const bf16* xp = x.data_ptr<bf16>();
+  const bf16* wp = packed.data_ptr<bf16>();
+  bf16* yp = y.data_ptr<bf16>();
+  const int64_t mt = (M + LN_MT - 1) / LN_MT;
+  at::parallel_for(0, nbg * mt, 1, [&](int64_t t0, int64_t t1) {
+    const int64_t rows = std::min(M, LN_MT);
+    std::unique_ptr<float[]> cg(new float[rows * LN_NB]), cu(new float[rows * LN_NB]);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t % nbg, m0 = (t / nbg) * LN_MT, m = std::min(LN_MT, M - m0);
+      cpublas::brgemm(m, LN_NB, K, K, LN_NB, LN_NB, false, xp + m0 * K, wp + b * K * LN_NB,
+                      cg.get(), true);
+      cpublas::brgemm(m, LN_NB, K, K, LN_NB, LN_NB, false, xp + m0 * K,
+                      wp + (b + nbg) * K * LN_NB, cu.get(), true);
+      const int64_t n0 = b * LN_NB;
+      for (int64_t i = 0; i < m; ++i) {
+        const float* ci = cg.get() + i * LN_NB;
+        const float* ui = cu.get() + i * LN_NB;
+        bf16* o = yp + (m0 + i) * inter + n0;
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+        for (int64_t j = 0; j < LN_NB; j += 16) {  // silu_and_mul_impl's bf16 path on the
+          __m512 gv = _mm512_loadu_ps(ci + j), uv = _mm512_loadu_ps(ui + j);  // products
+          if (bias_ptr != nullptr) {  // rounded to bf16 as linear_vnni stores them
+            gv = _mm512_add_ps(gv, load16(bias_ptr + n0 + j));
+            uv = _mm512_add_ps(uv, load16(bias_ptr + inter + n0 + j));
+          }
+          gv = _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(gv));
+          uv = _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(uv));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j), silu_mul16_bf16(gv, uv));
+        }
+#else
+        alignas(64) float g[LN_NB], u[LN_NB];
+        std::copy(ci, ci + LN_NB, g);  // the products as linear_vnni stores them
+        std::copy(ui, ui + LN_NB, u);
+        if (bias_ptr != nullptr) {
+          for (int64_t j = 0; j < LN_NB; ++j) {
+            g[j] += static_cast<float>(bias_ptr[n0 + j]);
+            u[j] += static_cast<float>(bias_ptr[inter + n0 + j]);
+          }
+        }
+        round_to<bf16>(g, LN_NB);
+        round_to<bf16>(u, LN_NB);
+        silu_mul_row(g, u, o, LN_NB);
+#endif
+      }
+    }
+    cpublas::brgemm_release(true);
+  });
+}
+
+bool linear_silu_supported(int64_t in_features, int64_t inter) {
+  return linear_supported(in_features) && inter > 0 && inter % LN_NB == 0;
+}
+
 // y [M, N] newly allocated, inputs checked by the caller
 at::Tensor linear_vnni_unchecked(const at::Tensor& x, const at::Tensor& packed, int64_t N,
                                  const c10::optional<at::Tensor>& bias) {
@@ -1405,6 +1486,22 @@ at::Tensor linear_vnni(const at::Tensor& x, const at::Tensor& packed, int64_t ou
   check_vnni(packed, x.size(1), out_features);
   check_bias(bias, out_features, "linear_vnni");
   return linear_vnni_unchecked(x, packed, out_features, bias);
+}
+
+// silu(x Wg^T + bg) * (x Wu^T + bu) -> [M, inter] for a VNNI-packed gate_up weight of
+// 2 * inter outputs (linear_silu_supported): linear_vnni then silu_and_mul, fused.
+at::Tensor linear_vnni_silu(const at::Tensor& x, const at::Tensor& packed, int64_t inter,
+                            const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
+              "x must be a contiguous [M, K] bfloat16 matrix");
+  TORCH_CHECK(linear_silu_supported(x.size(1), inter), "linear_vnni_silu needs inter (", inter,
+              ") a multiple of ", LN_NB, " (linear_silu_supported)");
+  check_vnni(packed, x.size(1), 2 * inter);
+  check_bias(bias, 2 * inter, "linear_vnni_silu");
+  at::Tensor y = at::empty({x.size(0), inter}, x.options());
+  linear_vnni_silu_impl(x, packed, inter, bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr,
+                        y);
+  return y;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1567,9 +1664,17 @@ struct DecodeStack {
       at::Tensor normed = at::empty_like(o_out), summed = at::empty_like(o_out);
       rms_norm_impl<bf16>(o_out, residual, L.post_norm, eps, normed, summed.data_ptr<bf16>());
       residual = summed;
-      at::Tensor gu = L.gate_up(normed);
-      at::Tensor act = at::empty({T_, inter}, gu.options());
-      silu_and_mul_impl<bf16>(gu, act);
+      at::Tensor act;
+      if (L.gate_up.kind == 0 && linear_silu_supported(hidden, inter)) {  // as the module does
+        act = at::empty({T_, inter}, normed.options());
+        linear_vnni_silu_impl(normed, L.gate_up.weight, inter,
+                              L.gate_up.bias.has_value() ? L.gate_up.bias->data_ptr<bf16>() : nullptr,
+                              act);
+      } else {
+        at::Tensor gu = L.gate_up(normed);
+        act = at::empty({T_, inter}, gu.options());
+        silu_and_mul_impl<bf16>(gu, act);
+      }
       h = L.down(act);
     }
     return {h, residual};
@@ -1599,6 +1704,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("slot_mapping"), pybind11::arg("k_scale") = 1.0, pybind11::arg("v_scale") = 1.0);
   m.def("linear_vnni", &linear_vnni, "bf16 x @ W^T (+ bias) on a VNNI-packed weight (brgemm)", nogil);
   m.def("linear_supported", &linear_supported, "whether linear_vnni serves this in_features on this CPU");
+  m.def("linear_vnni_silu", &linear_vnni_silu,
+        "silu(gate) * up of a VNNI-packed gate_up weight's product, fused (brgemm)", nogil);
+  m.def("linear_silu_supported", &linear_silu_supported,
+        "whether linear_vnni_silu serves this in_features and intermediate size on this CPU");
   pybind11::class_<DecodeStack>(m, "DecodeStack", "decode steps through a stack of decoder layers")
       .def(pybind11::init<const std::vector<std::tuple<at::Tensor, at::Tensor, std::vector<LinearSpec>, double, double>>&,
                           int64_t, int64_t, int64_t, int64_t, int64_t, double, double>())

@@ -104,6 +104,13 @@ class QuantizationMethod:
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def apply_silu_and_mul(
+        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``silu_and_mul`` of ``apply``'s gate/up product (gate rows, then up rows); a
+        method whose backend fuses the two overrides this."""
+        return layer.ops.silu_and_mul(x=self.apply(layer, x, bias))
+
     def dequantize(self, layer: nn.Module) -> torch.Tensor:
         """The weight as float32 ``[out, in]``, as the layer computes with it."""
         raise NotImplementedError

@@ -72,6 +72,14 @@ class UnquantizedLinearMethod(QuantizationMethod):
             return linear_prepacked(x, layer.weight, bias)
         return F.linear(x, layer.weight, bias)
 
+    def apply_silu_and_mul(
+        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if is_vnni(layer.weight):  # the native GEMM fuses the activation into its epilogue
+            return layer.ops.packed_linear_silu_and_mul(x=x, weight=layer.weight, bias=bias,
+                                                        out_features=layer.output_size)  # fmt: skip
+        return super().apply_silu_and_mul(layer, x, bias)
+
     def dequantize(self, layer: nn.Module) -> torch.Tensor:
         return dense_weight(layer.weight.detach(), layer.output_size).float()
 
