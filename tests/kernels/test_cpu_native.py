@@ -274,12 +274,14 @@ def test_cpu_ops_route_bf16_prefill_to_native(native) -> None:
 
 @pytest.mark.parametrize(
     ("rows", "out_features", "in_features", "bias"),
-    [(1, 192, 64, False), (7, 100, 96, True), (600, 130, 32, False), (3, 64, 2, True)],
+    [(1, 192, 64, False), (7, 100, 96, True), (600, 130, 32, False), (3, 64, 2, True),
+     (5, 130, 32, True), (64, 576, 64, False)],
 )
-def test_linear_vnni(native, rows, out_features, in_features, bias) -> None:
+def test_linear_vnni(native, threads, rows, out_features, in_features, bias) -> None:
     """Against F.linear in float32 on the same bf16 inputs, within bf16 rounding of the
     output: column counts that are not a multiple of 64 (zero-padded block), more rows than
-    one ukernel call takes (600 > 512), a bias. The packed weight unpacks to the original."""
+    one ukernel call takes (600 > 512), a bias, an odd number of blocks in one row tile
+    (shared by the threads in 32-column halves). The packed weight unpacks to the original."""
     from membound.kernels.cpu_linear import pack_vnni, unpack_vnni
 
     if not native.linear_supported(in_features):

@@ -666,7 +666,28 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
       for (int64_t g0 = 0; g0 < G; g0 += egroup) eo_fns.push_back(eo_fn(std::min(egroup, G - g0), D));
   const bool even_odd = !eo_fns.empty() && eo_fns.front() != nullptr && eo_fns.back() != nullptr;
 
-  at::parallel_for(0, S * (KVH / HT), 1, [&](int64_t begin, int64_t end) {
+  // Tasks go to the threads in contiguous runs of about equal keys (sequences' lengths
+  // differ; an even split by count leaves a thread waiting for the other at the end).
+  const int64_t ntasks = S * (KVH / HT);
+  const int64_t nthr = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntasks));
+  std::vector<int64_t> bounds(nthr + 1, ntasks);
+  {
+    auto work = [&](int64_t task) {  // keys read, plus a task's fixed cost in keys
+      const int64_t len = static_cast<int64_t>(lens[task / (KVH / HT)]);
+      const int64_t keys = sliding_window > 0 ? std::min(len, sliding_window) : len;
+      return std::max<int64_t>(keys, 0) + 16;
+    };
+    int64_t total = 0;
+    for (int64_t t = 0; t < ntasks; ++t) total += work(t);
+    bounds[0] = 0;
+    int64_t done = 0, th = 1;
+    for (int64_t t = 0; t < ntasks && th < nthr; ++t) {
+      done += work(t);
+      while (th < nthr && done * nthr >= total * th) bounds[th++] = t + 1;
+    }
+  }
+  at::parallel_for(0, nthr, 1, [&](int64_t th0, int64_t th1) {
+    const int64_t begin = bounds[th0], end = bounds[th1];
     const int64_t HG = HT * G;  // the query heads of a task
     std::vector<float> q(HG * D), acc(HG * D), krow(D), kbuf(16 * D), scores(HG * CT), m(HG), l(HG);
     std::vector<T> qb(HG * D);
@@ -1362,24 +1383,45 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   const bf16* wp = packed.data_ptr<bf16>();
   bf16* yp = y.data_ptr<bf16>();
   const int64_t mt = (M + LN_MT - 1) / LN_MT;
+  // columns [c0, c0 + nc) of rows [m0, m0 + m): c0 a multiple of 32, nc 32 or 64 within a block
+  auto product = [&](int64_t m0, int64_t m, int64_t c0, int64_t nc, float* c, float* row) {
+    if (c0 >= N) return;  // the padding of the last block
+    const int64_t b = c0 / LN_NB, half = c0 % LN_NB;
+    cpublas::brgemm(m, nc, K, K, LN_NB, nc, false, xp + m0 * K, wp + b * K * LN_NB + 2 * half,
+                    c, true);
+    const int64_t nn = std::min(nc, N - c0);
+    for (int64_t i = 0; i < m; ++i) {
+      const float* ci = c + i * nc;
+      if (bias_ptr != nullptr) {
+        load_f(bias_ptr + c0, row, nn);
+#pragma omp simd
+        for (int64_t j = 0; j < nn; ++j) row[j] += ci[j];
+        ci = row;
+      }
+      store_f(ci, yp + (m0 + i) * N + c0, nn);
+    }
+  };
+  if (mt == 1 && nb % 2 == 1 && at::get_num_threads() > 1) {
+    // one row tile (a decode step) and an odd number of blocks: the threads share the columns
+    // in halves of 32, whole blocks where a thread's run covers both halves (9 blocks over 2
+    // threads: 4.5 each, not 5 and 4)
+    at::parallel_for(0, 2 * nb, 1, [&](int64_t u0, int64_t u1) {
+      std::vector<float> c(M * LN_NB), row(LN_NB);
+      for (int64_t u = u0; u < u1;) {
+        const int64_t nu = u % 2 == 0 && u + 1 < u1 ? 2 : 1;
+        product(0, M, u * (LN_NB / 2), nu * (LN_NB / 2), c.data(), row.data());
+        u += nu;
+      }
+      cpublas::brgemm_release(true);
+    });
+    return;
+  }
   at::parallel_for(0, nb * mt, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> c(std::min(M, LN_MT) * LN_NB);
     std::vector<float> row(LN_NB);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t % nb, m0 = (t / nb) * LN_MT, m = std::min(LN_MT, M - m0);
-      cpublas::brgemm(m, LN_NB, K, K, LN_NB, LN_NB, false, xp + m0 * K, wp + b * K * LN_NB,
-                      c.data(), true);
-      const int64_t n0 = b * LN_NB, nn = std::min(LN_NB, N - n0);
-      for (int64_t i = 0; i < m; ++i) {
-        const float* ci = c.data() + i * LN_NB;
-        if (bias_ptr != nullptr) {
-          load_f(bias_ptr + n0, row.data(), nn);
-#pragma omp simd
-          for (int64_t j = 0; j < nn; ++j) row[j] += ci[j];
-          ci = row.data();
-        }
-        store_f(ci, yp + (m0 + i) * N + n0, nn);
-      }
+      const int64_t b = t % nb, m0 = (t / nb) * LN_MT;
+      product(m0, std::min(LN_MT, M - m0), b * LN_NB, LN_NB, c.data(), row.data());
     }
     cpublas::brgemm_release(true);
   });
