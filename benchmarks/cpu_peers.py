@@ -14,6 +14,8 @@ idle vLLM CPU worker busy-polls one core, which would take half of a 2-core mach
 * the machine's read bandwidth (a large fp32 tensor summed, best of several) and each
   engine's distance from the bandwidth bound: weight bytes read per decode step /
   bandwidth is the fastest a batch-1 token can be; ``bound_fraction`` = that / measured;
+  offline, ``offline_bandwidth_bound_tok_s`` (``offline_bound_tok_s``: weights once per
+  step for all requests plus their caches, arithmetic free) and ``offline_bound_fraction``;
 * each engine's peak RSS; ``uptime`` load before and after.
 
     python benchmarks/cpu_peers.py --model /work/cache/smollm2-hf \\
@@ -47,7 +49,7 @@ TINYLLAMA: dict[str, Any] = {
     "max_position_embeddings": 2048, "rope_theta": 10000.0, "tie_word_embeddings": False,
 }  # fmt: skip
 BYTES = {"float32": 4.0, "bfloat16": 2.0, "int8": 1.0 + 2 / 576, "int4": 0.5 + 4 / 64,
-         "q4_1": 20 / 32}  # fmt: skip
+         "q4_1": 20 / 32, "fp8": 1.0}  # fmt: skip
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Engine:
     argv: list[str]
     precision: str  # key of BYTES: the weight bytes per parameter it streams
     head_precision: str | None = None  # the LM head's, when it differs (membound int8/int4)
+    kv_precision: str = "bfloat16"  # key of BYTES: the KV cache's bytes per value
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -137,6 +140,36 @@ def params_read_per_step(model_dir: str) -> tuple[int, int]:
     return layers * per_layer + h, cfg["vocab_size"] * h
 
 
+def kv_values_per_token(model_dir: str) -> int:
+    """K and V values one token keeps in the cache: layers x 2 x KV heads x head_dim."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    d = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    return cfg["num_hidden_layers"] * 2 * kv_heads * d
+
+
+@dataclass(frozen=True)
+class OfflineShape:
+    """What the offline workload's bandwidth bound depends on (``offline_bound_tok_s``)."""
+
+    lengths: tuple[tuple[int, int], ...]  # (prompt, output) per request
+    kv_values: int  # kv_values_per_token
+
+
+def offline_bound_tok_s(shape: OfflineShape, n_params: tuple[int, int], weight_bytes: float,
+                        head_bytes: float, kv_bytes: float, bw_gbs: float) -> float:  # fmt: skip
+    """The most output tokens per second the offline workload allows on bandwidth alone:
+    every request decoding from the first step, each step reading the weights once for all
+    of them plus every running request's cache (prompt + tokens so far); prefill and all
+    arithmetic free. No engine can beat it; measured / bound is how close one comes."""
+    step_weights = n_params[0] * weight_bytes + n_params[1] * head_bytes
+    total = 0.0
+    for t in range(max(o for _, o in shape.lengths)):
+        context = sum(p + t for p, o in shape.lengths if t < o)
+        total += step_weights + context * shape.kv_values * kv_bytes
+    return sum(o for _, o in shape.lengths) / (total / (bw_gbs * 1e9))
+
+
 def workload(n: int, seed: int, vocab: int, ids_seed: int | None = None
              ) -> list[tuple[list[int], int]]:
     """n requests: prompt lengths uniform in 32..512, output lengths in 32..256 (from
@@ -147,6 +180,14 @@ def workload(n: int, seed: int, vocab: int, ids_seed: int | None = None
     shapes = [(rng.randint(32, 512), rng.randint(32, 256)) for _ in range(n)]
     ids = random.Random(seed if ids_seed is None else ids_seed)
     return [([ids.randrange(3, vocab) for _ in range(p)], o) for p, o in shapes]
+
+
+OFFLINE_SEED = 0  # the offline rounds' lengths (each round draws new token ids)
+
+
+def offline_shape(model_dir: str, n: int, vocab: int) -> OfflineShape:
+    lengths = tuple((len(p), o) for p, o in workload(n, OFFLINE_SEED, vocab))
+    return OfflineShape(lengths, kv_values_per_token(model_dir))
 
 
 def make_tinyllama(folder: Path) -> None:
@@ -166,7 +207,8 @@ def engines(a: argparse.Namespace, model: str) -> list[Engine]:
     out = [Engine("membound-bf16", [*mine, "--dtype", "bfloat16"], "bfloat16", env=env)]
     if a.membound_kv_fp8:  # bf16 weights, an FP8 (E4M3) KV cache: half the KV bytes per step
         out.append(Engine("membound-bf16-kvfp8", [*mine, "--dtype", "bfloat16",
-                                                  "--kv-cache-dtype", "fp8"], "bfloat16", env=env))  # fmt: skip
+                                                  "--kv-cache-dtype", "fp8"], "bfloat16",
+                          kv_precision="fp8", env=env))  # fmt: skip
     for q in a.membound_quant:
         out.append(Engine(f"membound-{q}", [*mine, "--dtype", "bfloat16", "--quantization", q],
                           q, "bfloat16", env=env))  # fmt: skip
@@ -190,7 +232,8 @@ def engines(a: argparse.Namespace, model: str) -> list[Engine]:
     return out
 
 
-def summarize(e: Engine, n_params: tuple[int, int], bw_gbs: float) -> dict[str, Any]:
+def summarize(e: Engine, n_params: tuple[int, int], bw_gbs: float, offline: OfflineShape
+              ) -> dict[str, Any]:  # fmt: skip
     s: dict[str, Any] = {"precision": e.precision, "load_s": e.info.get("load_s")}
     b1 = e.results.get("batch1", [])[1:]  # the first round is a warm-up
     if b1:
@@ -204,7 +247,12 @@ def summarize(e: Engine, n_params: tuple[int, int], bw_gbs: float) -> dict[str, 
     off = [r for r in e.results.get("offline", []) if "elapsed_s" in r]
     if off:
         tps = [r["output_tokens"] / r["elapsed_s"] for r in off]
-        s.update(offline_output_tok_s=statistics.median(tps), offline_all_tok_s=tps)
+        bound = offline_bound_tok_s(offline, n_params, BYTES[e.precision],
+                                    BYTES[e.head_precision or e.precision],
+                                    BYTES[e.kv_precision], bw_gbs)  # fmt: skip
+        s.update(offline_output_tok_s=statistics.median(tps), offline_all_tok_s=tps,
+                 offline_bandwidth_bound_tok_s=bound,
+                 offline_bound_fraction=statistics.median(tps) / bound)  # fmt: skip
     rss = [r["peak_rss_mib"] for rs in e.results.values() for r in rs] + [e.info["peak_rss_mib"]]
     s["peak_rss_mib"] = max(rss)
     return s
@@ -285,9 +333,10 @@ def main() -> None:
         for e in todo:
             e.env = env_with_tunable(e.env)
     n_params = params_read_per_step(model)
+    offline = offline_shape(model, a.num_prompts, vocab)
 
     def write(stage: str) -> None:  # after every phase: a killed run keeps what it measured
-        summary = {e.name: summarize(e, n_params, bw) for e in todo if e.info}
+        summary = {e.name: summarize(e, n_params, bw, offline) for e in todo if e.info}
         report.update(stage=stage, params_read_per_step=n_params, load_after=uptime(),
                       engines=summary, figures=figures(summary))  # fmt: skip
         if a.output_json:
@@ -315,7 +364,7 @@ def main() -> None:
                 print(f"b1 round {r} {e.name} {ans} load {uptime()}", flush=True)
         write("batch1")
         for r in range(a.offline_reps):
-            reqs = workload(a.num_prompts, 0, vocab, ids_seed=1000 + r)
+            reqs = workload(a.num_prompts, OFFLINE_SEED, vocab, ids_seed=1000 + r)
             for e in todo:
                 if e.results.get("offline", [{}])[-1].get("unsupported"):
                     continue
@@ -355,7 +404,9 @@ def from_log(a: argparse.Namespace, log_path: str, model: str) -> None:
         e.precision = by_name[name].precision if name in by_name else name.split("-")[-1]
         e.head_precision = by_name[name].head_precision if name in by_name else None
     n_params = params_read_per_step(model)
-    summary = {n: summarize(e, n_params, bw) for n, e in found.items()}
+    vocab = json.loads((Path(model) / "config.json").read_text())["vocab_size"]
+    offline = offline_shape(model, a.num_prompts, vocab)
+    summary = {n: summarize(e, n_params, bw, offline) for n, e in found.items()}
     report = {"benchmark": "cpu_peers", "model": model, "config": vars(a), "from_log": log_path,
               "read_bandwidth_gbs": bw, "loads_during": loads, "params_read_per_step": n_params,
               "engines": summary, "figures": figures(summary)}  # fmt: skip
