@@ -428,3 +428,29 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path) -> None:
     assert cpu_native.clear_stale_lock(tmp_path, now=now) == [stale]
     assert not stale.exists() and fresh.exists()
     assert cpu_native.clear_stale_lock(tmp_path / "empty", now=now) == []
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("rows", "cols"), [(1, 5), (3, 16), (4, 17), (5, 100), (6, 1000)])
+def test_argmax_rows_is_torchs_max_indices(native, threads, dtype, rows, cols) -> None:
+    """Greedy sampling's argmax: the first of equal maxima, the first NaN where a row has
+    one, an all -inf row, rows strided (a padded vocabulary's view); equal to torch's
+    ``max(dim=-1).indices``. CpuOps sends bf16/float32 here and keeps torch's for fp16."""
+    g = torch.Generator().manual_seed(rows * cols)
+    x = torch.randn(rows, cols + 3, generator=g).to(dtype)[:, :cols]
+    x[0, cols // 2] = x[0, cols - 1] = x[0].max() + 1  # a tie: the first wins
+    if rows > 2:
+        x[1, cols - 1] = float("nan")
+        x[1, min(1, cols - 1)] = float("nan")
+        x[2] = float("-inf")
+    if rows > 4:
+        x[4, cols - 1] = float("nan")  # a NaN in the tail past the vectors
+    got = native.argmax_rows(x)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, x.max(dim=-1).indices)
+    ops = CpuOps(native=native)
+    assert torch.equal(ops.argmax_rows(x=x), TorchOps().argmax_rows(x=x))
+    half = x.half()
+    assert torch.equal(ops.argmax_rows(x=half), half.max(dim=-1).indices)
+    with pytest.raises(RuntimeError, match="rows"):
+        native.argmax_rows(x.t())

@@ -66,6 +66,24 @@ def test_greedy_equals_argmax_and_leaves_logits_alone(dtype: torch.dtype) -> Non
     assert torch.equal(logits, before)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_backend_samples_what_the_references_do(native, dtype: torch.dtype) -> None:
+    """A sampler on the CPU backend (its native argmax for greedy rows) picks the reference
+    sampler's tokens: all greedy (a padded vocabulary's strided view), and a mixed batch."""
+    from membound.kernels.contract import CpuOps
+
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(6, 70, generator=gen) * 3).to(dtype)
+    mine, ref = Sampler(CpuOps(native=native)), Sampler()
+    md = _meta([SamplingParams(temperature=0.0)] * 6, 64)  # 70 columns: 6 of padding
+    assert mine(logits, md).sampled_token_ids == ref(logits, md).sampled_token_ids
+    params = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, seed=1)] * 3
+    md = _meta(params, 64, generators=[None, make_generator(1)] * 3)
+    got = mine(logits, md).sampled_token_ids
+    md = _meta(params, 64, generators=[None, make_generator(1)] * 3)
+    assert got == ref(logits, md).sampled_token_ids
+
+
 def test_random_sampling_leaves_logits_alone() -> None:
     logits = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
     before = logits.clone()

@@ -130,6 +130,10 @@ class KernelOps(Protocol):
         """``silu_and_mul(packed_linear(...))`` for a gate/up weight of ``out_features`` (gate
         rows, then up rows) -> [..., out_features / 2]."""
 
+    def argmax_rows(self, *, x: Tensor) -> Tensor:
+        """[rows, n] -> [rows] int64: each row's first maximum (its first NaN if it has one),
+        as ``x.max(dim=-1).indices``: greedy sampling."""
+
     def decode_stack(self, *, layers: Sequence[DecoderLayerWeights],
                      shape: DecoderStackShape) -> CpuDecodeStack | None:  # fmt: skip
         """A runner of decode steps through all of ``layers`` in one native call
@@ -203,6 +207,10 @@ class TorchOps:
 
     def pack_linear_weight(self, *, weight: Tensor) -> Tensor | None:
         return None
+
+    def argmax_rows(self, *, x: Tensor) -> Tensor:
+        # max(dim) rather than argmax: on CPU 2x faster in float32 and 5x in bf16
+        return x.max(dim=-1).indices
 
     def decode_stack(self, *, layers: Sequence[DecoderLayerWeights],
                      shape: DecoderStackShape) -> CpuDecodeStack | None:  # fmt: skip
@@ -354,6 +362,13 @@ class CpuOps(TorchOps):
                                                       out_features=out_features)  # fmt: skip
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         return self.native.linear_vnni_silu(rows, weight, inter, bias).view(*x.shape[:-1], inter)
+
+    def argmax_rows(self, *, x: Tensor) -> Tensor:
+        """Native for bf16/float32 rows (~7x torch's reduction on [64, 49152] bf16 logits)."""
+        if (self.native is None or not x.is_cpu or x.dim() != 2 or x.shape[1] == 0
+                or x.stride(-1) != 1 or x.dtype not in (torch.bfloat16, torch.float32)):  # fmt: skip
+            return super().argmax_rows(x=x)
+        return self.native.argmax_rows(x)
 
     def decode_stack(self, *, layers: Sequence[DecoderLayerWeights],
                      shape: DecoderStackShape) -> CpuDecodeStack | None:  # fmt: skip

@@ -61,7 +61,7 @@ class ModelRunner:
         self.vocab_size = vocab_size
         self.device = device
         self.sliding_window = sliding_window
-        self.sampler = Sampler()
+        self.sampler = Sampler(ops)
         self.states: dict[str, RunnerRequestState] = {}
         self.kv_swap = swap_space
         self.cuda_graphs = cuda_graphs
