@@ -6,8 +6,8 @@ kernels/cpu_native.py ``linear_supported``): the weight is packed once, after lo
 VNNI layout the ukernel reads (pairs of consecutive input features side by side; output rows
 padded with zeros to a multiple of 64), and every product runs the native ``linear_vnni``
 (csrc/cpu_kernels.cpp). Against the oneDNN prepacked GEMM below it streams SmolLM2's and
-TinyLlama's weights 1.09-1.50x faster for one row (a batch-1 decode step), 0.82-1.08x at 64
-rows, and is 0.76-1.04x for 2048 rows (prefill), where the matrix units' throughput, not the
+TinyLlama's weights 1.07-1.47x faster for one row (a batch-1 decode step), 0.86-1.11x at 64
+rows, and is 0.73-0.92x for 2048 rows (prefill), where the matrix units' throughput, not the
 weight's bytes, is the limit (benchmarks/results/cpu_vnni_linear.json, 2 threads). It is
 the only copy (no oneDNN prepack beside it): decode, where the weights' bytes set the pace,
 is the case the engine is built for. ``unpack_vnni`` gives the ``[out, in]`` weight back.
