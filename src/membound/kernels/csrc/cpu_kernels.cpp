@@ -1537,7 +1537,8 @@ at::Tensor linear_vnni_silu(const at::Tensor& x, const at::Tensor& packed, int64
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
               "x must be a contiguous [M, K] bfloat16 matrix");
   TORCH_CHECK(linear_silu_supported(x.size(1), inter), "linear_vnni_silu needs inter (", inter,
-              ") a multiple of ", LN_NB, " (linear_silu_supported)");
+              ") a multiple of ", LN_NB, " and a CPU whose GEMM ukernel packs bf16 "
+              "(linear_silu_supported)");
   check_vnni(packed, x.size(1), 2 * inter);
   check_bias(bias, 2 * inter, "linear_vnni_silu");
   at::Tensor y = at::empty({x.size(0), inter}, x.options());
