@@ -170,24 +170,27 @@ def offline_bound_tok_s(shape: OfflineShape, n_params: tuple[int, int], weight_b
     return sum(o for _, o in shape.lengths) / (total / (bw_gbs * 1e9))
 
 
+def workload_lengths(n: int, seed: int) -> list[tuple[int, int]]:
+    """(prompt, output) lengths of n requests: uniform in 32..512 and 32..256."""
+    rng = random.Random(seed)
+    return [(rng.randint(32, 512), rng.randint(32, 256)) for _ in range(n)]
+
+
 def workload(n: int, seed: int, vocab: int, ids_seed: int | None = None
              ) -> list[tuple[list[int], int]]:
-    """n requests: prompt lengths uniform in 32..512, output lengths in 32..256 (from
-    ``seed``), random token ids (from ``ids_seed``, default ``seed``). Each offline round
-    draws new ids over the same lengths, so no prompt is a prefix-cache hit from an earlier
-    round (both vLLM and membound cache prefixes by default)."""
-    rng = random.Random(seed)
-    shapes = [(rng.randint(32, 512), rng.randint(32, 256)) for _ in range(n)]
+    """n requests: ``workload_lengths(n, seed)``, random token ids (from ``ids_seed``,
+    default ``seed``). Each offline round draws new ids over the same lengths, so no prompt
+    is a prefix-cache hit from an earlier round (both vLLM and membound cache prefixes by
+    default)."""
     ids = random.Random(seed if ids_seed is None else ids_seed)
-    return [([ids.randrange(3, vocab) for _ in range(p)], o) for p, o in shapes]
+    return [([ids.randrange(3, vocab) for _ in range(p)], o) for p, o in workload_lengths(n, seed)]
 
 
 OFFLINE_SEED = 0  # the offline rounds' lengths (each round draws new token ids)
 
 
-def offline_shape(model_dir: str, n: int, vocab: int) -> OfflineShape:
-    lengths = tuple((len(p), o) for p, o in workload(n, OFFLINE_SEED, vocab))
-    return OfflineShape(lengths, kv_values_per_token(model_dir))
+def offline_shape(model_dir: str, n: int) -> OfflineShape:
+    return OfflineShape(tuple(workload_lengths(n, OFFLINE_SEED)), kv_values_per_token(model_dir))
 
 
 def make_tinyllama(folder: Path) -> None:
@@ -333,7 +336,7 @@ def main() -> None:
         for e in todo:
             e.env = env_with_tunable(e.env)
     n_params = params_read_per_step(model)
-    offline = offline_shape(model, a.num_prompts, vocab)
+    offline = offline_shape(model, a.num_prompts)
 
     def write(stage: str) -> None:  # after every phase: a killed run keeps what it measured
         summary = {e.name: summarize(e, n_params, bw, offline) for e in todo if e.info}
@@ -403,9 +406,9 @@ def from_log(a: argparse.Namespace, log_path: str, model: str) -> None:
     for name, e in found.items():
         e.precision = by_name[name].precision if name in by_name else name.split("-")[-1]
         e.head_precision = by_name[name].head_precision if name in by_name else None
+        e.kv_precision = by_name[name].kv_precision if name in by_name else e.kv_precision
     n_params = params_read_per_step(model)
-    vocab = json.loads((Path(model) / "config.json").read_text())["vocab_size"]
-    offline = offline_shape(model, a.num_prompts, vocab)
+    offline = offline_shape(model, a.num_prompts)
     summary = {n: summarize(e, n_params, bw, offline) for n, e in found.items()}
     report = {"benchmark": "cpu_peers", "model": model, "config": vars(a), "from_log": log_path,
               "read_bandwidth_gbs": bw, "loads_during": loads, "params_read_per_step": n_params,

@@ -44,7 +44,7 @@ def test_summary_reports_offline_bound_fraction(peers, tmp_path) -> None:
            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 32}  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert peers.kv_values_per_token(str(tmp_path)) == 2 * 2 * 1 * 4
-    shape = peers.offline_shape(str(tmp_path), 4, 32)
+    shape = peers.offline_shape(str(tmp_path), 4)
     assert len(shape.lengths) == 4 and all(32 <= p <= 512 and 32 <= o <= 256
                                            for p, o in shape.lengths)  # fmt: skip
     n_params = peers.params_read_per_step(str(tmp_path))

@@ -1599,19 +1599,15 @@ at::Tensor argmax_rows(const at::Tensor& x) {
   const int64_t rows = x.size(0), n = x.size(1), rs = x.stride(0);
   at::Tensor out = at::empty({rows}, x.options().dtype(at::kLong));
   int64_t* o = out.data_ptr<int64_t>();
-  AT_DISPATCH_SWITCH(x.scalar_type(), "argmax_rows",
-    AT_DISPATCH_CASE(at::kBFloat16, [&] {
-      const scalar_t* p = x.data_ptr<scalar_t>();
-      at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) o[r] = argmax_row(p + r * rs, n);
-      });
-    })
-    AT_DISPATCH_CASE(at::kFloat, [&] {
-      const scalar_t* p = x.data_ptr<scalar_t>();
-      at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) o[r] = argmax_row(p + r * rs, n);
-      });
-    }));
+  auto run = [&](const auto* p) {
+    at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) o[r] = argmax_row(p + r * rs, n);
+    });
+  };
+  if (x.scalar_type() == at::kBFloat16)
+    run(x.data_ptr<at::BFloat16>());
+  else
+    run(x.data_ptr<float>());
   return out;
 }
 
