@@ -51,7 +51,7 @@ def test_full_hit_still_computes_last_token() -> None:
 
 
 def test_freed_blocks_stay_cached_and_evict_lru_deepest_first() -> None:
-    kv = KVCacheManager(6, BS, enable_prefix_caching=True)
+    kv = KVCacheManager(6, BS, enable_prefix_caching=True, recent_window=6)
     a = req("a", list(range(1, 13)))  # 3 full blocks: 0,1,2
     admit(kv, a)
     kv.free(a)
@@ -65,6 +65,25 @@ def test_freed_blocks_stay_cached_and_evict_lru_deepest_first() -> None:
     assert kv.block_table("c") == [2, 1]
     d = req("d", list(range(1, 13)) + [7])  # a's prefix: block 0 survives, 1 and 2 evicted
     assert kv.get_computed_blocks(d) == [0]
+    kv.check_integrity()
+
+
+def test_eviction_spares_the_recent_window() -> None:
+    # a 2-block window: the two most recently freed blocks keep their cached prefix while
+    # older free blocks are taken, lowest id first
+    kv = KVCacheManager(6, BS, enable_prefix_caching=True, recent_window=2)
+    a = req("a", list(range(1, 13)))  # blocks 0, 1, 2
+    admit(kv, a)
+    kv.free(a)  # deepest first: 2 leaves the window as 0 comes in; 1, 0 recent
+    b = req("b", list(range(100, 113)))  # 13 tokens, 4 blocks: the cold 2, 3, 4, 5
+    admit(kv, b)
+    assert kv.block_table("b") == [2, 3, 4, 5]
+    kv.free(b)  # 5, 4, 3, 2: the window ends as b's first two blocks; 0, 1, 4, 5 cold
+    c = req("c", list(range(200, 209)))  # 3 blocks: the cold tier's lowest ids
+    admit(kv, c)
+    assert kv.block_table("c") == [0, 1, 4]
+    d = req("d", list(range(100, 113)))  # b's prefix: its first two blocks survived
+    assert kv.get_computed_blocks(d) == [2, 3]
     kv.check_integrity()
 
 

@@ -25,9 +25,10 @@ class KVCacheManager:
         enable_prefix_caching: bool = False,
         prefix_cache_salt: str | None = None,
         num_cpu_blocks: int = 0,
+        recent_window: int | None = None,
     ) -> None:
         self.block_size = block_size
-        self.pool = BlockPool(num_blocks, enable_prefix_caching)
+        self.pool = BlockPool(num_blocks, enable_prefix_caching, recent_window)
         self.cpu_pool = BlockPool(num_cpu_blocks) if num_cpu_blocks > 0 else None
         self.enable_prefix_caching = enable_prefix_caching
         self._root = root_hash(prefix_cache_salt)
