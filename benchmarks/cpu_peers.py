@@ -23,7 +23,9 @@ idle vLLM CPU worker busy-polls one core, which would take half of a 2-core mach
         --vllm-python /work/venvs/vllm/bin/python --llamacpp-python /work/venvs/llamacpp/bin/python \\
         --output-json benchmarks/results/cpu_peers_smollm2.json --plot benchmarks/results/cpu_peers_smollm2.png
 
-``--tinyllama`` instead builds a TinyLlama-1.1B-shaped random checkpoint (bf16 safetensors).
+``--tinyllama`` instead builds a TinyLlama-1.1B-shaped random checkpoint (bf16 safetensors);
+with ``--llamacpp-python`` and no ``--gguf``, also that checkpoint as a Q4_1 GGUF for
+llama.cpp (``hf_to_gguf.py``'s F16 file quantized by llama.cpp's own quantizer).
 """
 
 from __future__ import annotations
@@ -202,6 +204,23 @@ def make_tinyllama(folder: Path) -> None:
     LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
 
 
+def make_q4_1_gguf(model: str, llamacpp_python: str, folder: Path) -> str:
+    """``model`` (an HF folder without tokenizer) as a Q4_1 GGUF in ``folder``: written in
+    F16 here (``hf_to_gguf.write_gguf``), quantized by llama.cpp in its own venv."""
+    sys.path.insert(0, str(HERE))
+    from hf_to_gguf import write_gguf
+
+    f16, q4 = folder / "model-f16.gguf", folder / "model-q4_1.gguf"
+    write_gguf(model, f16, "F16")
+    done = subprocess.run([llamacpp_python, str(HERE / "cpu_peers_worker.py"), "llamacpp-quantize",
+                           str(f16), str(q4), "q4_1"], capture_output=True, text=True)  # fmt: skip
+    f16.unlink()
+    if done.returncode != 0:
+        raise SystemExit(f"llama.cpp ({llamacpp_python}) could not quantize {f16} to Q4_1: "
+                         f"{done.stderr.strip()[-2000:]}")  # fmt: skip
+    return str(q4)
+
+
 def engines(a: argparse.Namespace, model: str) -> list[Engine]:
     worker = str(HERE / "cpu_peers_worker.py")
     common = ["--model", model, "--threads", str(a.threads), "--max-len", str(a.max_len)]
@@ -320,6 +339,8 @@ def main() -> None:
     if a.tinyllama:
         model = str(Path(tmp.name) / "tinyllama")
         make_tinyllama(Path(model))
+        if a.llamacpp_python and not a.gguf:
+            a.gguf = make_q4_1_gguf(model, a.llamacpp_python, Path(tmp.name))
     if model is None:
         ap.error("--model or --tinyllama")
     vocab = json.loads((Path(model) / "config.json").read_text())["vocab_size"]

@@ -6,7 +6,9 @@ from its venv). Reads JSON commands on stdin, answers one JSON line each on stdo
     {"op": "quit"}
 
 ``llamacpp-server ARGS`` instead runs ``llama_cpp.server`` with llama.cpp's AMX path off,
-``llamacpp-eog GGUF`` prints the GGUF's end-of-generation token ids (``cpu_peers_serve.py``).
+``llamacpp-eog GGUF`` prints the GGUF's end-of-generation token ids (``cpu_peers_serve.py``),
+``llamacpp-quantize IN OUT TYPE`` re-encodes a GGUF with llama.cpp's own quantizer (TYPE as
+in its ``LLAMA_FTYPE_MOSTLY_<TYPE>``, e.g. Q4_1; ``cpu_peers.py --tinyllama``).
 
 Every answer carries the process's peak RSS so far. Standalone on purpose: it imports only
 the engine it runs (membound | vllm | llamacpp | transformers), named on the command line.
@@ -128,6 +130,21 @@ def llamacpp_eog_ids(gguf: str) -> list[int]:
     return [i for i in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, i)]
 
 
+def llamacpp_quantize(src: str, dst: str, kind: str) -> None:
+    """``llama-quantize src dst kind`` through the bindings (the wheel ships no binary)."""
+    import llama_cpp
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind.upper()}", None)
+    if ftype is None:
+        raise SystemExit(f"llama.cpp has no file type MOSTLY_{kind.upper()}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = len(os.sched_getaffinity(0))
+    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params)
+    if rc != 0:
+        raise SystemExit(f"llama_model_quantize({src} -> {dst}, {kind}) failed with {rc}")
+
+
 class LlamaCpp:
     def __init__(self, a: argparse.Namespace) -> None:
         from llama_cpp import Llama
@@ -231,6 +248,8 @@ def main() -> None:
         return llamacpp_server(sys.argv[2:])
     if sys.argv[1:2] == ["llamacpp-eog"]:  # GGUF path follows; prints the ids as JSON
         return print(json.dumps(llamacpp_eog_ids(sys.argv[2])))
+    if sys.argv[1:2] == ["llamacpp-quantize"]:  # IN OUT TYPE follow
+        return llamacpp_quantize(*sys.argv[2:5])
     ap = argparse.ArgumentParser()
     ap.add_argument("engine", choices=sorted(ENGINES))
     ap.add_argument("--model", required=True)

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from membound.gguf.names import gguf_tensor_name
+
 gguf = __import__("pytest").importorskip("gguf")
 
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 256, 4, 2, 512, 2
@@ -70,28 +72,6 @@ def hf_weights(seed: int = 0, vocab: int = 264) -> dict[str, np.ndarray]:
     return w
 
 
-_TO_GGUF = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-}
-
-
-def gguf_name(hf: str) -> str:
-    if hf == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if hf == "model.norm.weight":
-        return "output_norm.weight"
-    _, _, layer, *rest = hf.split(".")
-    return f"blk.{layer}.{_TO_GGUF['.'.join(rest[:-1])]}.weight"
-
-
 def write_tiny_llama(
     path: Path,
     linear_type: str = "F32",
@@ -128,7 +108,7 @@ def write_tiny_llama(
         writer.add_chat_template(TEMPLATE)
     raw_linear = raw_linear or {}
     for hf, value in w.items():
-        name = gguf_name(hf)
+        name = gguf_tensor_name(hf)
         if name in raw_linear:
             data, qtype = raw_linear[name]
             writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[qtype])

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic_gguf import gguf_name, hf_weights, write_tiny_llama
+from synthetic_gguf import hf_weights, write_tiny_llama
+
+from membound.gguf.names import gguf_tensor_name
 
 gguf = pytest.importorskip("gguf")
 
@@ -185,7 +187,7 @@ def test_block_linears_stay_int8(tmp_path: Path, kind: str, caplog) -> None:  # 
                     0, 256, (rows, cols // 256 * 210), dtype=np.uint8
                 )
                 data[:, 208::210], data[:, 209::210] = 0, 0x1C  # d ~ 0.004
-                raw[gguf_name(hf)] = (data, kind)
+                raw[gguf_tensor_name(hf)] = (data, kind)
     write_tiny_llama(path, kind, raw_linear=raw)
     config = ModelConfig.from_gguf(path)
     assert config.quantization is not None and len(config.quantization.int8_modules) == 2 * 7

@@ -23,7 +23,14 @@ gguf = pytest.importorskip("gguf")
 from membound.config import ConfigError, ModelConfig  # noqa: E402
 from membound.engine.engine_args import EngineArgs  # noqa: E402
 from membound.gguf.reader import GGUFError, GGUFFile  # noqa: E402
-from membound.gguf.tensors import decode_int4, dequantize, int4_layout, unpermute_rows  # noqa: E402
+from membound.gguf.names import gguf_tensor_name, hf_name  # noqa: E402
+from membound.gguf.tensors import (  # noqa: E402
+    decode_int4,
+    dequantize,
+    int4_layout,
+    permute_rows,
+    unpermute_rows,
+)
 from membound.kernels.int4_gemm import pack_int4  # noqa: E402
 
 
@@ -47,6 +54,17 @@ def test_unpermute_inverts_llama_cpp_permute() -> None:
     w = np.random.default_rng(0).standard_normal((8 * 16, 5))
     for heads in (8, 2):
         np.testing.assert_array_equal(unpermute_rows(llama_cpp_permute(w, heads), heads), w)
+        np.testing.assert_array_equal(permute_rows(w, heads), llama_cpp_permute(w, heads))
+
+
+def test_gguf_names_invert_hf_names() -> None:
+    for hf in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+               "model.layers.7.self_attn.k_proj.weight", "model.layers.0.self_attn.q_proj.bias",
+               "model.layers.2.post_attention_layernorm.weight", "model.layers.1.mlp.up_proj.weight"):  # fmt: skip
+        name = gguf_tensor_name(hf)
+        assert name is not None and hf_name(name) == hf, (hf, name)
+    assert gguf_tensor_name("model.layers.0.self_attn.rotary_emb.inv_freq") is None
+    assert gguf_tensor_name("model.layers.0.mlp.up_proj.scales") is None
 
 
 @pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q4_K"])
@@ -90,8 +108,6 @@ def test_each_type_loads_and_int4_matches_dense(tmp_path: Path, kind: str) -> No
         w = write_tiny_llama(tmp_path / "probe.gguf")
         for hf, value in w.items():
             if value.ndim == 2 and "embed" not in hf:
-                from synthetic_gguf import gguf_name
-
                 rows, cols = value.shape
                 data = random_q4_k(rows, cols, seed=rows + cols)
                 if kind == "Q6_K":  # 210 bytes per 256: random bytes with a small fp16 scale
@@ -100,7 +116,7 @@ def test_each_type_loads_and_int4_matches_dense(tmp_path: Path, kind: str) -> No
                     )
                     data[:, 208::210] = 0
                     data[:, 209::210] = 0x1C  # fp16 ~0.004
-                raw[gguf_name(hf)] = (data, kind)
+                raw[gguf_tensor_name(hf)] = (data, kind)
         write_tiny_llama(path, raw_linear=raw)
     else:
         write_tiny_llama(path, kind)

@@ -1,7 +1,8 @@
-"""GGUF tensor names (llama.cpp's) -> Hugging Face checkpoint names, for the Llama family.
+"""GGUF tensor names (llama.cpp's) <-> Hugging Face checkpoint names, for the Llama family.
 
 Pure Python: the config layer uses it to name the modules a GGUF leaves unquantized, the
-loader to hand tensors to the model under the names its ``load_weights`` knows.
+loader to hand tensors to the model under the names its ``load_weights`` knows, and
+``benchmarks/hf_to_gguf.py`` to write an HF checkpoint as GGUF (``gguf_tensor_name``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _BLOCK = {
     "ffn_down": "mlp.down_proj",
 }
 _BLOCK_NAME = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
+_HF_BLOCK_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 _GLOBAL_NAME = re.compile(r"^([a-z_]+)\.(weight|bias)$")
 # decoder linears: the weights the int4 path may keep quantized
 LINEAR_PIECES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -52,6 +54,18 @@ def hf_name(gguf_name: str) -> str | None:
     if m is not None and m[1] in _GLOBAL:
         return f"{_GLOBAL[m[1]]}.{m[2]}"
     return None
+
+
+def gguf_tensor_name(hf: str) -> str | None:
+    """The GGUF name of an HF checkpoint tensor (``hf_name``'s inverse), or None if GGUF has
+    no name for it."""
+    m = _HF_BLOCK_NAME.match(hf)
+    if m is not None:
+        piece = next((g for g, h in _BLOCK.items() if h == m[2]), None)
+        return f"blk.{m[1]}.{piece}.{m[3]}" if piece else None
+    module, _, kind = hf.rpartition(".")
+    piece = next((g for g, h in _GLOBAL.items() if h == module), None)
+    return f"{piece}.{kind}" if piece and kind in ("weight", "bias") else None
 
 
 def linear_piece(gguf_name: str) -> str | None:

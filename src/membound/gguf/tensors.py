@@ -3,7 +3,8 @@
 - ``unpermute_rows``: llama.cpp's converter reorders the rows of Llama q/k projections so that
   its rotary embedding pairs adjacent values (``permute`` in convert_hf_to_gguf.py); HF-layout
   models pair value i with i + head_dim/2. Undone here on whole rows, so it applies to float
-  weights and to raw quantized rows alike (blocks never cross rows).
+  weights and to raw quantized rows alike (blocks never cross rows). ``permute_rows`` does
+  the converter's reordering (for writing GGUF files).
 - ``decode_int4``: Q4_0 / Q4_1 / Q4_K rows -> (q 0..15, scale, zero) per group of 32 with
   ``w = (q - zero) * scale`` exactly (zero may be fractional: Q4_1's and Q4_K's minimums).
 - ``int4_layout``: those pieces packed and transposed into the int4 layers' stored layout.
@@ -22,6 +23,14 @@ def unpermute_rows(rows: np.ndarray, num_heads: int) -> np.ndarray:
     holds HF row ``h, i, j``. Works on any [rows, ...] array."""
     n = rows.shape[0]
     index = np.arange(n).reshape(num_heads, n // num_heads // 2, 2).swapaxes(1, 2).reshape(-1)
+    return rows[index]
+
+
+def permute_rows(rows: np.ndarray, num_heads: int) -> np.ndarray:
+    """llama.cpp's q/k ``permute``: HF row ``h, i, j`` (head, half, pair index) goes to row
+    ``h, j, i``; ``unpermute_rows`` inverts it. Works on any [rows, ...] array."""
+    n = rows.shape[0]
+    index = np.arange(n).reshape(num_heads, 2, n // num_heads // 2).swapaxes(1, 2).reshape(-1)
     return rows[index]
 
 
