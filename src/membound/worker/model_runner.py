@@ -13,7 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from membound.core.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
+from membound.core.outputs import (
+    ModelRunnerOutput,
+    NewRequestData,
+    ScheduledChunk,
+    SchedulerOutput,
+)
 from membound.kernels.contract import KernelOps
 from membound.layers.attention.metadata import AttentionMetadata
 from membound.layers.sampler import Sampler, prompt_logprobs
@@ -119,6 +124,39 @@ class ModelRunner:
         self._prompt_logprobs(sched, hidden, inputs.query_start_loc, out)
         self._sample(sched, hidden, inputs, out)
         return out
+
+    def warm_up(self, num_tokens: int, num_seqs: int, num_blocks: int, max_model_len: int) -> int:
+        """Run the serving path once at its largest step before any request: one prefill
+        step of about ``num_tokens`` tokens shared by up to ``num_seqs`` dummy requests, one
+        decode step of all of them, then drop them. Returns how many requests it ran (0: a
+        cache too small for one).
+
+        The first real steps then find their activations' memory already mapped, the
+        kernels' code generated and the thread pools started: without it a fresh process's
+        first offline round ran ~12% slower on the CPU (docs/benchmarks.md, run 9). The
+        dummy K/V land in blocks nobody holds (the block pool hands every block out as
+        free; a block's contents are written before they are read), and greedy sampling
+        draws nothing from the seeded generators. Every tensor-parallel rank runs the same
+        steps, as for a real request."""
+        n = max(1, min(num_seqs, num_tokens))
+        t = max(1, min(num_tokens // n, max_model_len - 1))
+        per_req = -(-(t + 1) // self.block_size)  # blocks for the prompt and one decode
+        n = min(n, num_blocks // per_req)
+        if n == 0:
+            return 0
+        params = SamplingParams(temperature=0.0, max_tokens=2)
+        ids = [f"warm-up-{i}" for i in range(n)]
+        tables = [list(range(i * per_req, (i + 1) * per_req)) for i in range(n)]
+        prompt = [j % self.vocab_size for j in range(t)]
+        self.execute(SchedulerOutput(
+            new_requests=[NewRequestData(r, prompt, params, ()) for r in ids],
+            chunks=[ScheduledChunk(r, prompt, 0, tb, True) for r, tb in zip(ids, tables)],
+        ))  # fmt: skip
+        self.execute(SchedulerOutput(
+            chunks=[ScheduledChunk(r, [0], t, tb, True) for r, tb in zip(ids, tables)],
+        ))  # fmt: skip
+        self.execute(SchedulerOutput(finished_req_ids=set(ids)))
+        return n
 
     def _sample(
         self, sched: SchedulerOutput, hidden: torch.Tensor, inputs: StepInputs,

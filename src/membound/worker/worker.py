@@ -59,7 +59,8 @@ class WorkerReady:
 class Worker:
     """Start-up reads top to bottom: kernel ops, model on them, weights (each layer's
     post-load step lays them out for those kernels), activation profile with the serving
-    kernels, KV cache, then a complete ModelRunner."""
+    kernels, KV cache, then a complete ModelRunner, warmed up with one largest step
+    (``ModelRunner.warm_up``)."""
 
     def __init__(
         self, config: EngineConfig, parallel: ParallelContext, *, progress: bool = False
@@ -97,6 +98,10 @@ class Worker:
                 mc.sliding_window, self.device,
             ),
         )
+        warmed = self.runner.warm_up(min(sc.max_num_batched_tokens, sc.max_model_len),
+                                     sc.max_num_seqs, self.kv_layout.num_blocks,
+                                     sc.max_model_len)  # fmt: skip
+        logger.debug("warmed up: one step of %d requests", warmed)
         self.ready = WorkerReady(
             num_blocks=self.kv_layout.num_blocks, block_size=self.kv_layout.block_size,
             num_cpu_blocks=num_cpu_blocks, memory_report=self.memory_report,
