@@ -345,9 +345,13 @@ def main() -> None:
         ap.error("--model or --tinyllama")
     vocab = json.loads((Path(model) / "config.json").read_text())["vocab_size"]
     log = open((a.output_json or "cpu_peers") + ".workers.log", "w")  # noqa: SIM115
-    report: dict[str, Any] = {"benchmark": "cpu_peers", "model": model, "config": vars(a),
-                              "load_before": uptime()}  # fmt: skip
-    print("load", report["load_before"], flush=True)
+    from membound.bench.results import command_line, git_commit
+
+    commit, dirty = git_commit()
+    report: dict[str, Any] = {"benchmark": "cpu_peers", "command": command_line(),
+                              "commit": commit, "dirty": dirty, "model": model,
+                              "config": vars(a), "load_before": uptime()}  # fmt: skip
+    print("load", report["load_before"], "commit", commit, "dirty", dirty, flush=True)
     report["read_bandwidth_gbs"] = bw = read_bandwidth_gbs()
     print(f"read bandwidth {bw:.1f} GB/s", flush=True)
     todo = engines(a, model)
