@@ -207,8 +207,7 @@ def make_tinyllama(folder: Path) -> None:
 def make_q4_1_gguf(model: str, llamacpp_python: str, folder: Path) -> str:
     """``model`` (an HF folder without tokenizer) as a Q4_1 GGUF in ``folder``: written in
     F16 here (``hf_to_gguf.write_gguf``), quantized by llama.cpp in its own venv."""
-    sys.path.insert(0, str(HERE))
-    from hf_to_gguf import write_gguf
+    from hf_to_gguf import write_gguf  # a sibling: the script's folder is on sys.path
 
     f16, q4 = folder / "model-f16.gguf", folder / "model-q4_1.gguf"
     write_gguf(model, f16, "F16")

@@ -69,14 +69,14 @@ def write_gguf(folder: str | Path, out: str | Path, dtype: str = "F16") -> None:
         raise ValueError(f"{folder} has no .safetensors files")
     heads = {"attn_q": cfg["num_attention_heads"],
              "attn_k": cfg.get("num_key_value_heads", cfg["num_attention_heads"])}  # fmt: skip
-    names: dict[str, tuple[Path, str]] = {}
+    names: dict[Path, dict[str, str]] = {}  # file -> {HF name: GGUF name}
     for f in files:
         with safe_open(f, "pt") as st:
-            for hf in st.keys():  # noqa: SIM118 (safe_open has no __iter__)
-                name = gguf_tensor_name(hf)
-                if name is None:
-                    raise ValueError(f"{f}: no GGUF name for tensor {hf}")
-                names[name] = (f, hf)
+            hf_names = list(st.keys())
+        missing = [hf for hf in hf_names if gguf_tensor_name(hf) is None]
+        if missing:
+            raise ValueError(f"{f}: no GGUF name for tensor(s) {', '.join(missing)}")
+        names[f] = {hf: str(gguf_tensor_name(hf)) for hf in hf_names}
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     writer = gguf.GGUFWriter(str(out), "llama")
     writer.add_block_count(cfg["num_hidden_layers"])
@@ -98,15 +98,16 @@ def write_gguf(folder: str | Path, out: str | Path, dtype: str = "F16") -> None:
     writer.add_bos_token_id(int(cfg.get("bos_token_id", 1)))
     writer.add_eos_token_id(int(cfg.get("eos_token_id", 2)))
     writer.add_add_bos_token(False)
-    for name, (f, hf) in names.items():
+    for f, file_names in names.items():
         with safe_open(f, "pt") as st:
-            value = st.get_tensor(hf).to(torch.float32).numpy()
-        piece = name.split(".")[2] if name.startswith("blk.") else ""
-        if piece in heads:
-            value = permute_rows(value, heads[piece])
-        if value.ndim > 1 and dtype == "F16":
-            value = value.astype(np.float16)
-        writer.add_tensor(name, np.ascontiguousarray(value))
+            for hf, name in file_names.items():
+                value = st.get_tensor(hf).to(torch.float32).numpy()
+                piece = name.split(".")[2] if name.startswith("blk.") else ""
+                if piece in heads:
+                    value = permute_rows(value, heads[piece])
+                if value.ndim > 1 and dtype == "F16":
+                    value = value.astype(np.float16)
+                writer.add_tensor(name, np.ascontiguousarray(value))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
