@@ -22,8 +22,8 @@ gguf = pytest.importorskip("gguf")
 
 from membound.config import ConfigError, ModelConfig  # noqa: E402
 from membound.engine.engine_args import EngineArgs  # noqa: E402
-from membound.gguf.reader import GGUFError, GGUFFile  # noqa: E402
 from membound.gguf.names import gguf_tensor_name, hf_name  # noqa: E402
+from membound.gguf.reader import GGUFError, GGUFFile  # noqa: E402
 from membound.gguf.tensors import (  # noqa: E402
     decode_int4,
     dequantize,

@@ -8,6 +8,14 @@
  RequestStream <-- call_soon_threadsafe(_dispatch, outputs) <-- engine.step()
 ```
 
+``AsyncLLMEngine.build(factory)`` builds the engine on the thread that will step it (what
+`membound serve` does). OpenMP keeps one thread pool per thread that starts parallel work:
+an engine built on the main thread and stepped on another leaves two pools, more OpenMP
+threads than a small machine has cores, and libgomp then stops spinning between parallel
+regions; every region wakes its threads through the kernel. On the 2-core development
+machine that made a batch-1 SmolLM2 decode step 25.5 ms against 13.6 (docs/benchmarks.md,
+run 10).
+
 LLMEngine is not thread-safe, so adds and aborts are queued and applied between steps. Each
 request has its own RequestStream; it keeps only the latest cumulative RequestOutput (a slow
 reader skips intermediate states instead of queueing them). If the loop dies, every in-flight
@@ -17,6 +25,7 @@ stream fails with EngineDeadError, new requests are refused and ``is_running`` t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -109,13 +118,46 @@ class RequestStream:
         self.abort()
 
 
+class _EngineThread:
+    """A thread that builds the engine, then waits for the one loop it will run (the
+    engine's step loop, or None to end without one)."""
+
+    def __init__(self, factory: Callable[[], LLMEngine]) -> None:
+        self._built: concurrent.futures.Future[LLMEngine] = concurrent.futures.Future()
+        self._target: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._main, args=(factory,), name="membound-engine",
+                                       daemon=True)  # fmt: skip
+        self.thread.start()
+
+    def engine(self) -> LLMEngine:
+        """The built engine (waits for the build; raises what it raised)."""
+        return self._built.result()
+
+    def run(self, target: Callable[[], None] | None) -> None:
+        self._target.put(target)
+
+    def _main(self, factory: Callable[[], LLMEngine]) -> None:
+        try:
+            self._built.set_result(factory())
+        except BaseException as e:  # noqa: BLE001 - handed to the building thread
+            self._built.set_exception(e)
+            return
+        target = self._target.get()
+        if target is not None:
+            target()
+
+
 class AsyncLLMEngine:
     """Runs ``engine``'s step loop on a thread; ``start()`` must be awaited inside the event
-    loop that will consume the streams."""
+    loop that will consume the streams. ``build(factory)`` also builds the engine there."""
 
-    def __init__(self, engine: LLMEngine, observer: EngineObserver | None = None) -> None:
+    def __init__(self, engine: LLMEngine, observer: EngineObserver | None = None, *,
+                 engine_thread: _EngineThread | None = None) -> None:  # fmt: skip
+        """``engine_thread``: the thread ``engine`` was built on (``build``), which will run
+        the loop; else ``start()`` starts one."""
         self.engine = engine
         self.observer = observer
+        self._engine_thread = engine_thread
         self._commands: queue.Queue[Any] = queue.Queue()
         self._streams: dict[str, RequestStream] = {}  # touched on the event loop thread only
         self._pending: set[asyncio.Future[Any]] = set()  # adds/calls not answered yet
@@ -127,17 +169,31 @@ class AsyncLLMEngine:
         self.dead_error: BaseException | None = None
         self.latest_stats: EngineStats = engine.stats()
 
+    @classmethod
+    def build(cls, factory: Callable[[], LLMEngine],
+              observer: EngineObserver | None = None) -> AsyncLLMEngine:  # fmt: skip
+        """Build the engine with ``factory()`` on the thread that will step it (module
+        docstring: one OpenMP pool); raises what the factory raised."""
+        host = _EngineThread(factory)
+        return cls(host.engine(), observer, engine_thread=host)
+
     # ---- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("AsyncLLMEngine already started")
         self._loop = asyncio.get_running_loop()
+        if self._engine_thread is not None:
+            self._thread = self._engine_thread.thread
+            self._engine_thread.run(self._run)
+            return
         self._thread = threading.Thread(target=self._run, name="membound-engine", daemon=True)
         self._thread.start()
 
     async def shutdown(self, timeout: float = 30.0) -> None:
         """Stop the loop after the current step; in-flight streams fail with EngineDeadError."""
         if self._thread is None:
+            if self._engine_thread is not None:  # built, never started: let its thread end
+                self._engine_thread.run(None)
             return
         self._stopping = True
         self._commands.put(_STOP)

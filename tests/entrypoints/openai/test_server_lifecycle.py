@@ -73,9 +73,9 @@ def model_dir(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def _engine(model: Path) -> AsyncLLMEngine:
-    return AsyncLLMEngine(
-        LLMEngine.from_engine_args(EngineArgs(model=str(model), max_model_len=128, block_size=4))
-    )
+    """Built on its engine thread, as `membound serve` builds it."""
+    return AsyncLLMEngine.build(lambda: LLMEngine.from_engine_args(
+        EngineArgs(model=str(model), max_model_len=128, block_size=4)))
 
 
 @pytest.fixture(scope="module")

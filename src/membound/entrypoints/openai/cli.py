@@ -60,8 +60,8 @@ def run_server(args: argparse.Namespace) -> int:
     args = take_model_from_names(args)
     server_args = ServerArgs.from_cli_args(args)  # validates the server options before loading
     server_args.read_chat_template()
-    engine = AsyncLLMEngine(LLMEngine.from_engine_args(EngineArgs.from_cli_args(args),
-                                                       progress=True))
+    engine_args = EngineArgs.from_cli_args(args)
+    engine = AsyncLLMEngine.build(lambda: LLMEngine.from_engine_args(engine_args, progress=True))
     app = build_app(engine, server_args)
     names = ", ".join(app.state.membound.model_names)
     print(f"membound: serving {names} on http://{server_args.host}:{server_args.port}/v1 "
