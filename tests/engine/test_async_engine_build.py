@@ -4,12 +4,12 @@ built but never started lets its thread end."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 
 import pytest
 
+from async_threads import run_in_own_thread
 from membound.engine.async_engine import AsyncLLMEngine
 from membound.engine.engine_args import EngineArgs
 from membound.engine.llm_engine import LLMEngine
@@ -24,24 +24,6 @@ def _factory(model: Path, built_on: list[threading.Thread]):
         return LLMEngine.from_engine_args(EngineArgs(model=str(model), max_model_len=64,
                                                      block_size=4, num_kv_blocks=40))
     return build
-
-
-def _in_own_thread(scenario) -> None:
-    """asyncio.run(scenario()) on a fresh thread (no event loop may be current in pytest's)."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(scenario())
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            errors.append(e)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(timeout=120)
-    assert not thread.is_alive(), "the scenario hung"
-    if errors:
-        raise errors[0]
 
 
 def test_build_steps_on_the_thread_that_built(tiny_llama: Path) -> None:
@@ -61,7 +43,7 @@ def test_build_steps_on_the_thread_that_built(tiny_llama: Path) -> None:
             await engine.shutdown()
         assert not built_on[0].is_alive()
 
-    _in_own_thread(scenario)
+    run_in_own_thread(scenario)
 
 
 def test_build_raises_the_factory_error() -> None:
@@ -80,6 +62,6 @@ def test_built_but_never_started_ends_its_thread(tiny_llama: Path) -> None:
     async def scenario() -> None:
         await engine.shutdown()
 
-    _in_own_thread(scenario)
+    run_in_own_thread(scenario)
     built_on[0].join(timeout=10)
     assert not built_on[0].is_alive() and not engine.is_running

@@ -3,12 +3,11 @@ AsyncLLMEngine.call_on_engine_thread (the thread-safe way the dashboard takes it
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from pathlib import Path
 
 import pytest
 
+from async_threads import run_in_own_thread
 from membound.engine.async_engine import AsyncLLMEngine, EngineDeadError
 from membound.engine.engine_args import EngineArgs
 from membound.engine.kv_snapshot import CACHED, FREE, EngineSnapshot, take_snapshot
@@ -99,16 +98,4 @@ def test_call_on_engine_thread(tiny_llama: Path) -> None:
         with pytest.raises(EngineDeadError):
             await engine.call_on_engine_thread(take_snapshot)
 
-    errors: list[BaseException] = []
-
-    def run() -> None:  # a thread of its own: no event loop may be current here
-        try:
-            asyncio.run(scenario())
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            errors.append(e)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
+    run_in_own_thread(scenario)
