@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <initializer_list>
 #include <cmath>
 #include <cstdint>
@@ -666,28 +667,22 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
       for (int64_t g0 = 0; g0 < G; g0 += egroup) eo_fns.push_back(eo_fn(std::min(egroup, G - g0), D));
   const bool even_odd = !eo_fns.empty() && eo_fns.front() != nullptr && eo_fns.back() != nullptr;
 
-  // Tasks go to the threads in contiguous runs of about equal keys (sequences' lengths
-  // differ; an even split by count leaves a thread waiting for the other at the end).
+  // Threads take tasks one at a time from a shared counter, longest first (sequences'
+  // lengths differ; a fixed split leaves one thread waiting for the other at the end).
   const int64_t ntasks = S * (KVH / HT);
   const int64_t nthr = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntasks));
-  std::vector<int64_t> bounds(nthr + 1, ntasks);
+  std::vector<int64_t> order(ntasks);
   {
-    auto work = [&](int64_t task) {  // keys read, plus a task's fixed cost in keys
-      const int64_t len = static_cast<int64_t>(lens[task / (KVH / HT)]);
-      const int64_t keys = sliding_window > 0 ? std::min(len, sliding_window) : len;
-      return std::max<int64_t>(keys, 0) + 16;
-    };
-    int64_t total = 0;
-    for (int64_t t = 0; t < ntasks; ++t) total += work(t);
-    bounds[0] = 0;
-    int64_t done = 0, th = 1;
-    for (int64_t t = 0; t < ntasks && th < nthr; ++t) {
-      done += work(t);
-      while (th < nthr && done * nthr >= total * th) bounds[th++] = t + 1;
+    std::vector<int64_t> work(ntasks);
+    for (int64_t t = 0; t < ntasks; ++t) {
+      const int64_t len = static_cast<int64_t>(lens[t / (KVH / HT)]);
+      work[t] = sliding_window > 0 ? std::min(len, sliding_window) : len;
+      order[t] = t;
     }
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return work[a] > work[b]; });
   }
-  at::parallel_for(0, nthr, 1, [&](int64_t th0, int64_t th1) {
-    const int64_t begin = bounds[th0], end = bounds[th1];
+  std::atomic<int64_t> next_task{0};
+  at::parallel_for(0, nthr, 1, [&](int64_t, int64_t) {
     const int64_t HG = HT * G;  // the query heads of a task
     std::vector<float> q(HG * D), acc(HG * D), krow(D), kbuf(16 * D), scores(HG * CT), m(HG), l(HG);
     std::vector<T> qb(HG * D);
@@ -696,7 +691,9 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
     std::vector<T> kconv(kFp8 ? BS * D : 0), vconv(kFp8 && !even_odd ? BS * D : 0);  // as bf16
     std::vector<float> nat(even_odd ? D : 0);
     if (amx) amx_scores_begin(G);
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t i = next_task.fetch_add(1, std::memory_order_relaxed); i < ntasks;
+         i = next_task.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t task = order[i];
       const int64_t s = task / (KVH / HT), h0 = (task % (KVH / HT)) * HT, h1 = h0 + HT;
       const int64_t len = static_cast<int64_t>(lens[s]);
       T* o_rows = o_ptr + s * os0 + h0 * G * os1;
