@@ -45,12 +45,12 @@ def test_warm_up_shapes(tiny_llama: Path) -> None:
 
     runner.model.forward = spy  # type: ignore[method-assign]
     # 8 requests of 100 // 8 = 12 tokens (one block of 16 each, with the decode token)
-    assert runner.warm_up(100, 8, 64, 128) == 8
+    assert runner.warm_up(100, 8, 64) == 8
     assert seen == [96, 8]
     seen.clear()
     # 2 requests of 40 tokens need 3 blocks each (40 + 1 decode token): a 3-block cache
     # runs one of them
-    assert runner.warm_up(80, 2, 3, 128) == 1 and seen == [40, 1]
+    assert runner.warm_up(80, 2, 3) == 1 and seen == [40, 1]
     seen.clear()
-    assert runner.warm_up(80, 2, 2, 128) == 0 and seen == []  # not even one fits
+    assert runner.warm_up(80, 2, 2) == 0 and seen == []  # not even one fits
     assert runner.states == {} and runner.input_batch.slot_of == {}

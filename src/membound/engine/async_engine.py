@@ -154,7 +154,7 @@ class AsyncLLMEngine:
     def __init__(self, engine: LLMEngine, observer: EngineObserver | None = None, *,
                  engine_thread: _EngineThread | None = None) -> None:  # fmt: skip
         """``engine_thread``: the thread ``engine`` was built on (``build``), which will run
-        the loop; else ``start()`` starts one."""
+        the loop; else ``start()`` starts one for it."""
         self.engine = engine
         self.observer = observer
         self._engine_thread = engine_thread
@@ -182,12 +182,11 @@ class AsyncLLMEngine:
         if self._thread is not None:
             raise RuntimeError("AsyncLLMEngine already started")
         self._loop = asyncio.get_running_loop()
-        if self._engine_thread is not None:
-            self._thread = self._engine_thread.thread
-            self._engine_thread.run(self._run)
-            return
-        self._thread = threading.Thread(target=self._run, name="membound-engine", daemon=True)
-        self._thread.start()
+        if self._engine_thread is None:  # an engine built elsewhere: nothing to build here
+            engine = self.engine
+            self._engine_thread = _EngineThread(lambda: engine)
+        self._thread = self._engine_thread.thread
+        self._engine_thread.run(self._run)
 
     async def shutdown(self, timeout: float = 30.0) -> None:
         """Stop the loop after the current step; in-flight streams fail with EngineDeadError."""

@@ -66,6 +66,7 @@ class ModelRunner:
         self.vocab_size = vocab_size
         self.device = device
         self.sliding_window = sliding_window
+        self.max_model_len = max_model_len
         self.sampler = Sampler(ops)
         self.states: dict[str, RunnerRequestState] = {}
         self.kv_swap = swap_space
@@ -125,7 +126,7 @@ class ModelRunner:
         self._sample(sched, hidden, inputs, out)
         return out
 
-    def warm_up(self, num_tokens: int, num_seqs: int, num_blocks: int, max_model_len: int) -> int:
+    def warm_up(self, num_tokens: int, num_seqs: int, num_blocks: int) -> int:
         """Run the serving path once at its largest step before any request: one prefill
         step of about ``num_tokens`` tokens shared by up to ``num_seqs`` dummy requests, one
         decode step of all of them, then drop them. Returns how many requests it ran (0: a
@@ -139,7 +140,7 @@ class ModelRunner:
         draws nothing from the seeded generators. Every tensor-parallel rank runs the same
         steps, as for a real request."""
         n = max(1, min(num_seqs, num_tokens))
-        t = max(1, min(num_tokens // n, max_model_len - 1))
+        t = max(1, min(num_tokens // n, self.max_model_len - 1))
         per_req = -(-(t + 1) // self.block_size)  # blocks for the prompt and one decode
         n = min(n, num_blocks // per_req)
         if n == 0:

@@ -99,8 +99,7 @@ class Worker:
             ),
         )
         warmed = self.runner.warm_up(min(sc.max_num_batched_tokens, sc.max_model_len),
-                                     sc.max_num_seqs, self.kv_layout.num_blocks,
-                                     sc.max_model_len)  # fmt: skip
+                                     sc.max_num_seqs, self.kv_layout.num_blocks)  # fmt: skip
         logger.debug("warmed up: one step of %d requests", warmed)
         self.ready = WorkerReady(
             num_blocks=self.kv_layout.num_blocks, block_size=self.kv_layout.block_size,
