@@ -142,3 +142,42 @@ def test_cpu_ops_route_a_bf16_model_fp8_cache_to_native(native) -> None:
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
     out32 = ops.decode_attention(query=q.float(), plan=plan, **kw)  # the torch path
     torch.testing.assert_close(out32, ref, rtol=1e-4, atol=1e-4)
+
+
+def _every_code_cache(num_blocks: int, bs: int, kvh: int, d: int, g: torch.Generator) -> torch.Tensor:
+    """An FP8 cache whose K and V hold every finite E4M3 code (+-0 and the subnormals
+    included), each many times, in a random order."""
+    codes = torch.arange(256, dtype=torch.uint8)
+    codes = codes[(codes & 0x7F) != 0x7F]  # no NaN
+    n = 2 * num_blocks * bs * kvh * d
+    picks = codes[torch.randint(0, codes.numel(), (n,), generator=g)]
+    picks[: codes.numel()] = codes
+    return picks[torch.randperm(n, generator=g)].view(2, num_blocks, bs, kvh, d).view(FP8_KV_DTYPE)
+
+
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_fp8_reads_every_value_exactly(native, head_dim) -> None:
+    """Every E4M3 value is a bf16 value, and the kernels convert it exactly (32 or 64 values
+    per conversion, by head size): attention over an FP8 cache equals, bit for bit, attention
+    over the same values stored as bf16 (scales 1)."""
+    g = torch.Generator().manual_seed(head_dim)
+    lens, kvh, heads, bs = [7, 70, 16, 45], 2, 6, 16
+    max_blocks = max(-(-n // bs) for n in lens)
+    num_blocks = len(lens) * max_blocks + 1
+    cache = _every_code_cache(num_blocks, bs, kvh, head_dim, g)
+    as_bf16 = cache.float().bfloat16()
+    tables = (torch.randperm(num_blocks - 1, generator=g)[: len(lens) * max_blocks] + 1).view(len(lens), -1)
+    q = torch.randn(len(lens), heads, head_dim, generator=g).bfloat16()
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    out8, out16 = torch.empty_like(q), torch.empty_like(q)
+    native.decode_attention(q, cache, tables.int().contiguous(), seq_lens, 0.1, 0, out8, 1.0, 1.0)
+    native.decode_attention(q, as_bf16, tables.int().contiguous(), seq_lens, 0.1, 0, out16)
+    assert torch.equal(out8, out16)
+    if not native.prefill_supported(head_dim):
+        return
+    starts = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+    qp = torch.randn(int(starts[-1]), heads, head_dim, generator=g).bfloat16()
+    p8, p16 = torch.empty_like(qp), torch.empty_like(qp)
+    native.prefill_attention(qp, cache, tables, starts, seq_lens.long(), 0.1, 0, p8, 1.0, 1.0)
+    native.prefill_attention(qp, as_bf16, tables, starts, seq_lens.long(), 0.1, 0, p16)
+    assert torch.equal(p8, p16)

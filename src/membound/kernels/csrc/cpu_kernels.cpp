@@ -429,6 +429,58 @@ inline __m512i e4m3_to_bf16_x32(const fp8* p) {
   return _mm512_or_si512(r, _mm512_and_si512(_mm512_slli_epi16(w, 8), _mm512_set1_epi16(-32768)));
 }
 
+#if defined(__AVX512VBMI__)
+// bf16 bits of the E4M3 magnitude m (0..127), e4m3_to_bf16_x32's arithmetic: the byte tables
+// of e4m3_to_bf16_x64
+constexpr uint16_t e4m3_mag_bf16(int m) {
+  constexpr uint16_t sub[8] = {0x0000, 0x3B00, 0x3B80, 0x3BC0, 0x3C00, 0x3C20, 0x3C40, 0x3C60};
+  return (m & 0x78) == 0 ? sub[m] : static_cast<uint16_t>((m << 4) + (120 << 7));
+}
+// the byte tables and the input order of e4m3_to_bf16_x64, built at compile time
+struct E4m3ByteTables {
+  alignas(64) uint8_t hi[128];
+  alignas(64) uint8_t lo[128];
+  alignas(64) uint8_t order[64];
+};
+constexpr E4m3ByteTables make_e4m3_tables() {
+  E4m3ByteTables t{};
+  for (int m = 0; m < 128; ++m) {
+    t.hi[m] = static_cast<uint8_t>(e4m3_mag_bf16(m) >> 8);
+    t.lo[m] = static_cast<uint8_t>(e4m3_mag_bf16(m) & 0xFF);
+  }
+  // 128-bit lane k of the permuted input: values 8k .. 8k+7, then 32+8k .. 32+8k+7
+  for (int k = 0; k < 4; ++k)
+    for (int j = 0; j < 8; ++j) {
+      t.order[16 * k + j] = static_cast<uint8_t>(8 * k + j);
+      t.order[16 * k + 8 + j] = static_cast<uint8_t>(32 + 8 * k + j);
+    }
+  return t;
+}
+inline constexpr E4m3ByteTables kE4m3Tables = make_e4m3_tables();
+
+// 64 E4M3 values as 64 bf16 (out[0]: values 0-31, out[1]: 32-63), the same bits as two
+// e4m3_to_bf16_x32 calls: each bf16's high and low byte looked up from 128-entry byte tables
+// by the magnitude (two-source byte permutes), the sign or-ed in, the bytes interleaved. The
+// input is first permuted so the in-lane interleave leaves the values in order: 6 vector
+// operations for 64 values where e4m3_to_bf16_x32 takes 9 for 32.
+struct E4m3Tables {  // kE4m3Tables in registers, loaded once per loop
+  __m512i hi0 = _mm512_load_si512(kE4m3Tables.hi), hi1 = _mm512_load_si512(kE4m3Tables.hi + 64);
+  __m512i lo0 = _mm512_load_si512(kE4m3Tables.lo), lo1 = _mm512_load_si512(kE4m3Tables.lo + 64);
+  __m512i order = _mm512_load_si512(kE4m3Tables.order);
+};
+inline void e4m3_to_bf16_x64(const E4m3Tables& t, const fp8* p, __m512i out[2]) {
+  const __m512i w = _mm512_permutexvar_epi8(t.order, _mm512_loadu_si512(p));
+  const __m512i hi = _mm512_ternarylogic_epi32(  // table byte | (w & 0x80): the sign
+      _mm512_permutex2var_epi8(t.hi0, w, t.hi1), w, _mm512_set1_epi8(static_cast<char>(0x80)), 0xF8);
+  const __m512i lo = _mm512_permutex2var_epi8(t.lo0, w, t.lo1);
+  out[0] = _mm512_unpacklo_epi8(lo, hi);
+  out[1] = _mm512_unpackhi_epi8(lo, hi);
+}
+constexpr bool kE4m3x64 = true;
+#else
+constexpr bool kE4m3x64 = false;
+#endif
+
 // 16 floats to E4M3 bytes: saturated to +-448, rounded to nearest even (NaN stays NaN).
 inline __m128i f32_to_e4m3_x16(__m512 x) {
   const __m512i bits = _mm512_castps_si512(x);
@@ -452,11 +504,24 @@ inline __m128i f32_to_e4m3_x16(__m512 x) {
 // (1.0: exact)
 inline void fp8_rows_to_bf16(const fp8* src, int64_t s, int64_t n, int64_t D, float scale,
                              c10::BFloat16* dst) {
+#if defined(__AVX512VBMI__)
+  const E4m3Tables tables;
+#endif
   for (int64_t r = 0; r < n; ++r) {
     const fp8* in = src + r * s;
     c10::BFloat16* out = dst + r * D;
     int64_t i = 0;
 #if defined(__AVX512BW__) && defined(__AVX512BF16__)
+#if defined(__AVX512VBMI__)
+    if (scale == 1.f) {  // exact: 64 at a time
+      for (; i + 64 <= D; i += 64) {
+        __m512i v[2];
+        e4m3_to_bf16_x64(tables, in + i, v);
+        _mm512_storeu_si512(out + i, v[0]);
+        _mm512_storeu_si512(out + i + 32, v[1]);
+      }
+    }
+#endif
     for (; i + 32 <= D; i += 32) {
       __m512i v = e4m3_to_bf16_x32(in + i);
       if (scale != 1.f) {
@@ -492,13 +557,23 @@ void accumulate_v_eo(float* acc, const float* scores, int64_t ld, const fp8* vb,
     for (int c = 0; c < NC; ++c)
       for (int h = 0; h < 2; ++h) a[g][c][h] = _mm512_loadu_ps(acc + ((g * NC + c) * 2 + h) * 16);
   const __m512i odd_mask = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+#if defined(__AVX512VBMI__)
+  const E4m3Tables tables;
+#endif
   for (int64_t t = 0; t < nt; ++t) {
     const fp8* row = vb + t * s_tok;
     __m512 even[NC], odd[NC];
+    __m512i x[NC];
+    if constexpr (kE4m3x64 && NC % 2 == 0) {
+#if defined(__AVX512VBMI__)
+      for (int c = 0; c < NC; c += 2) e4m3_to_bf16_x64(tables, row + 32 * c, x + c);
+#endif
+    } else {
+      for (int c = 0; c < NC; ++c) x[c] = e4m3_to_bf16_x32(row + 32 * c);
+    }
     for (int c = 0; c < NC; ++c) {
-      const __m512i x = e4m3_to_bf16_x32(row + 32 * c);
-      even[c] = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
-      odd[c] = _mm512_castsi512_ps(_mm512_and_si512(x, odd_mask));
+      even[c] = _mm512_castsi512_ps(_mm512_slli_epi32(x[c], 16));
+      odd[c] = _mm512_castsi512_ps(_mm512_and_si512(x[c], odd_mask));
     }
     for (int g = 0; g < G; ++g) {
       const __m512 pv = _mm512_set1_ps(scores[g * ld + t]);
