@@ -414,16 +414,19 @@ using fp8 = c10::Float8_e4m3fn;
 constexpr float kFp8Max = 448.f;
 
 #if defined(__AVX512BW__)
+// bf16 bits of the E4M3 subnormals m * 2^-9, m = 0..7: 0, 2^-9, 2^-8, 1.5 * 2^-8, 2^-7,
+// 1.25, 1.5, 1.75 * 2^-7
+constexpr uint16_t kE4m3SubnormalBf16[8] = {0x0000, 0x3B00, 0x3B80, 0x3BC0,
+                                            0x3C00, 0x3C20, 0x3C40, 0x3C60};
+
 // 32 E4M3 values as 32 bf16 (exact). Normals: exponent rebased (bias 7 -> 127), mantissa
 // 3 -> 7 bits; subnormals (exponent field 0: m * 2^-9) from a table of the 8 of them.
 inline __m512i e4m3_to_bf16_x32(const fp8* p) {
   const __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   const __m512i mag = _mm512_and_si512(w, _mm512_set1_epi16(0x7F));
   __m512i r = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(120 << 7));
-  // bf16 bits of m * 2^-9 for m = 0..7: 0, 2^-9, 2^-8, 1.5 * 2^-8, 2^-7, 1.25, 1.5, 1.75 * 2^-7
-  const __m512i sub_table = _mm512_set_epi16(
-      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-      0x3C60, 0x3C40, 0x3C20, 0x3C00, 0x3BC0, 0x3B80, 0x3B00, 0x0000);
+  const __m512i sub_table =
+      _mm512_zextsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kE4m3SubnormalBf16)));
   r = _mm512_mask_permutexvar_epi16(r, _mm512_testn_epi16_mask(w, _mm512_set1_epi16(0x78)), mag,
                                     sub_table);
   return _mm512_or_si512(r, _mm512_and_si512(_mm512_slli_epi16(w, 8), _mm512_set1_epi16(-32768)));
@@ -433,8 +436,7 @@ inline __m512i e4m3_to_bf16_x32(const fp8* p) {
 // bf16 bits of the E4M3 magnitude m (0..127), e4m3_to_bf16_x32's arithmetic: the byte tables
 // of e4m3_to_bf16_x64
 constexpr uint16_t e4m3_mag_bf16(int m) {
-  constexpr uint16_t sub[8] = {0x0000, 0x3B00, 0x3B80, 0x3BC0, 0x3C00, 0x3C20, 0x3C40, 0x3C60};
-  return (m & 0x78) == 0 ? sub[m] : static_cast<uint16_t>((m << 4) + (120 << 7));
+  return (m & 0x78) == 0 ? kE4m3SubnormalBf16[m] : static_cast<uint16_t>((m << 4) + (120 << 7));
 }
 // the byte tables and the input order of e4m3_to_bf16_x64, built at compile time
 struct E4m3ByteTables {
