@@ -144,7 +144,9 @@ def test_cpu_ops_route_a_bf16_model_fp8_cache_to_native(native) -> None:
     torch.testing.assert_close(out32, ref, rtol=1e-4, atol=1e-4)
 
 
-def _every_code_cache(num_blocks: int, bs: int, kvh: int, d: int, g: torch.Generator) -> torch.Tensor:
+def _every_code_cache(
+    num_blocks: int, bs: int, kvh: int, d: int, g: torch.Generator
+) -> torch.Tensor:
     """An FP8 cache whose K and V hold every finite E4M3 code (+-0 and the subnormals
     included), each many times, in a random order."""
     codes = torch.arange(256, dtype=torch.uint8)
@@ -166,7 +168,9 @@ def test_fp8_reads_every_value_exactly(native, head_dim) -> None:
     num_blocks = len(lens) * max_blocks + 1
     cache = _every_code_cache(num_blocks, bs, kvh, head_dim, g)
     as_bf16 = cache.float().bfloat16()
-    tables = (torch.randperm(num_blocks - 1, generator=g)[: len(lens) * max_blocks] + 1).view(len(lens), -1)
+    tables = (torch.randperm(num_blocks - 1, generator=g)[: len(lens) * max_blocks] + 1).view(
+        len(lens), -1
+    )
     q = torch.randn(len(lens), heads, head_dim, generator=g).bfloat16()
     seq_lens = torch.tensor(lens, dtype=torch.int32)
     out8, out16 = torch.empty_like(q), torch.empty_like(q)

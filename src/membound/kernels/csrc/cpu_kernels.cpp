@@ -336,6 +336,7 @@ inline void amx_scores_end() {}
 inline void amx_pack_queries(const c10::BFloat16*, int64_t, int64_t, int64_t, c10::BFloat16*) {}
 inline void amx_scores16(const c10::BFloat16*, int64_t, const c10::BFloat16*, int64_t, int64_t,
                          float*) {}
+inline void transpose_scores16(const float*, int64_t, float, float*, int64_t) {}
 #endif
 
 #if defined(__AVX512F__)
