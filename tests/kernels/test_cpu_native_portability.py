@@ -3,7 +3,7 @@
 The build uses ``-march=native``, so the machine that runs the tests compiles only its own
 branch of the source's feature guards (AMX, AVX512-BF16, AVX512-VBMI, ...). A helper that
 exists in one branch and is called from shared code breaks every other CPU's build, and
-there the CPU backend silently falls back to the plain-torch kernels (as it did for CPUs
+there the CPU backend falls back to the plain-torch kernels with a warning (as it did for CPUs
 without AMX until a stub was added). Here the source is checked (``-fsyntax-only``, templates
 instantiated) for an AVX2 desktop, an AVX-512 server without BF16
 and one with AVX512-BF16 but no AMX."""
