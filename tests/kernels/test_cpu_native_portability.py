@@ -34,7 +34,7 @@ def test_source_compiles_without_this_cpus_features() -> None:
     runs = {}
     for march in TARGETS:  # concurrently: each takes ~20 s
         flags = [f"-march={march}" if f == "-march=native" else f for f in cpu_native.CFLAGS]
-        cmd = [compiler, "-std=c++17", "-fsyntax-only", *flags, *includes,
+        cmd = [compiler, "-std=c++20", "-fsyntax-only", *flags, *includes,  # as torch builds
                "-DTORCH_EXTENSION_NAME=portability_check", str(cpu_native.SOURCE)]  # fmt: skip
         runs[march] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                        text=True)  # fmt: skip
