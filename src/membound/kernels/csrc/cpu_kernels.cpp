@@ -1010,12 +1010,16 @@ inline void silu_mul_row(float* __restrict g, const float* __restrict u, T* out,
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
+// 16 float32 lanes rounded to bf16 (nearest even) and widened back: what storing to bf16 and
+// reading back gives
+inline __m512 round_bf16(__m512 x) { return _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(x)); }
+
 // silu(g) * u on 16 lanes of bf16 values held as float32, rounded like silu_mul_row (the
 // bf16 fast path of silu_and_mul_impl and linear_vnni_silu's epilogue).
 inline __m256i silu_mul16_bf16(__m512 gv, __m512 uv) {
   const __m512 sv = _mm512_div_ps(
       gv, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
-  const __m512 sr = _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(sv));  // silu's result in bf16
+  const __m512 sr = round_bf16(sv);  // silu's result in bf16
   return (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(sr, uv));
 }
 #endif
@@ -1067,8 +1071,7 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
 // like the reference: cos/sin are rounded to T first.
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 // rotary_impl's rotate for one bf16 row of 2 * half values (half % 16 == 0), 16 lanes at a
-// time: each product rounded to bf16, then the difference / sum rounded, as there
-inline __m512 round_bf16(__m512 x) { return _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(x)); }
+// time: each product rounded to bf16 (round_bf16), then the difference / sum rounded, as there
 inline void rotate_bf16(c10::BFloat16* row, const float* c, const float* s, int64_t half) {
   for (int64_t i = 0; i < half; i += 16) {
     const __m512 x1 = load16(row + i), x2 = load16(row + half + i);
@@ -1565,8 +1568,8 @@ void linear_vnni_silu_impl(const at::Tensor& x, const at::Tensor& packed, int64_
             gv = _mm512_add_ps(gv, load16(bias_ptr + n0 + j));
             uv = _mm512_add_ps(uv, load16(bias_ptr + inter + n0 + j));
           }
-          gv = _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(gv));
-          uv = _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(uv));
+          gv = round_bf16(gv);
+          uv = round_bf16(uv);
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j), silu_mul16_bf16(gv, uv));
         }
 #else
