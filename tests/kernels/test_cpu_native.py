@@ -431,6 +431,36 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path) -> None:
     assert cpu_native.clear_stale_lock(tmp_path / "empty", now=now) == []
 
 
+def test_a_failed_build_names_the_missing_tool_or_the_rejected_source(monkeypatch) -> None:
+    """The fix a failed build's message gives: the missing compiler ($CXX, else c++) and/or
+    ninja by name, or, with both on the PATH, that the compiler rejected the source."""
+    monkeypatch.setenv("CXX", "my-cxx")
+    nothing = cpu_native.build_failure_fix(which=lambda name: None)
+    assert "missing" in nothing and "my-cxx" in nothing and "ninja" in nothing
+    no_ninja = cpu_native.build_failure_fix(
+        which=lambda name: None if name == "ninja" else "/bin/x"
+    )
+    assert no_ninja == "missing ninja (pip install ninja)"
+    both = cpu_native.build_failure_fix(which=lambda name: "/usr/bin/" + name)
+    assert "missing" not in both and "rejected the source" in both
+
+
+def test_a_source_the_compiler_rejects_raises_a_build_error_saying_so(
+    tmp_path, monkeypatch
+) -> None:
+    """End to end through torch's builder: a source that does not compile raises
+    NativeBuildError carrying the fix (here: the compiler rejected it, where a compiler and
+    ninja are installed, as on every machine that runs the native kernels)."""
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++;\n")
+    monkeypatch.setattr(cpu_native, "SOURCE", broken)
+    monkeypatch.setattr(cpu_native, "EXTENSION_NAME", "membound_broken_source_test")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    with pytest.raises(cpu_native.NativeBuildError) as e:
+        cpu_native.build_native_cpu_kernels()
+    assert str(broken) in str(e.value) and cpu_native.build_failure_fix() in str(e.value)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("rows", "cols"), [(1, 5), (3, 16), (4, 17), (5, 100), (6, 1000)])
 def test_argmax_rows_is_torchs_max_indices(native, threads, dtype, rows, cols) -> None:

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -77,6 +79,22 @@ def clear_stale_lock(root: Path, now: float | None = None) -> list[Path]:
     return removed
 
 
+def build_failure_fix(which: Callable[[str], str | None] = shutil.which) -> str:
+    """What to do about a failed build: the tool that is missing (the compiler torch's builder
+    runs, ``$CXX`` or ``c++``; ninja), else the compiler rejected the source on this machine.
+    ``which`` looks a program up on the PATH (``shutil.which``)."""
+    compiler = os.environ.get("CXX", "c++")
+    missing = []
+    if which(compiler) is None:
+        missing.append(f"a C++ compiler ({compiler}: set CXX or install g++ / clang++)")
+    if which("ninja") is None:
+        missing.append("ninja (pip install ninja)")
+    if missing:
+        return "missing " + " and ".join(missing)
+    return (f"{compiler} and ninja are here, so the compiler rejected the source on this "
+            f"machine (its output is quoted above): report it with `{compiler} --version`")  # fmt: skip
+
+
 def build_native_cpu_kernels(verbose: bool = False) -> ModuleType:
     """Build (or load the cached build of) the C++ kernels; raises NativeBuildError with the
     compiler's complaint. torch's builder holds a file lock, so concurrent processes build
@@ -98,9 +116,9 @@ def build_native_cpu_kernels(verbose: bool = False) -> ModuleType:
         )  # fmt: skip
     except (RuntimeError, OSError, ImportError, SystemExit) as e:  # compiler missing/failed
         raise NativeBuildError(
-            f"could not build membound's native CPU kernels from {SOURCE}: {e}. They need a "
-            "C++ compiler (g++ or clang++) and ninja (pip install ninja); without them the "
-            "CPU backend runs the plain-torch kernels"
+            f"could not build membound's native CPU kernels from {SOURCE}: {e}. "
+            f"{build_failure_fix()}; until then the CPU backend runs the plain-torch kernels "
+            "(MEMBOUND_CPU_NATIVE=0 skips the build)"
         ) from e
     logger.debug("native CPU kernels ready in %.1f s", time.perf_counter() - start)
     return module
