@@ -694,9 +694,10 @@ constexpr int64_t DA_CHUNK = 64;
 // DA_PREFETCH_LINES ahead of the arithmetic, a block's share per (block, head) step of it.
 // A steady stream keeps requests in flight while the arithmetic runs, where a burst per
 // block (the next block's K, this block's V) left the memory idle during the arithmetic:
-// FP8 cache 35.8 -> 30.5 ms for 30 layers of 64 sequences, bf16 45.6 -> 44.3
-// (benchmarks/kernels/bench_cpu_decode_attention_ab.py; distances of 16 to 512 lines tried,
-// one line in two slower still).
+// 1.19x (FP8 cache) and 1.03x (bf16) over 30 layers of 64 sequences
+// (benchmarks/results/cpu_decode_attention_ab_run12.json). Distances of 16 to 512 lines,
+// every other line only, and prefetches spread over V's rows were slower (docs/benchmarks.md
+// run 12).
 constexpr int64_t DA_PREFETCH_LINES = 48;
 template <typename C, typename IdxT>
 class KvPrefetchStream {
