@@ -706,7 +706,9 @@ class KvPrefetchStream {
                    int64_t CB, int64_t span_bytes)
       : k_(reinterpret_cast<const char*>(k_base)), v_(reinterpret_cast<const char*>(v_base)),
         s_blk_(s_blk * static_cast<int64_t>(sizeof(C))), s_tok_(s_tok * static_cast<int64_t>(sizeof(C))),
-        BS_(BS), CB_(CB), span_(span_bytes) {}
+        BS_(BS), CB_(CB), span_(span_bytes), whole_rows_(span_bytes == s_tok_) {}
+  // the lines of one block's K (or V) rows for the task's heads
+  int64_t block_lines() const { return BS_ * ((span_ + 63) / 64); }
   // A new task: its table, its heads' offset in a row, blocks [b0, b_end), keys < len; the
   // first `ahead` lines at once.
   void start(const IdxT* table, int64_t head_off, int64_t b0, int64_t b_end, int64_t len,
@@ -720,12 +722,12 @@ class KvPrefetchStream {
       if (o_ == 0) {  // a new unit: this block's K or V rows
         unit_ = (v_part_ ? v_ : k_) + static_cast<int64_t>(table_[b_]) * s_blk_ + head_off_;
         rows_ = std::min(BS_, len_ - b_ * BS_);
-        end_ = rows_ == 1 || span_ == s_tok_ ? (rows_ - 1) * s_tok_ + span_ : span_;
+        end_ = whole_rows_ ? rows_ * s_tok_ : span_;
       }
       __builtin_prefetch(unit_ + t_ * s_tok_ + o_);
       if ((o_ += 64) < end_) continue;
       o_ = 0;
-      if (end_ == span_ && ++t_ < rows_) continue;  // rows apart: the next row's span
+      if (!whole_rows_ && ++t_ < rows_) continue;  // rows apart: the next row's span
       t_ = 0;
       if (++b_ < std::min(c0_ + CB_, b_end_)) continue;
       if (!v_part_) {
@@ -740,11 +742,12 @@ class KvPrefetchStream {
   const char* k_;
   const char* v_;
   int64_t s_blk_, s_tok_, BS_, CB_, span_;
+  bool whole_rows_;  // the span is the whole row: a block's rows are one contiguous range
   const IdxT* table_ = nullptr;
   int64_t head_off_ = 0, b_end_ = 0, len_ = 0, c0_ = 0, b_ = 0, t_ = 0, o_ = 0;
   bool v_part_ = false;
   const char* unit_ = nullptr;  // the current unit's first row
-  int64_t rows_ = 0, end_ = 0;  // its rows; the bytes of a row's span, or of all rows if contiguous
+  int64_t rows_ = 0, end_ = 0;  // its rows; the bytes of a row's span, or of all its rows
 };
 
 // C: the cache's element type, T's or FP8 (with bf16 T): a block's K rows for a KV head are
@@ -814,11 +817,11 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
     std::vector<float> c16(amx ? 16 * G : 0);
     std::vector<T> kconv(kFp8 ? BS * D : 0), vconv(kFp8 && !even_odd ? BS * D : 0);  // as bf16
     std::vector<float> nat(even_odd ? D : 0);
-    // the lines of a block's rows the task reads, and how many to prefetch per (block, head)
-    // step of the arithmetic: one block's share, so the stream keeps its distance
-    const int64_t span = ((HT - 1) * s_head + D) * static_cast<int64_t>(sizeof(C));
-    const int64_t per_step = (BS * ((span + 63) / 64) + HT - 1) / HT;
-    KvPrefetchStream<C, IdxT> pf(k_base, v_base, s_blk, s_tok, BS, CB, span);
+    // the stream over the span of the task's KV heads in each row, and how many lines it
+    // issues per (block, head) step of the arithmetic: one block's share, so it keeps its distance
+    KvPrefetchStream<C, IdxT> pf(k_base, v_base, s_blk, s_tok, BS, CB,
+                                 ((HT - 1) * s_head + D) * static_cast<int64_t>(sizeof(C)));
+    const int64_t per_step = (pf.block_lines() + HT - 1) / HT;
     if (amx) amx_scores_begin(G);
     for (int64_t i = next_task.fetch_add(1, std::memory_order_relaxed); i < ntasks;
          i = next_task.fetch_add(1, std::memory_order_relaxed)) {
