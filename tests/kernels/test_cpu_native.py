@@ -22,11 +22,12 @@ DTYPES = [torch.bfloat16, torch.float32]
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 7, 300])
-def test_rms_norm(native, dtype: torch.dtype, rows: int) -> None:
+@pytest.mark.parametrize("hidden", [96, 40])  # bf16: the 16-lane row path, and the general one
+def test_rms_norm(native, dtype: torch.dtype, rows: int, hidden: int) -> None:
     g = torch.Generator().manual_seed(rows)
-    x = torch.randn(rows, 96, generator=g).to(dtype)
-    r = torch.randn(rows, 96, generator=g).to(dtype)
-    w = torch.randn(96, generator=g).to(dtype)
+    x = torch.randn(rows, hidden, generator=g).to(dtype)
+    r = torch.randn(rows, hidden, generator=g).to(dtype)
+    w = torch.randn(hidden, generator=g).to(dtype)
     out, none = native.rms_norm(x, None, w, 1e-6)
     assert none is None
     ref = rms_norm_ref(x, w, 1e-6)
@@ -178,6 +179,25 @@ def test_store_kv(native, dtype: torch.dtype) -> None:
     with pytest.raises(RuntimeError, match="past the cache"):
         native.store_kv(k, v, cache, torch.tensor([0, 1, 2, 3, 64]))
     assert torch.equal(cache, ref)  # nothing written
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_store_kv_prefill_rows_split_over_threads(native, dtype: torch.dtype) -> None:
+    # a prefill's 1,000 tokens (several of the threads' shares of 256), scattered over the
+    # blocks in a random order with padding tokens among them
+    from membound.kernels.kv_store import store_kv_ref
+
+    g = torch.Generator().manual_seed(5)
+    kvh, d, block, n = 3, 64, 16, 1000
+    k = torch.randn(n, kvh, d, generator=g).to(dtype)
+    v = torch.randn(n, kvh, d, generator=g).to(dtype)
+    slots = torch.randperm(80 * block, generator=g)[:n]
+    slots[::97] = -1
+    cache = torch.zeros(2, 80, block, kvh, d, dtype=dtype)
+    ref = cache.clone()
+    store_kv_ref(k, v, ref, slots)
+    native.store_kv(k, v, cache, slots)
+    assert torch.equal(cache, ref)
 
 
 def test_decode_plan_is_built_once_for_the_kernel_that_serves_the_step(native) -> None:

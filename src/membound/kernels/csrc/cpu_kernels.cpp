@@ -986,6 +986,42 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& kv_cache,
 
 // ---------------------------------------------------------------------------------------
 // RMSNorm, optionally fused with the residual add.
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+// 16 float32 lanes rounded to bf16 (nearest even) and widened back: what storing to bf16 and
+// reading back gives
+inline __m512 round_bf16(__m512 x) { return _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(x)); }
+
+// One bf16 row of rms_norm_impl, N a multiple of 16, in two passes over the row in registers
+// (the general path's arithmetic in its order: the sum rounded to bf16, the squares summed
+// per lane then lane by lane, x * inv rounded before * w). The general path's four passes
+// over float32 copies of the row took 1.7x as long on prefill's 2,048-row steps.
+inline void rms_norm_row_bf16(const c10::BFloat16* x, const c10::BFloat16* res,
+                              const c10::BFloat16* w, float eps, int64_t N, c10::BFloat16* out,
+                              c10::BFloat16* res_out) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < N; i += 16) {
+    __m512 v = load16(x + i);
+    if (res != nullptr) {
+      v = round_bf16(_mm512_add_ps(v, load16(res + i)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(res_out + i), (__m256i)_mm512_cvtneps_pbh(v));
+    }
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, acc);
+  float ss = 0.f;
+  for (int j = 0; j < 16; ++j) ss += lanes[j];
+  const __m512 inv = _mm512_set1_ps(1.f / std::sqrt(ss / static_cast<float>(N) + eps));
+  const c10::BFloat16* sum = res != nullptr ? res_out : x;  // the row normalised, as bf16
+  for (int64_t i = 0; i < N; i += 16) {
+    const __m512 v = round_bf16(_mm512_mul_ps(load16(sum + i), inv));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                        (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(v, load16(w + i))));
+  }
+}
+#endif
+
 template <typename T>
 void rms_norm_impl(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
                    const at::Tensor& weight, double eps, at::Tensor& out, T* res_out) {
@@ -997,6 +1033,16 @@ void rms_norm_impl(const at::Tensor& x, const c10::optional<at::Tensor>& residua
   T* op = out.data_ptr<T>();
   const float feps = static_cast<float>(eps);
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      if (N % 16 == 0) {
+        for (int64_t r = begin; r < end; ++r)
+          rms_norm_row_bf16(xp + r * N, rp != nullptr ? rp + r * N : nullptr, wp, feps, N,
+                            op + r * N, rp != nullptr ? res_out + r * N : nullptr);
+        return;
+      }
+    }
+#endif
     std::vector<float> buf(N), tmp(N), w(N);
     load_f(wp, w.data(), N);
     for (int64_t r = begin; r < end; ++r) {
@@ -1064,9 +1110,6 @@ inline void silu_mul_row(float* __restrict g, const float* __restrict u, T* out,
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
-// 16 float32 lanes rounded to bf16 (nearest even) and widened back: what storing to bf16 and
-// reading back gives
-inline __m512 round_bf16(__m512 x) { return _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(x)); }
 
 // silu(g) * u on 16 lanes of bf16 values held as float32, rounded like silu_mul_row (the
 // bf16 fast path of silu_and_mul_impl and linear_vnni_silu's epilogue).
@@ -1245,12 +1288,15 @@ void store_kv(const at::Tensor& key, const at::Tensor& value, at::Tensor kv_cach
   char* ck = static_cast<char*>(kv_cache.data_ptr());
   char* cv = ck + kv_cache.stride(0) * elem;
   const int64_t ks = key.stride(0) * elem, vs = value.stride(0) * elem, bytes = row * elem;
-  for (int64_t t = 0; t < T_; ++t) {
-    const int64_t slot = slots[t];
-    if (slot < 0) continue;
-    std::memcpy(ck + slot * bytes, kp + t * ks, bytes);
-    std::memcpy(cv + slot * bytes, vp + t * vs, bytes);
-  }
+  // the threads share a prefill's tokens; a decode step's few rows stay on one thread
+  at::parallel_for(0, T_, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t slot = slots[t];
+      if (slot < 0) continue;
+      std::memcpy(ck + slot * bytes, kp + t * ks, bytes);
+      std::memcpy(cv + slot * bytes, vp + t * vs, bytes);
+    }
+  });
 }
 
 
