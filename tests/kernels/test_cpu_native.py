@@ -320,6 +320,31 @@ def test_linear_vnni(native, threads, rows, out_features, in_features, bias) -> 
     torch.testing.assert_close(got.float(), ref, rtol=2**-7, atol=2**-7 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize(("out_features", "in_features"), [(576, 576), (130, 64), (256, 96), (192, 48)])
+def test_linear_vnni_decode_rows_equal_the_ukernels(native, threads, out_features, in_features) -> None:
+    """Up to 64 rows (a decode step) run the direct matrix-unit kernel, more rows torch's GEMM
+    ukernel: the same products in the same order, so each row of a 65-row product equals the
+    same row computed in a batch of 1-64 (rows padded to whole tiles, an odd number of blocks
+    shared in halves, a zero-padded last block, in_features not a multiple of 32: the
+    ukernel), and likewise for the GEMM fused with SiLU-and-mul."""
+    from membound.kernels.cpu_linear import pack_vnni
+
+    if not native.linear_supported(in_features):
+        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+    g = torch.Generator().manual_seed(out_features)
+    packed = pack_vnni(torch.randn(out_features, in_features, generator=g).bfloat16())
+    x = torch.randn(65, in_features, generator=g).bfloat16()
+    b = torch.randn(out_features, generator=g).bfloat16()
+    full = native.linear_vnni(x, packed, out_features, b)
+    for rows in (64, 33, 17, 16, 5, 1):
+        assert torch.equal(native.linear_vnni(x[:rows].contiguous(), packed, out_features, b), full[:rows])
+    if out_features % 128 == 0:
+        fused = native.linear_vnni_silu(x, packed, out_features // 2, None)
+        for rows in (64, 20, 1):
+            got = native.linear_vnni_silu(x[:rows].contiguous(), packed, out_features // 2, None)
+            assert torch.equal(got, fused[:rows])
+
+
 def test_linear_vnni_refuses_bad_input(native) -> None:
     from membound.kernels.cpu_linear import pack_vnni
 

@@ -1575,6 +1575,99 @@ bool linear_supported(int64_t in_features) {
   return in_features % 2 == 0 && at::native::cpublas::could_pack(at::kBFloat16);
 }
 
+// A decode step's GEMM (at most LN_AMX_ROWS rows) on the matrix units directly. The ukernel's
+// time at 64 rows was about the sum of streaming the weight (its time at one row) and the
+// arithmetic (its time on a cache-resident weight): SmolLM2's gate_up 336 us against 180 at
+// one row and 156 resident, nothing overlapping the two. Here each block's k-steps also
+// prefetch, into L2, the block the thread multiplies next, a share per step (bursts of
+// prefetches between ukernel calls measured slower; the L1 hint slower than L2), so the next
+// weight streams while the tiles compute. Same products in the same order as the ukernel:
+// bit-equal. Every tile is 16 rows of 64 bytes: C 0-3 (float32, 2 x 2 tiles of 16 x 16),
+// A 4-5 (16 rows x 32 k), B 6-7 (16 k-pairs x 16 columns of the packed block); rows are
+// padded to whole tiles.
+constexpr int64_t LN_AMX_ROWS = 64;
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+bool amx_gemm_usable(int64_t M, int64_t K) {
+  return M <= LN_AMX_ROWS && K % 32 == 0 && amx_permitted();
+}
+inline void amx_gemm_begin() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+inline void amx_gemm_end() {
+  _tile_release();
+  at::native::cpublas::brgemm_release(true);  // torch's ukernel reloads its configuration
+}
+
+// c [Mp, nc] (row stride ldc floats) = a [Mp, K] (row stride lda, Mp a multiple of 16) times
+// columns [c0, c0 + nc) of one packed block ([K / 2][64][2]; c0 and nc multiples of 32, K of
+// 32), prefetching the pf_lines cache lines at `next` (nullptr: none) over the k-steps.
+inline void amx_gemm_block(int64_t Mp, int64_t K, const at::BFloat16* a, int64_t lda,
+                           const at::BFloat16* blk, int64_t c0, int64_t nc, float* c, int64_t ldc,
+                           const char* next, int64_t pf_lines) {
+  const int64_t ksteps = K / 32;
+  const int64_t steps = (Mp + 31) / 32 * (nc / 32) * ksteps;
+  const int64_t per_step = next != nullptr ? (pf_lines + steps - 1) / steps : 0;
+  const int64_t a_stride = lda * static_cast<int64_t>(sizeof(at::BFloat16));
+  int64_t pf = 0;
+  for (int64_t r0 = 0; r0 < Mp; r0 += 32) {
+    const bool two = r0 + 16 < Mp;
+    const at::BFloat16* a0 = a + r0 * lda;
+    for (int64_t cg = c0; cg < c0 + nc; cg += 32) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t k = 0; k < ksteps; ++k) {
+        const at::BFloat16* bk = blk + k * 16 * 2 * LN_NB + cg * 2;
+        _tile_loadd(4, a0 + k * 32, a_stride);
+        _tile_loadd(6, bk, 4 * LN_NB);
+        _tile_loadd(7, bk + 32, 4 * LN_NB);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        if (two) {
+          _tile_loadd(5, a0 + 16 * lda + k * 32, a_stride);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        for (const int64_t e = std::min(pf + per_step, pf_lines); pf < e; ++pf)
+          _mm_prefetch(next + pf * 64, _MM_HINT_T1);
+      }
+      float* cc = c + r0 * ldc + (cg - c0);
+      const int64_t c_stride = ldc * static_cast<int64_t>(sizeof(float));
+      _tile_stored(0, cc, c_stride);
+      _tile_stored(1, cc + 16, c_stride);
+      if (two) {
+        _tile_stored(2, cc + 16 * ldc, c_stride);
+        _tile_stored(3, cc + 16 * ldc + 16, c_stride);
+      }
+    }
+  }
+}
+#else
+bool amx_gemm_usable(int64_t, int64_t) { return false; }
+inline void amx_gemm_begin() {}
+inline void amx_gemm_end() {}
+inline void amx_gemm_block(int64_t, int64_t, const at::BFloat16*, int64_t, const at::BFloat16*,
+                           int64_t, int64_t, float*, int64_t, const char*, int64_t) {}
+#endif
+
+// The A operand for amx_gemm_block: x itself where its rows fill whole tiles, else a copy
+// padded with zero rows (pad holds it). Returns the padded row count through Mp.
+const at::BFloat16* amx_rows_of(const at::BFloat16* x, int64_t M, int64_t K,
+                                std::vector<at::BFloat16>& pad, int64_t& Mp) {
+  Mp = (M + 15) / 16 * 16;
+  if (Mp == M) return x;
+  pad.assign(Mp * K, at::BFloat16(0.f));
+  std::memcpy(pad.data(), x, M * K * sizeof(at::BFloat16));
+  return pad.data();
+}
+
 // y [M, N] = x [M, K] @ W^T (+ bias), inputs checked by the caller.
 void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
                       const at::BFloat16* bias_ptr, at::Tensor& y) {
@@ -1586,12 +1679,26 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   const bf16* wp = packed.data_ptr<bf16>();
   bf16* yp = y.data_ptr<bf16>();
   const int64_t mt = (M + LN_MT - 1) / LN_MT;
-  // columns [c0, c0 + nc) of rows [m0, m0 + m): c0 a multiple of 32, nc 32 or 64 within a block
-  auto product = [&](int64_t m0, int64_t m, int64_t c0, int64_t nc, float* c, float* row) {
+  const bool amx = amx_gemm_usable(M, K);  // a decode step's rows: the direct kernel
+  std::vector<bf16> pad;
+  int64_t Mp = M;
+  const bf16* ap = amx ? amx_rows_of(xp, M, K, pad, Mp) : xp;
+  const int64_t block_lines = 2 * K;  // a packed block: K * 64 bf16, in 64-byte lines
+  // columns [c0, c0 + nc) of rows [m0, m0 + m): c0 a multiple of 32, nc 32 or 64 within a
+  // block; `next` the block this thread multiplies after it (prefetched by the direct kernel)
+  auto product = [&](int64_t m0, int64_t m, int64_t c0, int64_t nc, float* c, float* row,
+                     int64_t next) {
     if (c0 >= N) return;  // the padding of the last block
     const int64_t b = c0 / LN_NB, half = c0 % LN_NB;
-    cpublas::brgemm(m, nc, K, K, LN_NB, nc, false, xp + m0 * K, wp + b * K * LN_NB + 2 * half,
-                    c, true);
+    if (amx) {
+      const bool pf = next >= 0 && next < nb && next != b;
+      amx_gemm_block(Mp, K, ap, K, wp + b * K * LN_NB, half, nc, c, nc,
+                     pf ? reinterpret_cast<const char*>(wp + next * K * LN_NB) : nullptr,
+                     block_lines);
+    } else {
+      cpublas::brgemm(m, nc, K, K, LN_NB, nc, false, xp + m0 * K, wp + b * K * LN_NB + 2 * half,
+                      c, true);
+    }
     const int64_t nn = std::min(nc, N - c0);
     for (int64_t i = 0; i < m; ++i) {
       const float* ci = c + i * nc;
@@ -1609,24 +1716,30 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
     // in halves of 32, whole blocks where a thread's run covers both halves (9 blocks over 2
     // threads: 4.5 each, not 5 and 4)
     at::parallel_for(0, 2 * nb, 1, [&](int64_t u0, int64_t u1) {
-      std::vector<float> c(M * LN_NB), row(LN_NB);
+      std::vector<float> c(Mp * LN_NB), row(LN_NB);
+      if (amx) amx_gemm_begin();
       for (int64_t u = u0; u < u1;) {
         const int64_t nu = u % 2 == 0 && u + 1 < u1 ? 2 : 1;
-        product(0, M, u * (LN_NB / 2), nu * (LN_NB / 2), c.data(), row.data());
+        const int64_t next = u + nu < u1 ? (u + nu) / 2 : -1;
+        product(0, M, u * (LN_NB / 2), nu * (LN_NB / 2), c.data(), row.data(), next);
         u += nu;
       }
-      cpublas::brgemm_release(true);
+      if (amx) amx_gemm_end();
+      else cpublas::brgemm_release(true);
     });
     return;
   }
   at::parallel_for(0, nb * mt, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> c(std::min(M, LN_MT) * LN_NB);
+    std::vector<float> c(std::min(Mp, LN_MT) * LN_NB);
     std::vector<float> row(LN_NB);
+    if (amx) amx_gemm_begin();
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t % nb, m0 = (t / nb) * LN_MT;
-      product(m0, std::min(LN_MT, M - m0), b * LN_NB, LN_NB, c.data(), row.data());
+      product(m0, std::min(LN_MT, M - m0), b * LN_NB, LN_NB, c.data(), row.data(),
+              t + 1 < t1 ? (t + 1) % nb : -1);
     }
-    cpublas::brgemm_release(true);
+    if (amx) amx_gemm_end();
+    else cpublas::brgemm_release(true);
   });
 }
 
@@ -1647,15 +1760,29 @@ void linear_vnni_silu_impl(const at::Tensor& x, const at::Tensor& packed, int64_
   const bf16* wp = packed.data_ptr<bf16>();
   bf16* yp = y.data_ptr<bf16>();
   const int64_t mt = (M + LN_MT - 1) / LN_MT;
+  const bool amx = amx_gemm_usable(M, K);  // a decode step's rows: the direct kernel
+  std::vector<bf16> pad;
+  int64_t Mp = M;
+  const bf16* ap = amx ? amx_rows_of(xp, M, K, pad, Mp) : xp;
+  const int64_t block_lines = 2 * K;  // a packed block: K * 64 bf16, in 64-byte lines
+  auto block = [&](int64_t b) { return wp + b * K * LN_NB; };
   at::parallel_for(0, nbg * mt, 1, [&](int64_t t0, int64_t t1) {
-    const int64_t rows = std::min(M, LN_MT);
+    const int64_t rows = std::min(Mp, LN_MT);
     std::unique_ptr<float[]> cg(new float[rows * LN_NB]), cu(new float[rows * LN_NB]);
+    if (amx) amx_gemm_begin();
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t % nbg, m0 = (t / nbg) * LN_MT, m = std::min(LN_MT, M - m0);
-      cpublas::brgemm(m, LN_NB, K, K, LN_NB, LN_NB, false, xp + m0 * K, wp + b * K * LN_NB,
-                      cg.get(), true);
-      cpublas::brgemm(m, LN_NB, K, K, LN_NB, LN_NB, false, xp + m0 * K,
-                      wp + (b + nbg) * K * LN_NB, cu.get(), true);
+      if (amx) {  // gate block b while the up block streams in, then the next task's gate
+        amx_gemm_block(Mp, K, ap, K, block(b), 0, LN_NB, cg.get(), LN_NB,
+                       reinterpret_cast<const char*>(block(b + nbg)), block_lines);
+        amx_gemm_block(Mp, K, ap, K, block(b + nbg), 0, LN_NB, cu.get(), LN_NB,
+                       t + 1 < t1 ? reinterpret_cast<const char*>(block((t + 1) % nbg)) : nullptr,
+                       block_lines);
+      } else {
+        cpublas::brgemm(m, LN_NB, K, K, LN_NB, LN_NB, false, xp + m0 * K, block(b), cg.get(), true);
+        cpublas::brgemm(m, LN_NB, K, K, LN_NB, LN_NB, false, xp + m0 * K, block(b + nbg), cu.get(),
+                        true);
+      }
       const int64_t n0 = b * LN_NB;
       for (int64_t i = 0; i < m; ++i) {
         const float* ci = cg.get() + i * LN_NB;
@@ -1688,7 +1815,8 @@ void linear_vnni_silu_impl(const at::Tensor& x, const at::Tensor& packed, int64_
 #endif
       }
     }
-    cpublas::brgemm_release(true);
+    if (amx) amx_gemm_end();
+    else cpublas::brgemm_release(true);
   });
 }
 
