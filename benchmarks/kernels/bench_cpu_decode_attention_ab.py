@@ -16,7 +16,6 @@ against the working tree's.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import statistics
@@ -26,19 +25,12 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from torch.utils import cpp_extension
+from native_ab import build
 
 from membound.bench.results import command_line, cpu_name, git_commit, machine_info, versions
 from membound.kernels import cpu_native
 
 S, H, KVH, D, BS, LAYERS = 64, 9, 3, 64, 16, 30
-
-
-def build(source: Path) -> ModuleType:
-    """The kernels compiled from ``source`` (their own extension name per source text)."""
-    digest = hashlib.sha1(source.read_bytes()).hexdigest()[:10]
-    return cpp_extension.load(name=f"mb_decode_ab_{digest}", sources=[str(source)],
-                              extra_cflags=list(cpu_native.CFLAGS), extra_ldflags=["-fopenmp"])  # fmt: skip
 
 
 def step_case(dtype: torch.dtype, seed: int) -> dict[str, Any]:

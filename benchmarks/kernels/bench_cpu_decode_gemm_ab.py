@@ -14,19 +14,13 @@ must be equal. ``--baseline`` is a source path, e.g. from
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import time
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import torch
-from bench_cpu_decode_attention_ab import build
+from native_ab import alternate, builds, figures, parser, write_report
 
-from membound.bench.results import command_line, cpu_name, git_commit, machine_info, versions
-from membound.kernels import cpu_native
 from membound.kernels.cpu_linear import pack_vnni
 
 HIDDEN, QKV, INTER, VOCAB, LAYERS = 576, 960, 1536, 49152, 30
@@ -63,29 +57,22 @@ def measure(mods: dict[str, ModuleType], rows: int, repeats: int, layers, head) 
     equal = all(
         all(torch.equal(a, b) for a, b in zip(first, o, strict=True)) for o in outs.values()
     )
-    times: dict[str, list[float]] = {name: [] for name in mods}
-    for _ in range(repeats):
-        for name, mod in mods.items():
-            t = time.perf_counter()
-            sweep(mod, x, layers, head)
-            times[name].append((time.perf_counter() - t) * 1e3)
-    med = {name: statistics.median(v) for name, v in times.items()}
-    return {"rows": rows, "outputs_equal": equal, **{f"{n}_ms": round(v, 2) for n, v in med.items()},
-            "speedup": round(med["baseline"] / med["current"], 3)}  # fmt: skip
+
+    def timed(mod: ModuleType) -> float:
+        t = time.perf_counter()
+        sweep(mod, x, layers, head)
+        return (time.perf_counter() - t) * 1e3
+
+    med = alternate(mods, repeats, timed)
+    return {"rows": rows, "outputs_equal": equal, **figures(med, "ms", 2)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--baseline", type=Path, required=True, help="the kernels' source to compare against"
-    )
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=11)
+    ap = parser(__doc__, repeats=11)
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 8, 16, 24, 32, 48, 64])
-    ap.add_argument("--output-json", type=Path)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    mods = {"baseline": build(a.baseline), "current": build(cpu_native.SOURCE)}
+    mods = builds(a.baseline)
     layers, head = weights(0)
     results = []
     for rows in a.rows:
@@ -94,12 +81,9 @@ def main() -> None:
         print(f"{rows:3d} rows: baseline {r['baseline_ms']:6.2f} ms  current {r['current_ms']:6.2f} ms  "
               f"{r['speedup']:.3f}x  equal {r['outputs_equal']}", flush=True)  # fmt: skip
     if a.output_json:
-        commit, dirty = git_commit()
-        report = {"benchmark": "cpu_decode_gemm_ab", "command": command_line(), "commit": commit,
-                  "dirty": dirty, "cpu": cpu_name(), "machine": machine_info(), "versions": versions(),
-                  "threads": a.threads, "layers": LAYERS, "timing": "wall, median of sweeps",
-                  "baseline_source": str(a.baseline), "rows": results}  # fmt: skip
-        a.output_json.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(
+            a.output_json, "cpu_decode_gemm_ab", a.threads, a.baseline, layers=LAYERS, rows=results
+        )
 
 
 if __name__ == "__main__":

@@ -15,20 +15,13 @@ outputs must be equal. ``--baseline`` is a source path, e.g. from
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import torch
-from bench_cpu_decode_attention_ab import build
-
-from membound.bench.results import command_line, cpu_name, git_commit, machine_info, versions
-from membound.kernels import cpu_native
+from native_ab import alternate, builds, figures, parser, write_report
 
 HIDDEN, KVH, D, BS, LAYERS = 576, 3, 64, 16, 30
 
@@ -85,38 +78,23 @@ def measure(mods: dict[str, ModuleType], op: str, rows: int, repeats: int) -> di
     outs = {name: call(mod, *bufs[0])[1] for name, mod in mods.items()}
     first = next(iter(outs.values()))
     equal = all(same(first, o) for o in outs.values())
-    sweeps: dict[str, list[float]] = {name: [] for name in mods}
-    for _ in range(repeats):
-        for name, mod in mods.items():
-            sweeps[name].append(sum(call(mod, *b)[0] for b in bufs) / LAYERS * 1e6)
-    med = {name: statistics.median(v) for name, v in sweeps.items()}
-    return {"op": op, "rows": rows, "outputs_equal": equal,
-            **{f"{name}_us": round(v, 1) for name, v in med.items()},
-            "speedup": round(med["baseline"] / med["current"], 3)}  # fmt: skip
+    med = alternate(mods, repeats, lambda mod: sum(call(mod, *b)[0] for b in bufs) / LAYERS * 1e6)
+    return {"op": op, "rows": rows, "outputs_equal": equal, **figures(med, "us", 1)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--baseline", type=Path, required=True, help="the kernels' source to compare against"
-    )
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--output-json", type=Path)
+    ap = parser(__doc__, repeats=15)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    mods = {"baseline": build(a.baseline), "current": build(cpu_native.SOURCE)}
+    mods = builds(a.baseline)
     rows = [measure(mods, op, n, a.repeats) for op in CASES for n in (2048, 64)]
     for r in rows:
         print(f"{r['op']:>20} {r['rows']:5d} rows: baseline {r['baseline_us']:8.1f} us  "
               f"current {r['current_us']:8.1f} us  {r['speedup']:.2f}x  equal {r['outputs_equal']}")  # fmt: skip
     if a.output_json:
-        commit, dirty = git_commit()
-        result = {"benchmark": "cpu_elementwise_ab", "command": command_line(), "commit": commit,
-                  "dirty": dirty, "cpu": cpu_name(), "machine": machine_info(), "versions": versions(),
-                  "threads": a.threads, "layers": LAYERS, "timing": "wall, median of sweeps",
-                  "baseline_source": str(a.baseline), "rows": rows}  # fmt: skip
-        a.output_json.write_text(json.dumps(result, indent=2) + "\n")
+        write_report(
+            a.output_json, "cpu_elementwise_ab", a.threads, a.baseline, layers=LAYERS, rows=rows
+        )
 
 
 if __name__ == "__main__":
