@@ -274,17 +274,13 @@ bool amx_permitted() {
 }
 
 // This thread's tiles set for G query heads; torch's own GEMM ukernel is told to reload its
-// configuration before its next call (amx_scores_end).
+// configuration before its next call (amx_tiles_end).
 inline void amx_scores_begin(int64_t G) {
   TileConfig cfg;
   cfg.rows[0] = 16; cfg.colsb[0] = static_cast<uint16_t>(4 * G);
   cfg.rows[1] = 16; cfg.colsb[1] = 64;
   cfg.rows[2] = 16; cfg.colsb[2] = static_cast<uint16_t>(4 * G);
   _tile_loadconfig(&cfg);
-}
-inline void amx_scores_end() {
-  _tile_release();
-  at::native::cpublas::brgemm_release(true);
 }
 
 // qv [D / 32][16][G][2] from G query rows of D (row stride qs): the B operand of each 32 dims.
@@ -332,12 +328,21 @@ inline void transpose_scores16(const float* c, int64_t G, float scale, float* sc
 constexpr bool kAmxScores = false;
 inline bool amx_permitted() { return false; }
 inline void amx_scores_begin(int64_t) {}
-inline void amx_scores_end() {}
 inline void amx_pack_queries(const c10::BFloat16*, int64_t, int64_t, int64_t, c10::BFloat16*) {}
 inline void amx_scores16(const c10::BFloat16*, int64_t, const c10::BFloat16*, int64_t, int64_t,
                          float*) {}
 inline void transpose_scores16(const float*, int64_t, float, float*, int64_t) {}
 #endif
+
+// The end of a parallel task's tile work: this thread's own tiles released where it set them
+// (`ours`: the decode scores, the direct GEMM) and torch's GEMM ukernel told to reload its
+// configuration before its next call.
+inline void amx_tiles_end(bool ours) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+  if (ours) _tile_release();
+#endif
+  at::native::cpublas::brgemm_release(true);
+}
 
 #if defined(__AVX512F__)
 template <typename T>
@@ -939,7 +944,7 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
         store_f(a, o_rows + g * os1, D);
       }
     }
-    if (amx) amx_scores_end();
+    if (amx) amx_tiles_end(true);
   });
 }
 
@@ -1599,10 +1604,6 @@ inline void amx_gemm_begin() {
   }
   _tile_loadconfig(&cfg);
 }
-inline void amx_gemm_end() {
-  _tile_release();
-  at::native::cpublas::brgemm_release(true);  // torch's ukernel reloads its configuration
-}
 
 // c [Mp, nc] (row stride ldc floats) = a [Mp, K] (row stride lda, Mp a multiple of 16) times
 // columns [c0, c0 + nc) of one packed block ([K / 2][64][2]; c0 and nc multiples of 32, K of
@@ -1652,21 +1653,27 @@ inline void amx_gemm_block(int64_t Mp, int64_t K, const at::BFloat16* a, int64_t
 #else
 bool amx_gemm_usable(int64_t, int64_t) { return false; }
 inline void amx_gemm_begin() {}
-inline void amx_gemm_end() {}
 inline void amx_gemm_block(int64_t, int64_t, const at::BFloat16*, int64_t, const at::BFloat16*,
                            int64_t, int64_t, float*, int64_t, const char*, int64_t) {}
 #endif
 
-// The A operand for amx_gemm_block: x itself where its rows fill whole tiles, else a copy
-// padded with zero rows (pad holds it). Returns the padded row count through Mp.
-const at::BFloat16* amx_rows_of(const at::BFloat16* x, int64_t M, int64_t K,
-                                std::vector<at::BFloat16>& pad, int64_t& Mp) {
-  Mp = (M + 15) / 16 * 16;
-  if (Mp == M) return x;
-  pad.assign(Mp * K, at::BFloat16(0.f));
-  std::memcpy(pad.data(), x, M * K * sizeof(at::BFloat16));
-  return pad.data();
-}
+// A GEMM's rows as amx_gemm_block takes them, where it is used (a decode step's rows,
+// amx_gemm_usable): x itself where its rows fill whole tiles, else a copy padded with zero
+// rows to Mp; elsewhere x and M as they are.
+struct DirectRows {
+  bool used;
+  int64_t Mp;                     // rows, padded to whole tiles where used
+  int64_t block_lines;            // a packed block: K * 64 bf16, in 64-byte lines
+  std::vector<at::BFloat16> pad;  // the padded copy, where one is needed
+  const at::BFloat16* a;
+  DirectRows(const at::BFloat16* x, int64_t M, int64_t K)
+      : used(amx_gemm_usable(M, K)), Mp(used ? (M + 15) / 16 * 16 : M), block_lines(2 * K), a(x) {
+    if (Mp == M) return;
+    pad.assign(Mp * K, at::BFloat16(0.f));
+    std::memcpy(pad.data(), x, M * K * sizeof(at::BFloat16));
+    a = pad.data();
+  }
+};
 
 // y [M, N] = x [M, K] @ W^T (+ bias), inputs checked by the caller.
 void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
@@ -1679,11 +1686,9 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   const bf16* wp = packed.data_ptr<bf16>();
   bf16* yp = y.data_ptr<bf16>();
   const int64_t mt = (M + LN_MT - 1) / LN_MT;
-  const bool amx = amx_gemm_usable(M, K);  // a decode step's rows: the direct kernel
-  std::vector<bf16> pad;
-  int64_t Mp = M;
-  const bf16* ap = amx ? amx_rows_of(xp, M, K, pad, Mp) : xp;
-  const int64_t block_lines = 2 * K;  // a packed block: K * 64 bf16, in 64-byte lines
+  const DirectRows direct(xp, M, K);  // a decode step's rows: the direct kernel
+  const bool amx = direct.used;
+  const int64_t Mp = direct.Mp;
   // columns [c0, c0 + nc) of rows [m0, m0 + m): c0 a multiple of 32, nc 32 or 64 within a
   // block; `next` the block this thread multiplies after it (prefetched by the direct kernel)
   auto product = [&](int64_t m0, int64_t m, int64_t c0, int64_t nc, float* c, float* row,
@@ -1692,9 +1697,9 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
     const int64_t b = c0 / LN_NB, half = c0 % LN_NB;
     if (amx) {
       const bool pf = next >= 0 && next < nb && next != b;
-      amx_gemm_block(Mp, K, ap, K, wp + b * K * LN_NB, half, nc, c, nc,
+      amx_gemm_block(Mp, K, direct.a, K, wp + b * K * LN_NB, half, nc, c, nc,
                      pf ? reinterpret_cast<const char*>(wp + next * K * LN_NB) : nullptr,
-                     block_lines);
+                     direct.block_lines);
     } else {
       cpublas::brgemm(m, nc, K, K, LN_NB, nc, false, xp + m0 * K, wp + b * K * LN_NB + 2 * half,
                       c, true);
@@ -1724,8 +1729,7 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
         product(0, M, u * (LN_NB / 2), nu * (LN_NB / 2), c.data(), row.data(), next);
         u += nu;
       }
-      if (amx) amx_gemm_end();
-      else cpublas::brgemm_release(true);
+      amx_tiles_end(amx);
     });
     return;
   }
@@ -1738,8 +1742,7 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
       product(m0, std::min(LN_MT, M - m0), b * LN_NB, LN_NB, c.data(), row.data(),
               t + 1 < t1 ? (t + 1) % nb : -1);
     }
-    if (amx) amx_gemm_end();
-    else cpublas::brgemm_release(true);
+    amx_tiles_end(amx);
   });
 }
 
@@ -1760,11 +1763,9 @@ void linear_vnni_silu_impl(const at::Tensor& x, const at::Tensor& packed, int64_
   const bf16* wp = packed.data_ptr<bf16>();
   bf16* yp = y.data_ptr<bf16>();
   const int64_t mt = (M + LN_MT - 1) / LN_MT;
-  const bool amx = amx_gemm_usable(M, K);  // a decode step's rows: the direct kernel
-  std::vector<bf16> pad;
-  int64_t Mp = M;
-  const bf16* ap = amx ? amx_rows_of(xp, M, K, pad, Mp) : xp;
-  const int64_t block_lines = 2 * K;  // a packed block: K * 64 bf16, in 64-byte lines
+  const DirectRows direct(xp, M, K);  // a decode step's rows: the direct kernel
+  const bool amx = direct.used;
+  const int64_t Mp = direct.Mp;
   auto block = [&](int64_t b) { return wp + b * K * LN_NB; };
   at::parallel_for(0, nbg * mt, 1, [&](int64_t t0, int64_t t1) {
     const int64_t rows = std::min(Mp, LN_MT);
@@ -1773,11 +1774,11 @@ void linear_vnni_silu_impl(const at::Tensor& x, const at::Tensor& packed, int64_
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t % nbg, m0 = (t / nbg) * LN_MT, m = std::min(LN_MT, M - m0);
       if (amx) {  // gate block b while the up block streams in, then the next task's gate
-        amx_gemm_block(Mp, K, ap, K, block(b), 0, LN_NB, cg.get(), LN_NB,
-                       reinterpret_cast<const char*>(block(b + nbg)), block_lines);
-        amx_gemm_block(Mp, K, ap, K, block(b + nbg), 0, LN_NB, cu.get(), LN_NB,
+        amx_gemm_block(Mp, K, direct.a, K, block(b), 0, LN_NB, cg.get(), LN_NB,
+                       reinterpret_cast<const char*>(block(b + nbg)), direct.block_lines);
+        amx_gemm_block(Mp, K, direct.a, K, block(b + nbg), 0, LN_NB, cu.get(), LN_NB,
                        t + 1 < t1 ? reinterpret_cast<const char*>(block((t + 1) % nbg)) : nullptr,
-                       block_lines);
+                       direct.block_lines);
       } else {
         cpublas::brgemm(m, LN_NB, K, K, LN_NB, LN_NB, false, xp + m0 * K, block(b), cg.get(), true);
         cpublas::brgemm(m, LN_NB, K, K, LN_NB, LN_NB, false, xp + m0 * K, block(b + nbg), cu.get(),
@@ -1815,8 +1816,7 @@ void linear_vnni_silu_impl(const at::Tensor& x, const at::Tensor& packed, int64_
 #endif
       }
     }
-    if (amx) amx_gemm_end();
-    else cpublas::brgemm_release(true);
+    amx_tiles_end(amx);
   });
 }
 
