@@ -1,7 +1,8 @@
-"""The CPU backend's bf16 GEMM on VNNI-packed weights (``native.linear_vnni``, torch's
-batch-reduce GEMM ukernel, kernels/cpu_linear.py) against oneDNN's prepacked
-``mkldnn._linear_pointwise`` (what a bf16 linear ran before, and still runs where the ukernel
-cannot pack bf16); and, for the gate/up shapes, the GEMM with SiLU-and-mul fused into its
+"""The CPU backend's bf16 GEMM on VNNI-packed weights (``native.linear_vnni``: torch's
+batch-reduce GEMM ukernel with AMX, membound's AVX512-BF16 kernel without; the JSON's
+``gemm_path`` says which; kernels/cpu_linear.py) against oneDNN's prepacked
+``mkldnn._linear_pointwise`` (what a bf16 linear ran before, and still runs where neither
+serves); and, for the gate/up shapes, the GEMM with SiLU-and-mul fused into its
 epilogue (``native.linear_vnni_silu``) against the two calls it replaces.
 
     python benchmarks/kernels/bench_cpu_vnni_linear.py --threads 2 \\
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from common import git_commit
 
+from membound.bench.results import cpu_name
 from membound.kernels.cpu_linear import pack_vnni
 from membound.kernels.cpu_native import build_native_cpu_kernels
 
@@ -43,7 +45,7 @@ def best_us(fn, copies: int) -> float:
 
 
 def measure(native, m: int, n: int, k: int) -> dict:
-    """oneDNN vs the ukernel for x [m, k] @ W^T, W [n, k], each call on another weight copy."""
+    """oneDNN vs linear_vnni for x [m, k] @ W^T, W [n, k], each call on another weight copy."""
     copies = max(2, int(2e8 // (n * k * 2)))
     ws = [torch.randn(n, k).bfloat16() for _ in range(copies)]
     onednn = [torch.ops.mkldnn._reorder_linear_weight(w) for w in ws]
@@ -55,9 +57,9 @@ def measure(native, m: int, n: int, k: int) -> dict:
         x, onednn[i], None, "none", [], ""), copies)  # fmt: skip
     t_brg = best_us(lambda i: native.linear_vnni(x, packed[i], n, None), copies)
     return {"rows": m, "out": n, "in": k, "onednn_us": round(t_dnn, 1),
-            "brgemm_us": round(t_brg, 1), "brgemm_over_onednn": round(t_dnn / t_brg, 2),
+            "native_us": round(t_brg, 1), "native_over_onednn": round(t_dnn / t_brg, 2),
             "onednn_weight_gbs": round(n * k * 2 / t_dnn / 1e3, 1),
-            "brgemm_weight_gbs": round(n * k * 2 / t_brg / 1e3, 1),
+            "native_weight_gbs": round(n * k * 2 / t_brg / 1e3, 1),
             "max_rel_err": float(f"{err:.1e}")}  # fmt: skip
 
 
@@ -88,7 +90,8 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     native = build_native_cpu_kernels()
     if not native.linear_supported(576):
-        raise SystemExit("this CPU's GEMM ukernel cannot pack bf16 (no AMX): nothing to compare")
+        raise SystemExit("no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16): "
+                         "nothing to compare")
     rows = []
     for m in a.rows:
         for model, shapes in SHAPES.items():
@@ -102,6 +105,7 @@ def main() -> None:
                     rows.append(row)
     if a.output_json:
         doc = {"benchmark": "cpu_vnni_linear", "commit": git_commit(), "threads": a.threads,
+               "gemm_path": native.bf16_gemm_path(), "cpu": cpu_name(),
                "torch": torch.__version__, "timing": "wall, best of 3 passes", "rows": rows}  # fmt: skip
         Path(a.output_json).write_text(json.dumps(doc, indent=1) + "\n")
 

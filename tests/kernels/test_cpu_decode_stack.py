@@ -28,7 +28,7 @@ BLOCK = 4
 def native(native):
     """The session's native kernels (conftest.py), where they multiply VNNI weights."""
     if not native.linear_supported(64):
-        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX): no VNNI weights")
+        pytest.skip("no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16): no VNNI weights")
     return native
 
 

@@ -254,7 +254,7 @@ def test_prefill_attention(native, q_lens, lens, heads, kv_heads, head_dim, wind
     from membound.kernels.prefill_attention import prefill_attention_ref
 
     if not native.prefill_supported(head_dim):
-        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX / AVX512-BF16)")
+        pytest.skip("no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16)")
     q, cache, tables, starts, seq_lens = _prefill_case(q_lens, lens, heads, kv_heads, head_dim)
     scale = head_dim**-0.5
     ref = prefill_attention_ref(q.float(), cache.float(), tables, starts, seq_lens, scale,
@@ -306,7 +306,7 @@ def test_linear_vnni(native, threads, rows, out_features, in_features, bias) -> 
     from membound.kernels.cpu_linear import pack_vnni, unpack_vnni
 
     if not native.linear_supported(in_features):
-        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+        pytest.skip("no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16)")
     g = torch.Generator().manual_seed(rows)
     w = torch.randn(out_features, in_features, generator=g).bfloat16()
     x = torch.randn(rows, in_features, generator=g).bfloat16()
@@ -330,7 +330,7 @@ def test_linear_vnni_decode_rows_equal_the_ukernels(native, threads, out_feature
     from membound.kernels.cpu_linear import pack_vnni
 
     if not native.linear_supported(in_features):
-        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+        pytest.skip("no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16)")
     g = torch.Generator().manual_seed(out_features)
     packed = pack_vnni(torch.randn(out_features, in_features, generator=g).bfloat16())
     x = torch.randn(65, in_features, generator=g).bfloat16()
@@ -345,11 +345,25 @@ def test_linear_vnni_decode_rows_equal_the_ukernels(native, threads, out_feature
             assert torch.equal(got, fused[:rows])
 
 
+def test_bf16_gemm_path_names_what_serves(native) -> None:
+    """The native bf16 GEMMs and prefill attention serve where the start-up log's path is not
+    "none": torch's ukernel with AMX, else membound's AVX512-BF16 kernel wherever the CPU
+    has AVX512-BF16 (the module is built for this CPU with -march=native)."""
+    from membound.kernels.cpu_features import detect_cpu_features
+
+    path = native.bf16_gemm_path()
+    assert path in cpu_native.GEMM_PATHS
+    assert native.linear_supported(64) == native.prefill_supported(64) == (path != "none")
+    flags = detect_cpu_features().flags
+    if "avx512_bf16" in flags:
+        assert path != "none"
+
+
 def test_linear_vnni_refuses_bad_input(native) -> None:
     from membound.kernels.cpu_linear import pack_vnni
 
     if not native.linear_supported(64):
-        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+        pytest.skip("no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16)")
     packed = pack_vnni(torch.randn(100, 64).bfloat16())
     x = torch.randn(2, 64).bfloat16()
     with pytest.raises(RuntimeError, match="bfloat16"):
@@ -373,7 +387,7 @@ def test_linear_vnni_silu_equals_the_two_ops(native, rows, inter, in_features, b
     from membound.kernels.cpu_linear import pack_vnni
 
     if not native.linear_silu_supported(in_features, inter):
-        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+        pytest.skip("no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16)")
     g = torch.Generator().manual_seed(rows)
     w = (torch.randn(2 * inter, in_features, generator=g) / in_features**0.5).bfloat16()
     x = torch.randn(rows, in_features, generator=g).bfloat16()
@@ -390,7 +404,7 @@ def test_linear_vnni_silu_refuses_bad_input(native) -> None:
     from membound.kernels.cpu_linear import pack_vnni
 
     if not native.linear_supported(64):
-        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+        pytest.skip("no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16)")
     x = torch.randn(2, 64).bfloat16()
     assert not native.linear_silu_supported(64, 96)  # not whole 64-column blocks
     with pytest.raises(RuntimeError, match="multiple of 64"):
@@ -409,7 +423,7 @@ def test_gate_up_layer_fuses_silu_where_the_kernel_serves(native, inter) -> None
     from membound.layers.linear import MergedLinear
 
     if not native.linear_supported(32):
-        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+        pytest.skip("no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16)")
     torch.manual_seed(inter)
     ops = CpuOps(native=native)
     layer = MergedLinear(32, [inter, inter], [0, 1], ops=ops).to(torch.bfloat16)
@@ -432,7 +446,7 @@ def test_cpu_backend_packs_bf16_linears_and_heads_for_native(native) -> None:
     from membound.layers.vocab_embedding import LMHead, VocabEmbedding
 
     if not native.linear_supported(16):
-        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX)")
+        pytest.skip("no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16)")
     torch.manual_seed(0)
     ops = CpuOps(native=native)
     lin = Linear(16, 48, bias=True, ops=ops).to(torch.bfloat16)

@@ -81,7 +81,7 @@ def test_decode_attention(native, window, num_seqs) -> None:
 
 def test_prefill_attention(native) -> None:
     if not native.prefill_supported(64):
-        pytest.skip("this CPU's GEMM ukernel cannot pack bf16 (no AMX / AVX512-BF16)")
+        pytest.skip("no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16)")
     g = torch.Generator().manual_seed(7)
     q_lens, lens, bs = [3, 100, 40], [10, 230, 40], 16
     max_blocks = max(-(-n // bs) for n in lens)

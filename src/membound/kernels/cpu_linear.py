@@ -1,7 +1,7 @@
 """Weight layout for GEMMs on CPU: column-major fp32, VNNI-packed or oneDNN-prepacked bf16.
 
-**bf16 on a CPU whose GEMM ukernel packs bf16** (AMX; the native kernels built,
-kernels/cpu_native.py ``linear_supported``): the weight is packed once, after loading, by
+**bf16 on a CPU with AMX or AVX512-BF16** (the native kernels built, kernels/cpu_native.py
+``linear_supported``; ``bf16_gemm_path`` says which multiplies): the weight is packed once, after loading, by
 ``pack_vnni`` into ``[N_pad / 64, K / 2, 64, 2]``: blocks of 64 output columns, each in the
 VNNI layout the ukernel reads (pairs of consecutive input features side by side; output rows
 padded with zeros to a multiple of 64), and every product runs the native ``linear_vnni``
@@ -10,10 +10,14 @@ TinyLlama's weights 1.07-1.47x faster for one row (a batch-1 decode step), 0.86-
 rows, and is 0.73-0.92x for 2048 rows (prefill), where the matrix units' throughput, not the
 weight's bytes, is the limit (benchmarks/results/cpu_vnni_linear.json, 2 threads). It is
 the only copy (no oneDNN prepack beside it): decode, where the weights' bytes set the pace,
-is the case the engine is built for. ``unpack_vnni`` gives the ``[out, in]`` weight back.
+is the case the engine is built for. Without AMX (AMD Zen 4, say) the products run
+membound's AVX512-BF16 kernel (csrc ``avx_gemm_block``): level with oneDNN's prepacked GEMM
+from 256 rows on (both at the CPU's bf16 peak) and 1.1-1.5x faster for 16-64 rows, 2-5x for
+one row (``benchmarks/kernels/bench_cpu_vnni_linear.py``). ``unpack_vnni`` gives the
+``[out, in]`` weight back.
 The 4-D shape is how a layer tells this layout from a plain weight (``is_vnni``).
 
-**bf16 elsewhere** (AVX512-BF16 without AMX, or no native kernels):
+**bf16 elsewhere** (neither AMX nor AVX512-BF16, or no native kernels):
 the weight is reordered once, after loading, into oneDNN's blocked layout
 (``torch.ops.mkldnn._reorder_linear_weight``, the op Inductor's CPU freezing pass uses) and
 every product runs ``torch.ops.mkldnn._linear_pointwise`` on it. Against ``F.linear`` on the plain

@@ -11,7 +11,8 @@ reads the paged cache in place.
     kernel                 reference (the oracle its test compares against)
     decode_attention       paged_attention.paged_decode_attention_ref
     prefill_attention      prefill_attention.prefill_attention_ref (bf16, on the CPU's matrix
-                           units through torch's brgemm ukernel; ``prefill_supported``)
+                           units through torch's brgemm ukernel, or with AVX512-BF16 where
+                           there is no AMX; ``prefill_supported``, ``bf16_gemm_path``)
     rms_norm (+ residual)  rms_norm.rms_norm_ref / fused_add_rms_norm_ref
     silu_and_mul           activation.silu_and_mul_ref
     rotary_embedding       rotary.rotate_ref (in place on q and k)
@@ -45,6 +46,11 @@ SOURCE = Path(__file__).parent / "csrc" / "cpu_kernels.cpp"
 EXTENSION_NAME = "membound_cpu_kernels"
 CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno-math-errno")
 NATIVE_DTYPES = (torch.bfloat16, torch.float16)  # float32 keeps the references (docstring)
+GEMM_PATHS = {  # the native module's bf16_gemm_path(), as the start-up log words it
+    "ukernel": "torch's brgemm ukernel on the matrix units (AMX)",
+    "avx512_bf16": "membound's AVX512-BF16 kernel (no AMX here)",
+    "none": "nothing native (no AVX512-BF16 or AMX: oneDNN's GEMM and the torch attention)",
+}
 
 
 STALE_LOCK_S = 600.0  # a build takes about a minute: a lock this old was left by a killed one
@@ -136,8 +142,9 @@ def load_native_cpu_kernels() -> ModuleType | None:
         logger.warning("%s", e)
         return None
     logger.info("CPU backend: native kernels for bf16/fp16 decode attention, bf16 prefill "
-                "attention (a bf16 model's FP8 KV cache too), RMSNorm, rotary, SiLU-and-mul "
-                "(kernels/cpu_native.py)")  # fmt: skip
+                "attention (a bf16 model's FP8 KV cache too), RMSNorm, rotary, SiLU-and-mul; "
+                "bf16 GEMMs and prefill attention multiply by %s (kernels/cpu_native.py)",
+                GEMM_PATHS[module.bf16_gemm_path()])  # fmt: skip
     return module
 
 

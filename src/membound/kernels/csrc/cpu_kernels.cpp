@@ -1306,6 +1306,129 @@ void store_kv(const at::Tensor& key, const at::Tensor& value, at::Tensor kv_cach
 
 
 // ---------------------------------------------------------------------------------------
+// bf16 GEMM products on a packed block: [K / 2][PACK_N][2] bf16, PACK_N columns with pairs of
+// consecutive k side by side (the VNNI layout torch's ukernel reads). The prefill attention
+// and the linear layers multiply through torch's batch-reduce GEMM ukernel
+// (at::native::cpublas::brgemm: oneDNN's, on the matrix units) where it packs bf16 (AMX);
+// on a CPU with AVX512-BF16 and no AMX (AMD Zen 4 and later, Intel Cooper Lake), where it
+// does not, through avx_gemm_block below.
+constexpr int64_t PACK_N = 64;  // columns of a packed block (the ukernel's largest packed N)
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+constexpr bool kAvxGemm = true;
+#else
+constexpr bool kAvxGemm = false;
+#endif
+
+bool ukernel_packs_bf16() { return at::native::cpublas::could_pack(at::kBFloat16); }
+
+// Which of the two multiplies bf16 here (the start-up log says it): "ukernel" (torch's, on the
+// matrix units), "avx512_bf16" (avx_gemm_block) or "none" (linear_vnni and the native prefill
+// attention unsupported: oneDNN's prepacked GEMM and the torch attention serve instead).
+std::string bf16_gemm_path() {
+  return ukernel_packs_bf16() ? "ukernel" : kAvxGemm ? "avx512_bf16" : "none";
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+// c [R, 16 NV] (row stride ldc floats; add: +=) = a [R, 2 K2] (row stride lda) times 16 NV columns of
+// a packed block (b: the block plus twice the first column; rows of 2 * PACK_N bf16 per
+// k-pair). R x NV float32 accumulators stay in registers over all of K: per k-pair, NV
+// vectors of the block are loaded once and each row's pair broadcast against them with the
+// bf16 dot-product instruction (two products summed into each float32 lane).
+template <int R, int NV>
+inline void avx_gemm_tile(int64_t K2, const at::BFloat16* a, int64_t lda, const at::BFloat16* b,
+                          float* c, int64_t ldc, bool add) {
+  __m512 acc[R][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = add ? _mm512_loadu_ps(c + r * ldc + v * 16) : _mm512_setzero_ps();
+  const int32_t* ap = reinterpret_cast<const int32_t*>(a);
+  const int64_t lda2 = lda / 2;
+  for (int64_t p = 0; p < K2; ++p) {
+    const at::BFloat16* bp = b + p * 2 * PACK_N;
+    __m512bh bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(bp + v * 32);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(ap[r * lda2 + p]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, bv[v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + v * 16, acc[r][v]);
+}
+
+template <int NV>
+inline void avx_gemm_rows(int64_t m, int64_t K2, const at::BFloat16* a, int64_t lda,
+                          const at::BFloat16* b, float* c, int64_t ldc, bool add) {
+  constexpr int RT = 24 / NV;  // rows a tile: 24 accumulators of the 32 registers
+  int64_t r = 0;
+  for (; r + RT <= m; r += RT)
+    avx_gemm_tile<RT, NV>(K2, a + r * lda, lda, b, c + r * ldc, ldc, add);
+  const at::BFloat16* ar = a + r * lda;
+  float* cr = c + r * ldc;
+  switch (m - r) {  // the last rows
+    case 0: break;
+    case 1: avx_gemm_tile<1, NV>(K2, ar, lda, b, cr, ldc, add); break;
+    case 2: avx_gemm_tile<2, NV>(K2, ar, lda, b, cr, ldc, add); break;
+    case 3: avx_gemm_tile<3, NV>(K2, ar, lda, b, cr, ldc, add); break;
+    case 4: avx_gemm_tile<4, NV>(K2, ar, lda, b, cr, ldc, add); break;
+    case 5: avx_gemm_tile<5, NV>(K2, ar, lda, b, cr, ldc, add); break;
+    default:  // NV 2: 6-11 rows left
+      if constexpr (RT > 6) {
+        const int64_t h = (m - r) / 2;
+        avx_gemm_rows<NV>(h, K2, ar, lda, b, cr, ldc, add);
+        avx_gemm_rows<NV>(m - r - h, K2, ar + h * lda, lda, b, cr + h * ldc, ldc, add);
+      }
+  }
+}
+
+// c [m, nc] (row stride ldc; add: +=) = a [m, K] (row stride lda, K even) times columns
+// [c0, c0 + nc) of one packed block ([K / 2][64][2]; c0 a multiple of 32, nc 32 or 64).
+inline void avx_gemm_block(int64_t m, int64_t K, const at::BFloat16* a, int64_t lda,
+                           const at::BFloat16* blk, int64_t c0, int64_t nc, float* c, int64_t ldc,
+                           bool add) {
+  if (nc == PACK_N)
+    avx_gemm_rows<4>(m, K / 2, a, lda, blk + 2 * c0, c, ldc, add);
+  else
+    avx_gemm_rows<2>(m, K / 2, a, lda, blk + 2 * c0, c, ldc, add);
+}
+#else
+inline void avx_gemm_block(int64_t, int64_t, const at::BFloat16*, int64_t, const at::BFloat16*,
+                           int64_t, int64_t, float*, int64_t, bool) {}
+#endif
+
+// src [K, N] (row stride ld, K even) into the packed layout [K / 2][N][2]: what the ukernel's
+// own pack makes of it, for avx_gemm_block where that pack is not used.
+inline void pack_pairs(int64_t K, int64_t N, const at::BFloat16* src, int64_t ld,
+                       at::BFloat16* dst) {
+  for (int64_t k = 0; k < K; k += 2) {
+    const at::BFloat16* r0 = src + k * ld;
+    const at::BFloat16* r1 = r0 + ld;
+    at::BFloat16* d = dst + k * N;
+    for (int64_t n = 0; n < N; ++n) {
+      d[2 * n] = r0[n];
+      d[2 * n + 1] = r1[n];
+    }
+  }
+}
+
+// One GEMM product, by whichever of the two serves here: c [m, nc] = a [m, K] times columns
+// [c0, c0 + nc) of a packed block.
+inline void block_product(int64_t m, int64_t K, const at::BFloat16* a, const at::BFloat16* blk,
+                          int64_t c0, int64_t nc, float* c, bool ukernel) {
+  if (ukernel)
+    at::native::cpublas::brgemm(m, nc, K, K, PACK_N, nc, false, a, blk + 2 * c0, c, true);
+  else
+    avx_gemm_block(m, K, a, K, blk, c0, nc, c, nc, false);
+}
+
+// ---------------------------------------------------------------------------------------
 // Prefill / extend attention over the paged cache, bf16, flash-style on the CPU's matrix
 // units through torch's batch-reduce GEMM (at::native::cpublas::brgemm: oneDNN's ukernel,
 // bf16 x bf16 -> float32, AMX where the CPU has it; usable only where
@@ -1330,9 +1453,10 @@ constexpr int64_t PF_KC = 64;       // keys per packed chunk (the ukernel's larg
 constexpr int64_t PF_DS = 64;       // head-dim slice of the P @ V GEMM (its N)
 constexpr int64_t PF_ROWS = 128;    // target GEMM rows per query tile (G heads x tokens)
 
+static_assert(PF_KC == PACK_N && PF_DS == PACK_N, "chunks of one packed block");
+
 bool prefill_supported(int64_t head_dim) {
-  return head_dim % PF_DS == 0 && head_dim <= 512 &&
-         at::native::cpublas::could_pack(at::kBFloat16);
+  return head_dim % PF_DS == 0 && head_dim <= 512 && (kAvxGemm || ukernel_packs_bf16());
 }
 
 // One query row's online-softmax update over a chunk of PF_KC scores: the visible scores
@@ -1409,6 +1533,7 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
   const int64_t TQ = std::max<int64_t>(1, PF_ROWS / G);
   const int64_t chunk_elems = D * PF_KC;  // packed K^T chunk and packed V chunk alike
   const int64_t n_slices = D / PF_DS;
+  const bool ukernel = ukernel_packs_bf16();  // else avx_gemm_block
 
   // chunks per sequence, their offsets; query tiles per sequence
   std::vector<int64_t> chunk_off(S + 1, 0), tile_off(S + 1, 0);
@@ -1454,10 +1579,16 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
       }
       bf16* kdst = kp_ptr + (kvh * total_chunks + c) * chunk_elems;
       bf16* vdst = vp_ptr + (kvh * total_chunks + c) * chunk_elems;
-      cpublas::pack(D, PF_KC, PF_KC, PF_KC, at::kBFloat16, at::kBFloat16, kt.data(), kdst);
-      for (int64_t sl = 0; sl < n_slices; ++sl)
-        cpublas::pack(PF_KC, PF_DS, D, PF_DS, at::kBFloat16, at::kBFloat16,
-                      vt.data() + sl * PF_DS, vdst + sl * PF_KC * PF_DS);
+      if (ukernel) {
+        cpublas::pack(D, PF_KC, PF_KC, PF_KC, at::kBFloat16, at::kBFloat16, kt.data(), kdst);
+        for (int64_t sl = 0; sl < n_slices; ++sl)
+          cpublas::pack(PF_KC, PF_DS, D, PF_DS, at::kBFloat16, at::kBFloat16,
+                        vt.data() + sl * PF_DS, vdst + sl * PF_KC * PF_DS);
+      } else {
+        pack_pairs(D, PF_KC, kt.data(), PF_KC, kdst);
+        for (int64_t sl = 0; sl < n_slices; ++sl)
+          pack_pairs(PF_KC, PF_DS, vt.data() + sl * PF_DS, D, vdst + sl * PF_KC * PF_DS);
+      }
     }
   });
 
@@ -1488,8 +1619,12 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
       const bf16* vseq = vp_ptr + (kvh * total_chunks + chunk_off[s]) * chunk_elems;
       for (int64_t c = first_key / PF_KC; c * PF_KC < last_key; ++c) {
         const int64_t k0 = c * PF_KC;
-        cpublas::brgemm(M, PF_KC, D, D, PF_KC, PF_KC, false, a.data(), kseq + c * chunk_elems,
-                        sc.data(), true);
+        if (ukernel)
+          cpublas::brgemm(M, PF_KC, D, D, PF_KC, PF_KC, false, a.data(), kseq + c * chunk_elems,
+                          sc.data(), true);
+        else
+          avx_gemm_block(M, D, a.data(), D, kseq + c * chunk_elems, 0, PF_KC, sc.data(), PF_KC,
+                         false);
         for (int64_t r = 0; r < M; ++r) {
           const int64_t pos = context + i0 + r / G;
           const int64_t lo = std::max<int64_t>(window > 0 ? pos - window + 1 : 0, k0) - k0;
@@ -1507,9 +1642,14 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
 #pragma omp simd
           for (int64_t d = 0; d < D; ++d) orow[d] *= corr;
         }
-        for (int64_t sl = 0; sl < n_slices; ++sl)
-          cpublas::brgemm(M, PF_DS, PF_KC, PF_KC, PF_DS, D, true, p.data(),
-                          vseq + c * chunk_elems + sl * PF_KC * PF_DS, o.data() + sl * PF_DS, true);
+        for (int64_t sl = 0; sl < n_slices; ++sl) {
+          const bf16* vsl = vseq + c * chunk_elems + sl * PF_KC * PF_DS;
+          if (ukernel)
+            cpublas::brgemm(M, PF_DS, PF_KC, PF_KC, PF_DS, D, true, p.data(), vsl,
+                            o.data() + sl * PF_DS, true);
+          else
+            avx_gemm_block(M, PF_KC, p.data(), PF_KC, vsl, 0, PF_DS, o.data() + sl * PF_DS, D, true);
+        }
       }
       for (int64_t r = 0; r < M; ++r) {
         const int64_t t = i0 + r / G, g = r % G;
@@ -1520,7 +1660,7 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
         store_f(orow, o_ptr + (q0 + t) * os0 + (kvh * G + g) * os1, D);
       }
     }
-    cpublas::brgemm_release(true);
+    if (ukernel) cpublas::brgemm_release(true);
   });
 }
 
@@ -1573,11 +1713,11 @@ at::Tensor prefill_attention(const at::Tensor& query, const at::Tensor& kv_cache
 // GEMM it streams the weight faster for few rows (a decode step) and is slower for
 // thousands (benchmarks/results/cpu_brgemm_linear.json); the layer ships it where it wins
 // (docs/kernels.md).
-constexpr int64_t LN_NB = 64;   // output columns per packed block (the ukernel's largest N)
-constexpr int64_t LN_MT = 512;  // rows per ukernel call
+constexpr int64_t LN_NB = PACK_N;  // output columns per packed block
+constexpr int64_t LN_MT = 512;  // rows per task (a ukernel call)
 
 bool linear_supported(int64_t in_features) {
-  return in_features % 2 == 0 && at::native::cpublas::could_pack(at::kBFloat16);
+  return in_features % 2 == 0 && (kAvxGemm || ukernel_packs_bf16());
 }
 
 // A decode step's GEMM (at most LN_AMX_ROWS rows) on the matrix units directly. The ukernel's
@@ -1687,7 +1827,7 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   bf16* yp = y.data_ptr<bf16>();
   const int64_t mt = (M + LN_MT - 1) / LN_MT;
   const DirectRows direct(xp, M, K);  // a decode step's rows: the direct kernel
-  const bool amx = direct.used;
+  const bool amx = direct.used, ukernel = !amx && ukernel_packs_bf16();
   const int64_t Mp = direct.Mp;
   // columns [c0, c0 + nc) of rows [m0, m0 + m): c0 a multiple of 32, nc 32 or 64 within a
   // block; `next` the block this thread multiplies after it (prefetched by the direct kernel)
@@ -1701,8 +1841,7 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
                      pf ? reinterpret_cast<const char*>(wp + next * K * LN_NB) : nullptr,
                      direct.block_lines);
     } else {
-      cpublas::brgemm(m, nc, K, K, LN_NB, nc, false, xp + m0 * K, wp + b * K * LN_NB + 2 * half,
-                      c, true);
+      block_product(m, K, xp + m0 * K, wp + b * K * LN_NB, half, nc, c, ukernel);
     }
     const int64_t nn = std::min(nc, N - c0);
     for (int64_t i = 0; i < m; ++i) {
@@ -1764,7 +1903,7 @@ void linear_vnni_silu_impl(const at::Tensor& x, const at::Tensor& packed, int64_
   bf16* yp = y.data_ptr<bf16>();
   const int64_t mt = (M + LN_MT - 1) / LN_MT;
   const DirectRows direct(xp, M, K);  // a decode step's rows: the direct kernel
-  const bool amx = direct.used;
+  const bool amx = direct.used, ukernel = !amx && ukernel_packs_bf16();
   const int64_t Mp = direct.Mp;
   auto block = [&](int64_t b) { return wp + b * K * LN_NB; };
   at::parallel_for(0, nbg * mt, 1, [&](int64_t t0, int64_t t1) {
@@ -1780,9 +1919,8 @@ void linear_vnni_silu_impl(const at::Tensor& x, const at::Tensor& packed, int64_
                        t + 1 < t1 ? reinterpret_cast<const char*>(block((t + 1) % nbg)) : nullptr,
                        direct.block_lines);
       } else {
-        cpublas::brgemm(m, LN_NB, K, K, LN_NB, LN_NB, false, xp + m0 * K, block(b), cg.get(), true);
-        cpublas::brgemm(m, LN_NB, K, K, LN_NB, LN_NB, false, xp + m0 * K, block(b + nbg), cu.get(),
-                        true);
+        block_product(m, K, xp + m0 * K, block(b), 0, LN_NB, cg.get(), ukernel);
+        block_product(m, K, xp + m0 * K, block(b + nbg), 0, LN_NB, cu.get(), ukernel);
       }
       const int64_t n0 = b * LN_NB;
       for (int64_t i = 0; i < m; ++i) {
@@ -1849,7 +1987,8 @@ void check_vnni(const at::Tensor& packed, int64_t in_features, int64_t out_featu
               "out_features ", out_features, " does not match the packed weight's ", nb,
               " blocks of ", LN_NB);
   TORCH_CHECK(linear_supported(in_features),
-              "this CPU's GEMM ukernel does not pack bf16 (linear_supported)");
+              "linear_vnni needs an even in_features and a CPU with AVX512-BF16 or AMX "
+              "(linear_supported)");
 }
 
 at::Tensor linear_vnni(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
@@ -1868,7 +2007,7 @@ at::Tensor linear_vnni_silu(const at::Tensor& x, const at::Tensor& packed, int64
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
               "x must be a contiguous [M, K] bfloat16 matrix");
   TORCH_CHECK(linear_silu_supported(x.size(1), inter), "linear_vnni_silu needs inter (", inter,
-              ") a multiple of ", LN_NB, " and a CPU whose GEMM ukernel packs bf16 "
+              ") a multiple of ", LN_NB, " and a CPU with AVX512-BF16 or AMX "
               "(linear_silu_supported)");
   check_vnni(packed, x.size(1), 2 * inter);
   check_bias(bias, 2 * inter, "linear_vnni_silu");
@@ -2141,6 +2280,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("key"), pybind11::arg("value"), pybind11::arg("kv_cache"),
         pybind11::arg("slot_mapping"), pybind11::arg("k_scale") = 1.0, pybind11::arg("v_scale") = 1.0);
   m.def("linear_vnni", &linear_vnni, "bf16 x @ W^T (+ bias) on a VNNI-packed weight (brgemm)", nogil);
+  m.def("bf16_gemm_path", &bf16_gemm_path,
+        "what multiplies bf16 here: 'ukernel' (torch's, AMX), 'avx512_bf16' or 'none'");
   m.def("linear_supported", &linear_supported, "whether linear_vnni serves this in_features on this CPU");
   m.def("argmax_rows", &argmax_rows, "each row's first maximum (or first NaN), int64", nogil);
   m.def("linear_vnni_silu", &linear_vnni_silu,
