@@ -696,20 +696,30 @@ constexpr int64_t DA_CHUNK = 64;
 
 // The cache lines a decode task reads, in the order it reads them (per chunk of blocks: the
 // blocks' K rows, then their V rows; per row the span of the task's KV heads), prefetched
-// DA_PREFETCH_LINES ahead of the arithmetic, a block's share per (block, head) step of it.
+// kv_prefetch_policy().lines ahead of the arithmetic, a block's share per (block, head) step of it.
 // A steady stream keeps requests in flight while the arithmetic runs, where a burst per
 // block (the next block's K, this block's V) left the memory idle during the arithmetic:
 // 1.19x (FP8 cache) and 1.03x (bf16) over 30 layers of 64 sequences
 // (benchmarks/results/cpu_decode_attention_ab_run12.json). Distances of 16 to 512 lines,
 // every other line only, and prefetches spread over V's rows were slower (docs/benchmarks.md
-// run 12).
-constexpr int64_t DA_PREFETCH_LINES = 48;
+// run 12). That was on Intel (Sapphire Rapids); on AMD Zen 4 the stream runs further ahead
+// into L2 instead: 1.55x (bf16) and 1.07x (FP8) over 48 lines into L1, level from 128 to 256
+// lines (docs/benchmarks.md run 15).
+struct KvPrefetchPolicy {
+  bool l2;        // the L2 hint (prefetcht1) rather than L1 (prefetcht0)
+  int64_t lines;  // how far ahead of the arithmetic
+};
+inline KvPrefetchPolicy kv_prefetch_policy() {
+  static const KvPrefetchPolicy p =
+      __builtin_cpu_is("amd") ? KvPrefetchPolicy{true, 192} : KvPrefetchPolicy{false, 48};
+  return p;
+}
 template <typename C, typename IdxT>
 class KvPrefetchStream {
  public:
   KvPrefetchStream(const C* k_base, const C* v_base, int64_t s_blk, int64_t s_tok, int64_t BS,
-                   int64_t CB, int64_t span_bytes)
-      : k_(reinterpret_cast<const char*>(k_base)), v_(reinterpret_cast<const char*>(v_base)),
+                   int64_t CB, int64_t span_bytes, bool l2)
+      : l2_(l2), k_(reinterpret_cast<const char*>(k_base)), v_(reinterpret_cast<const char*>(v_base)),
         s_blk_(s_blk * static_cast<int64_t>(sizeof(C))), s_tok_(s_tok * static_cast<int64_t>(sizeof(C))),
         BS_(BS), CB_(CB), span_(span_bytes), whole_rows_(span_bytes == s_tok_) {}
   // the lines of one block's K (or V) rows for the task's heads
@@ -729,7 +739,10 @@ class KvPrefetchStream {
         rows_ = std::min(BS_, len_ - b_ * BS_);
         end_ = whole_rows_ ? rows_ * s_tok_ : span_;
       }
-      __builtin_prefetch(unit_ + t_ * s_tok_ + o_);
+      if (l2_)
+        __builtin_prefetch(unit_ + t_ * s_tok_ + o_, 0, 2);
+      else
+        __builtin_prefetch(unit_ + t_ * s_tok_ + o_);
       if ((o_ += 64) < end_) continue;
       o_ = 0;
       if (!whole_rows_ && ++t_ < rows_) continue;  // rows apart: the next row's span
@@ -744,6 +757,7 @@ class KvPrefetchStream {
   }
 
  private:
+  bool l2_;
   const char* k_;
   const char* v_;
   int64_t s_blk_, s_tok_, BS_, CB_, span_;
@@ -824,8 +838,9 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
     std::vector<float> nat(even_odd ? D : 0);
     // the stream over the span of the task's KV heads in each row, and how many lines it
     // issues per (block, head) step of the arithmetic: one block's share, so it keeps its distance
+    const KvPrefetchPolicy policy = kv_prefetch_policy();
     KvPrefetchStream<C, IdxT> pf(k_base, v_base, s_blk, s_tok, BS, CB,
-                                 ((HT - 1) * s_head + D) * static_cast<int64_t>(sizeof(C)));
+                                 ((HT - 1) * s_head + D) * static_cast<int64_t>(sizeof(C)), policy.l2);
     const int64_t per_step = (pf.block_lines() + HT - 1) / HT;
     if (amx) amx_scores_begin(G);
     for (int64_t i = next_task.fetch_add(1, std::memory_order_relaxed); i < ntasks;
@@ -860,7 +875,7 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
       std::fill(l.begin(), l.end(), 0.f);
       const IdxT* table = bt + s * max_blocks;
       const int64_t b_end = (len + BS - 1) / BS;
-      pf.start(table, h0 * s_head, first / BS, b_end, len, DA_PREFETCH_LINES);
+      pf.start(table, h0 * s_head, first / BS, b_end, len, policy.lines);
       for (int64_t c0 = first / BS; c0 < b_end; c0 += CB) {
         const int64_t c1 = std::min(c0 + CB, b_end);
         const int64_t k0 = std::max(c0 * BS, first);  // the chunk's first key
