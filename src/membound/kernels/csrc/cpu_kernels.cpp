@@ -1722,8 +1722,9 @@ at::Tensor prefill_attention(const at::Tensor& query, const at::Tensor& kv_cache
 // (kernels/cpu_linear.py ``pack_vnni``): [N_pad / 64, K / 2, 64, 2], each block of 64 output
 // columns the ukernel's VNNI layout of W^T, rows past N zero.
 //
-// x [M, K] bf16 contiguous; tasks (tile of LN_MT rows, block of 64 columns), consecutive
-// tasks sharing the row tile, split evenly over the threads. Each task: one ukernel call
+// x [M, K] bf16 contiguous; tasks (tile of at most LN_MT rows, the tiles of one GEMM alike
+// in size, so that the threads' even split of the tasks is an even split of the work; block
+// of 64 columns), consecutive tasks sharing the row tile, split evenly over the threads. Each task: one ukernel call
 // (float32 out), then + bias and rounded to bf16 (nearest even). Against oneDNN's prepacked
 // GEMM it streams the weight faster for few rows (a decode step) and is slower for
 // thousands (benchmarks/results/cpu_brgemm_linear.json); the layer ships it where it wins
@@ -1840,7 +1841,7 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   const bf16* xp = x.data_ptr<bf16>();
   const bf16* wp = packed.data_ptr<bf16>();
   bf16* yp = y.data_ptr<bf16>();
-  const int64_t mt = (M + LN_MT - 1) / LN_MT;
+  const int64_t mt = (M + LN_MT - 1) / LN_MT, mr = (M + mt - 1) / mt;  // row tiles alike
   const DirectRows direct(xp, M, K);  // a decode step's rows: the direct kernel
   const bool amx = direct.used, ukernel = !amx && ukernel_packs_bf16();
   const int64_t Mp = direct.Mp;
@@ -1888,12 +1889,12 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
     return;
   }
   at::parallel_for(0, nb * mt, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> c(std::min(Mp, LN_MT) * LN_NB);
+    std::vector<float> c(std::min(Mp, mr) * LN_NB);
     std::vector<float> row(LN_NB);
     if (amx) amx_gemm_begin();
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t % nb, m0 = (t / nb) * LN_MT;
-      product(m0, std::min(LN_MT, M - m0), b * LN_NB, LN_NB, c.data(), row.data(),
+      const int64_t b = t % nb, m0 = (t / nb) * mr;
+      product(m0, std::min(mr, M - m0), b * LN_NB, LN_NB, c.data(), row.data(),
               t + 1 < t1 ? (t + 1) % nb : -1);
     }
     amx_tiles_end(amx);
@@ -1916,17 +1917,17 @@ void linear_vnni_silu_impl(const at::Tensor& x, const at::Tensor& packed, int64_
   const bf16* xp = x.data_ptr<bf16>();
   const bf16* wp = packed.data_ptr<bf16>();
   bf16* yp = y.data_ptr<bf16>();
-  const int64_t mt = (M + LN_MT - 1) / LN_MT;
+  const int64_t mt = (M + LN_MT - 1) / LN_MT, mr = (M + mt - 1) / mt;  // row tiles alike
   const DirectRows direct(xp, M, K);  // a decode step's rows: the direct kernel
   const bool amx = direct.used, ukernel = !amx && ukernel_packs_bf16();
   const int64_t Mp = direct.Mp;
   auto block = [&](int64_t b) { return wp + b * K * LN_NB; };
   at::parallel_for(0, nbg * mt, 1, [&](int64_t t0, int64_t t1) {
-    const int64_t rows = std::min(Mp, LN_MT);
+    const int64_t rows = std::min(Mp, mr);
     std::unique_ptr<float[]> cg(new float[rows * LN_NB]), cu(new float[rows * LN_NB]);
     if (amx) amx_gemm_begin();
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t % nbg, m0 = (t / nbg) * LN_MT, m = std::min(LN_MT, M - m0);
+      const int64_t b = t % nbg, m0 = (t / nbg) * mr, m = std::min(mr, M - m0);
       if (amx) {  // gate block b while the up block streams in, then the next task's gate
         amx_gemm_block(Mp, K, direct.a, K, block(b), 0, LN_NB, cg.get(), LN_NB,
                        reinterpret_cast<const char*>(block(b + nbg)), direct.block_lines);
