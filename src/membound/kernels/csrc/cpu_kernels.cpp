@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -650,6 +651,32 @@ inline float corr_exp(float m_old, float m_new) {
   return m_old == -std::numeric_limits<float>::infinity() ? 0.f : exp_f(m_old - m_new);
 }
 
+// Tasks that differ in size, shared out one at a time from a counter, the heaviest first: a
+// fixed split by count leaves one thread waiting for the other at the end (sequences'
+// lengths differ; a prompt's causal query tiles grow with their position).
+class HeaviestFirst {
+ public:
+  explicit HeaviestFirst(const std::vector<int64_t>& work) : order_(work.size()) {
+    std::iota(order_.begin(), order_.end(), int64_t{0});
+    std::stable_sort(order_.begin(), order_.end(),
+                     [&](int64_t a, int64_t b) { return work[a] > work[b]; });
+  }
+  int64_t size() const { return static_cast<int64_t>(order_.size()); }
+  // the threads to run (no more than the tasks)
+  int64_t threads() const {
+    return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), size()));
+  }
+  // the next task to run, or -1 when none is left
+  int64_t next() {
+    const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
+    return i < size() ? order_[i] : -1;
+  }
+
+ private:
+  std::vector<int64_t> order_;
+  std::atomic<int64_t> next_{0};
+};
+
 // ---------------------------------------------------------------------------------------
 // The online-softmax update of one query over n new scores: the running max m moves to
 // cover them, s[t] = exp(s[t] - max) in place; returns (correction of the old sums, sum).
@@ -813,22 +840,15 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
       for (int64_t g0 = 0; g0 < G; g0 += egroup) eo_fns.push_back(eo_fn(std::min(egroup, G - g0), D));
   const bool even_odd = !eo_fns.empty() && eo_fns.front() != nullptr && eo_fns.back() != nullptr;
 
-  // Threads take tasks one at a time from a shared counter, longest first (sequences'
-  // lengths differ; a fixed split leaves one thread waiting for the other at the end).
+  // tasks (a sequence, or a sequence's KV head) by their keys, the longest first
   const int64_t ntasks = S * (KVH / HT);
-  const int64_t nthr = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), ntasks));
-  std::vector<int64_t> order(ntasks);
-  {
-    std::vector<int64_t> work(ntasks);
-    for (int64_t t = 0; t < ntasks; ++t) {
-      const int64_t len = static_cast<int64_t>(lens[t / (KVH / HT)]);
-      work[t] = sliding_window > 0 ? std::min(len, sliding_window) : len;
-      order[t] = t;
-    }
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return work[a] > work[b]; });
+  std::vector<int64_t> work(ntasks);
+  for (int64_t t = 0; t < ntasks; ++t) {
+    const int64_t len = static_cast<int64_t>(lens[t / (KVH / HT)]);
+    work[t] = sliding_window > 0 ? std::min(len, sliding_window) : len;
   }
-  std::atomic<int64_t> next_task{0};
-  at::parallel_for(0, nthr, 1, [&](int64_t, int64_t) {
+  HeaviestFirst tasks(work);
+  at::parallel_for(0, tasks.threads(), 1, [&](int64_t, int64_t) {
     const int64_t HG = HT * G;  // the query heads of a task
     std::vector<float> q(HG * D), acc(HG * D), krow(D), kbuf(16 * D), scores(HG * CT), m(HG), l(HG);
     std::vector<T> qb(HG * D);
@@ -843,9 +863,7 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
                                  ((HT - 1) * s_head + D) * static_cast<int64_t>(sizeof(C)), policy.l2);
     const int64_t per_step = (pf.block_lines() + HT - 1) / HT;
     if (amx) amx_scores_begin(G);
-    for (int64_t i = next_task.fetch_add(1, std::memory_order_relaxed); i < ntasks;
-         i = next_task.fetch_add(1, std::memory_order_relaxed)) {
-      const int64_t task = order[i];
+    for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
       const int64_t s = task / (KVH / HT), h0 = (task % (KVH / HT)) * HT, h1 = h0 + HT;
       const int64_t len = static_cast<int64_t>(lens[s]);
       T* o_rows = o_ptr + s * os0 + h0 * G * os1;
@@ -1607,14 +1625,24 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
     }
   });
 
-  // 2. attention: task = (sequence's query tile, KV head)
+  // 2. attention: task = (sequence's query tile, KV head), weighed by rows x keys seen
   const int64_t total_tiles = tile_off[S];
-  at::parallel_for(0, total_tiles * KVH, 1, [&](int64_t begin, int64_t end) {
+  std::vector<int64_t> work(total_tiles * KVH);
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t q_len = qsl[s + 1] - qsl[s], context = lens[s] - q_len;
+    for (int64_t tile = tile_off[s]; tile < tile_off[s + 1]; ++tile) {
+      const int64_t i0 = (tile - tile_off[s]) * TQ, i1 = std::min(q_len, i0 + TQ);
+      const int64_t first = window > 0 ? std::max<int64_t>(0, context + i0 - window + 1) : 0;
+      for (int64_t kvh = 0; kvh < KVH; ++kvh) work[tile * KVH + kvh] = (i1 - i0) * (context + i1 - first);
+    }
+  }
+  HeaviestFirst tasks(work);
+  at::parallel_for(0, tasks.threads(), 1, [&](int64_t, int64_t) {
     const int64_t M_max = TQ * G;
     std::vector<bf16> a(M_max * D), p(M_max * PF_KC);
     std::vector<float> sc(M_max * PF_KC), o(M_max * D), m(M_max), l(M_max);
     const float neg_inf = -std::numeric_limits<float>::infinity();
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
       const int64_t tile = task / KVH, kvh = task % KVH;
       const int64_t s = std::upper_bound(tile_off.begin(), tile_off.end(), tile) - tile_off.begin() - 1;
       const int64_t q0 = qsl[s], q_len = qsl[s + 1] - q0, len = lens[s];
