@@ -653,7 +653,7 @@ inline float corr_exp(float m_old, float m_new) {
 
 // Tasks that differ in size, shared out one at a time from a counter, the heaviest first: a
 // fixed split by count leaves one thread waiting for the other at the end (sequences'
-// lengths differ; a prompt's causal query tiles grow with their position).
+// lengths differ).
 class HeaviestFirst {
  public:
   explicit HeaviestFirst(const std::vector<int64_t>& work) : order_(work.size()) {
@@ -676,6 +676,25 @@ class HeaviestFirst {
   std::vector<int64_t> order_;
   std::atomic<int64_t> next_{0};
 };
+
+// Where `parts` contiguous runs of tasks begin (and the last ends: parts + 1 bounds) so that
+// each holds about an equal share of the work: neighbouring tasks stay on one thread (they
+// share data) and the threads finish together.
+std::vector<int64_t> split_by_work(const std::vector<int64_t>& work, int64_t parts) {
+  const int64_t n = static_cast<int64_t>(work.size());
+  double total = 0;
+  for (int64_t w : work) total += static_cast<double>(w);
+  std::vector<int64_t> bounds(parts + 1, n);
+  bounds[0] = 0;
+  double done = 0;
+  int64_t part = 1;
+  for (int64_t t = 0; t < n && part < parts; ++t) {
+    done += static_cast<double>(work[t]);
+    while (part < parts && done >= total * static_cast<double>(part) / static_cast<double>(parts))
+      bounds[part++] = t + 1;
+  }
+  return bounds;
+}
 
 // ---------------------------------------------------------------------------------------
 // The online-softmax update of one query over n new scores: the running max m moves to
@@ -1625,7 +1644,10 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
     }
   });
 
-  // 2. attention: task = (sequence's query tile, KV head), weighed by rows x keys seen
+  // 2. attention: task = (sequence's query tile, KV head); each thread a contiguous run of
+  // them (a sequence's tiles read the same packed chunks) holding an equal share of rows x
+  // keys seen (a causal prompt's tiles grow with their position: an even split by count gave
+  // one thread the short ones)
   const int64_t total_tiles = tile_off[S];
   std::vector<int64_t> work(total_tiles * KVH);
   for (int64_t s = 0; s < S; ++s) {
@@ -1636,13 +1658,14 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
       for (int64_t kvh = 0; kvh < KVH; ++kvh) work[tile * KVH + kvh] = (i1 - i0) * (context + i1 - first);
     }
   }
-  HeaviestFirst tasks(work);
-  at::parallel_for(0, tasks.threads(), 1, [&](int64_t, int64_t) {
+  const int64_t nthr = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total_tiles * KVH));
+  const std::vector<int64_t> bounds = split_by_work(work, nthr);
+  at::parallel_for(0, nthr, 1, [&](int64_t p0, int64_t p1) {  // parts [p0, p1): one each
     const int64_t M_max = TQ * G;
     std::vector<bf16> a(M_max * D), p(M_max * PF_KC);
     std::vector<float> sc(M_max * PF_KC), o(M_max * D), m(M_max), l(M_max);
     const float neg_inf = -std::numeric_limits<float>::infinity();
-    for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
+    for (int64_t task = bounds[p0]; task < bounds[p1]; ++task) {
       const int64_t tile = task / KVH, kvh = task % KVH;
       const int64_t s = std::upper_bound(tile_off.begin(), tile_off.end(), tile) - tile_off.begin() - 1;
       const int64_t q0 = qsl[s], q_len = qsl[s + 1] - q0, len = lens[s];
