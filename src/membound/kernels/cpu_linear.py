@@ -11,9 +11,11 @@ rows, and is 0.73-0.92x for 2048 rows (prefill), where the matrix units' through
 weight's bytes, is the limit (benchmarks/results/cpu_vnni_linear.json, 2 threads). It is
 the only copy (no oneDNN prepack beside it): decode, where the weights' bytes set the pace,
 is the case the engine is built for. Without AMX (AMD Zen 4, say) the products run
-membound's AVX512-BF16 kernel (csrc ``avx_gemm_block``): level with oneDNN's prepacked GEMM
-from 256 rows on (both at the CPU's bf16 peak) and 1.1-1.5x faster for 16-64 rows, 2-5x for
-one row (``benchmarks/kernels/bench_cpu_vnni_linear.py``). ``unpack_vnni`` gives the
+membound's AVX512-BF16 kernel (csrc ``avx_gemm_block``): against oneDNN's prepacked GEMM on
+SmolLM2's shapes 1.53-1.85x for one row, 1.11-1.47x for 8, 1.07-1.26x for 64 and level
+(0.96-1.12x) from 512 rows on, where both run at the CPU's bf16 peak
+(``benchmarks/kernels/bench_cpu_vnni_linear.py``, ``benchmarks/results/cpu_vnni_linear_zen4.json``,
+AMD Zen 4; TinyLlama's 5632-wide down projection is its weak spot: 0.83x at 64 rows). ``unpack_vnni`` gives the
 ``[out, in]`` weight back.
 The 4-D shape is how a layer tells this layout from a plain weight (``is_vnni``).
 

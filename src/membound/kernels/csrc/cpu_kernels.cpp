@@ -749,15 +749,17 @@ constexpr int64_t DA_CHUNK = 64;
 // (benchmarks/results/cpu_decode_attention_ab_run12.json). Distances of 16 to 512 lines,
 // every other line only, and prefetches spread over V's rows were slower (docs/benchmarks.md
 // run 12). That was on Intel (Sapphire Rapids); on AMD Zen 4 the stream runs further ahead
-// into L2 instead: 1.55x (bf16) and 1.07x (FP8) over 48 lines into L1, level from 128 to 256
-// lines (docs/benchmarks.md run 15).
+// into L2 instead: 1.46x (bf16) and 1.26x (FP8) over 48 lines into L1, level from 128 to 256
+// lines (benchmarks/results/cpu_decode_attention_ab_run15.json, docs/benchmarks.md run 15).
 struct KvPrefetchPolicy {
   bool l2;        // the L2 hint (prefetcht1) rather than L1 (prefetcht0)
   int64_t lines;  // how far ahead of the arithmetic
 };
 inline KvPrefetchPolicy kv_prefetch_policy() {
-  static const KvPrefetchPolicy p =
-      __builtin_cpu_is("amd") ? KvPrefetchPolicy{true, 192} : KvPrefetchPolicy{false, 48};
+  static const KvPrefetchPolicy p = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") ? KvPrefetchPolicy{true, 192} : KvPrefetchPolicy{false, 48};
+  }();
   return p;
 }
 template <typename C, typename IdxT>
