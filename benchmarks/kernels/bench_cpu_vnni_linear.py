@@ -90,8 +90,9 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     native = build_native_cpu_kernels()
     if not native.linear_supported(576):
-        raise SystemExit("no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16): "
-                         "nothing to compare")
+        raise SystemExit(
+            "no native bf16 GEMM on this CPU (neither AMX nor AVX512-BF16): nothing to compare"
+        )
     rows = []
     for m in a.rows:
         for model, shapes in SHAPES.items():
