@@ -1887,7 +1887,6 @@ struct DirectRows {
 // y [M, N] = x [M, K] @ W^T (+ bias), inputs checked by the caller.
 void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
                       const at::BFloat16* bias_ptr, at::Tensor& y) {
-  namespace cpublas = at::native::cpublas;
   using bf16 = at::BFloat16;
   const int64_t M = x.size(0), K = x.size(1), nb = packed.size(0);
   if (M == 0) return;
@@ -1963,7 +1962,6 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
 // caches hold). Inputs checked by the caller.
 void linear_vnni_silu_impl(const at::Tensor& x, const at::Tensor& packed, int64_t inter,
                            const at::BFloat16* bias_ptr, at::Tensor& y) {
-  namespace cpublas = at::native::cpublas;
   using bf16 = at::BFloat16;
   const int64_t M = x.size(0), K = x.size(1), nbg = inter / LN_NB;
   if (M == 0) return;
