@@ -1373,7 +1373,15 @@ constexpr bool kAvxGemm = true;
 constexpr bool kAvxGemm = false;
 #endif
 
-bool ukernel_packs_bf16() { return at::native::cpublas::could_pack(at::kBFloat16); }
+// Whether torch's ukernel packs bf16 here: a fact of the CPU, asked of oneDNN once (every
+// GEMM call consults it).
+bool ukernel_packs_bf16() {
+  static const bool packs = at::native::cpublas::could_pack(at::kBFloat16);
+  return packs;
+}
+
+// Whether either multiplies bf16 here (linear_supported, prefill_supported).
+bool native_bf16_gemm() { return kAvxGemm || ukernel_packs_bf16(); }
 
 // Which of the two multiplies bf16 here (the start-up log says it): "ukernel" (torch's, on the
 // matrix units), "avx512_bf16" (avx_gemm_block) or "none" (linear_vnni and the native prefill
@@ -1457,10 +1465,14 @@ inline void avx_gemm_block(int64_t, int64_t, const at::BFloat16*, int64_t, const
                            int64_t, int64_t, float*, int64_t, bool) {}
 #endif
 
-// src [K, N] (row stride ld, K even) into the packed layout [K / 2][N][2]: what the ukernel's
-// own pack makes of it, for avx_gemm_block where that pack is not used.
-inline void pack_pairs(int64_t K, int64_t N, const at::BFloat16* src, int64_t ld,
-                       at::BFloat16* dst) {
+// src [K, N] (row stride ld, K even; N = PACK_N) into a packed block [K / 2][N][2]: the
+// ukernel's own pack where it serves, else the same layout by hand for avx_gemm_block.
+inline void pack_block(int64_t K, int64_t N, const at::BFloat16* src, int64_t ld,
+                       at::BFloat16* dst, bool ukernel) {
+  if (ukernel) {
+    at::native::cpublas::pack(K, N, ld, N, at::kBFloat16, at::kBFloat16, src, dst);
+    return;
+  }
   for (int64_t k = 0; k < K; k += 2) {
     const at::BFloat16* r0 = src + k * ld;
     const at::BFloat16* r1 = r0 + ld;
@@ -1472,14 +1484,15 @@ inline void pack_pairs(int64_t K, int64_t N, const at::BFloat16* src, int64_t ld
   }
 }
 
-// One GEMM product, by whichever of the two serves here: c [m, nc] = a [m, K] times columns
-// [c0, c0 + nc) of a packed block.
-inline void block_product(int64_t m, int64_t K, const at::BFloat16* a, const at::BFloat16* blk,
-                          int64_t c0, int64_t nc, float* c, bool ukernel) {
+// One GEMM product, by whichever of the two serves here: c [m, nc] (row stride ldc; add: +=)
+// = a [m, K] (row stride lda) times columns [c0, c0 + nc) of a packed block.
+inline void block_product(int64_t m, int64_t K, const at::BFloat16* a, int64_t lda,
+                          const at::BFloat16* blk, int64_t c0, int64_t nc, float* c, int64_t ldc,
+                          bool add, bool ukernel) {
   if (ukernel)
-    at::native::cpublas::brgemm(m, nc, K, K, PACK_N, nc, false, a, blk + 2 * c0, c, true);
+    at::native::cpublas::brgemm(m, nc, K, lda, PACK_N, ldc, add, a, blk + 2 * c0, c, true);
   else
-    avx_gemm_block(m, K, a, K, blk, c0, nc, c, nc, false);
+    avx_gemm_block(m, K, a, lda, blk, c0, nc, c, ldc, add);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1510,7 +1523,7 @@ constexpr int64_t PF_ROWS = 128;    // target GEMM rows per query tile (G heads 
 static_assert(PF_KC == PACK_N && PF_DS == PACK_N, "chunks of one packed block");
 
 bool prefill_supported(int64_t head_dim) {
-  return head_dim % PF_DS == 0 && head_dim <= 512 && (kAvxGemm || ukernel_packs_bf16());
+  return head_dim % PF_DS == 0 && head_dim <= 512 && native_bf16_gemm();
 }
 
 // One query row's online-softmax update over a chunk of PF_KC scores: the visible scores
@@ -1633,16 +1646,9 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
       }
       bf16* kdst = kp_ptr + (kvh * total_chunks + c) * chunk_elems;
       bf16* vdst = vp_ptr + (kvh * total_chunks + c) * chunk_elems;
-      if (ukernel) {
-        cpublas::pack(D, PF_KC, PF_KC, PF_KC, at::kBFloat16, at::kBFloat16, kt.data(), kdst);
-        for (int64_t sl = 0; sl < n_slices; ++sl)
-          cpublas::pack(PF_KC, PF_DS, D, PF_DS, at::kBFloat16, at::kBFloat16,
-                        vt.data() + sl * PF_DS, vdst + sl * PF_KC * PF_DS);
-      } else {
-        pack_pairs(D, PF_KC, kt.data(), PF_KC, kdst);
-        for (int64_t sl = 0; sl < n_slices; ++sl)
-          pack_pairs(PF_KC, PF_DS, vt.data() + sl * PF_DS, D, vdst + sl * PF_KC * PF_DS);
-      }
+      pack_block(D, PF_KC, kt.data(), PF_KC, kdst, ukernel);
+      for (int64_t sl = 0; sl < n_slices; ++sl)
+        pack_block(PF_KC, PF_DS, vt.data() + sl * PF_DS, D, vdst + sl * PF_KC * PF_DS, ukernel);
     }
   });
 
@@ -1687,12 +1693,8 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
       const bf16* vseq = vp_ptr + (kvh * total_chunks + chunk_off[s]) * chunk_elems;
       for (int64_t c = first_key / PF_KC; c * PF_KC < last_key; ++c) {
         const int64_t k0 = c * PF_KC;
-        if (ukernel)
-          cpublas::brgemm(M, PF_KC, D, D, PF_KC, PF_KC, false, a.data(), kseq + c * chunk_elems,
-                          sc.data(), true);
-        else
-          avx_gemm_block(M, D, a.data(), D, kseq + c * chunk_elems, 0, PF_KC, sc.data(), PF_KC,
-                         false);
+        block_product(M, D, a.data(), D, kseq + c * chunk_elems, 0, PF_KC, sc.data(), PF_KC,
+                      false, ukernel);
         for (int64_t r = 0; r < M; ++r) {
           const int64_t pos = context + i0 + r / G;
           const int64_t lo = std::max<int64_t>(window > 0 ? pos - window + 1 : 0, k0) - k0;
@@ -1710,14 +1712,9 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
 #pragma omp simd
           for (int64_t d = 0; d < D; ++d) orow[d] *= corr;
         }
-        for (int64_t sl = 0; sl < n_slices; ++sl) {
-          const bf16* vsl = vseq + c * chunk_elems + sl * PF_KC * PF_DS;
-          if (ukernel)
-            cpublas::brgemm(M, PF_DS, PF_KC, PF_KC, PF_DS, D, true, p.data(), vsl,
-                            o.data() + sl * PF_DS, true);
-          else
-            avx_gemm_block(M, PF_KC, p.data(), PF_KC, vsl, 0, PF_DS, o.data() + sl * PF_DS, D, true);
-        }
+        for (int64_t sl = 0; sl < n_slices; ++sl)
+          block_product(M, PF_KC, p.data(), PF_KC, vseq + c * chunk_elems + sl * PF_KC * PF_DS, 0,
+                        PF_DS, o.data() + sl * PF_DS, D, true, ukernel);
       }
       for (int64_t r = 0; r < M; ++r) {
         const int64_t t = i0 + r / G, g = r % G;
@@ -1776,9 +1773,10 @@ at::Tensor prefill_attention(const at::Tensor& query, const at::Tensor& kv_cache
 // columns the ukernel's VNNI layout of W^T, rows past N zero.
 //
 // x [M, K] bf16 contiguous; tasks (tile of at most LN_MT rows, the tiles of one GEMM alike
-// in size, so that the threads' even split of the tasks is an even split of the work; block
-// of 64 columns), consecutive tasks sharing the row tile, split evenly over the threads. Each task: one ukernel call
-// (float32 out), then + bias and rounded to bf16 (nearest even). Against oneDNN's prepacked
+// in size so that the threads' even split of the tasks is an even split of the work; block
+// of 64 columns), consecutive tasks sharing the row tile, split evenly over the threads.
+// Each task: one product (block_product; float32 out), then + bias and rounded to bf16
+// (nearest even). Against oneDNN's prepacked
 // GEMM it streams the weight faster for few rows (a decode step) and is slower for
 // thousands (benchmarks/results/cpu_brgemm_linear.json); the layer ships it where it wins
 // (docs/kernels.md).
@@ -1786,7 +1784,7 @@ constexpr int64_t LN_NB = PACK_N;  // output columns per packed block
 constexpr int64_t LN_MT = 512;  // rows per task (a ukernel call)
 
 bool linear_supported(int64_t in_features) {
-  return in_features % 2 == 0 && (kAvxGemm || ukernel_packs_bf16());
+  return in_features % 2 == 0 && native_bf16_gemm();
 }
 
 // A decode step's GEMM (at most LN_AMX_ROWS rows) on the matrix units directly. The ukernel's
@@ -1909,7 +1907,7 @@ void linear_vnni_impl(const at::Tensor& x, const at::Tensor& packed, int64_t N,
                      pf ? reinterpret_cast<const char*>(wp + next * K * LN_NB) : nullptr,
                      direct.block_lines);
     } else {
-      block_product(m, K, xp + m0 * K, wp + b * K * LN_NB, half, nc, c, ukernel);
+      block_product(m, K, xp + m0 * K, K, wp + b * K * LN_NB, half, nc, c, nc, false, ukernel);
     }
     const int64_t nn = std::min(nc, N - c0);
     for (int64_t i = 0; i < m; ++i) {
@@ -1986,8 +1984,9 @@ void linear_vnni_silu_impl(const at::Tensor& x, const at::Tensor& packed, int64_
                        t + 1 < t1 ? reinterpret_cast<const char*>(block((t + 1) % nbg)) : nullptr,
                        direct.block_lines);
       } else {
-        block_product(m, K, xp + m0 * K, block(b), 0, LN_NB, cg.get(), ukernel);
-        block_product(m, K, xp + m0 * K, block(b + nbg), 0, LN_NB, cu.get(), ukernel);
+        block_product(m, K, xp + m0 * K, K, block(b), 0, LN_NB, cg.get(), LN_NB, false, ukernel);
+        block_product(m, K, xp + m0 * K, K, block(b + nbg), 0, LN_NB, cu.get(), LN_NB, false,
+                      ukernel);
       }
       const int64_t n0 = b * LN_NB;
       for (int64_t i = 0; i < m; ++i) {
