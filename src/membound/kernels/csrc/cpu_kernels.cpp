@@ -216,8 +216,9 @@ inline void block_scores(const float* q, int64_t G, int64_t D, const T* kb, int6
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
-// block_scores_bf16's arithmetic. DC: the 32-dim slices of a row held in registers (a bound; dc of them used): called with
-// dc == DC known where it is inlined, so the slices' loop unrolls.
+// block_scores_bf16's arithmetic. DC: the 32-dim slices of a row held in registers (a bound;
+// dc of them used): called with dc == DC known where it is inlined, so the slices' loop
+// unrolls (a run-time loop had spilled the 16 accumulators).
 template <int DC>
 inline void block_scores_bf16_dc(const c10::BFloat16* q, int64_t G, int64_t dc,
                                  const c10::BFloat16* kb, int64_t s_tok, int64_t nt, float scale,
@@ -866,7 +867,8 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
   const float fscale = static_cast<float>(scale * k_scale);  // stored K times k_scale
   const float out_scale = static_cast<float>(v_scale);
   // bf16 scores through the bf16 dot-product instruction where the CPU has it
-  const bool bf16_dot = kBf16Dot && std::is_same_v<T, c10::BFloat16> && D % 32 == 0 && D <= kBf16DotMaxD;
+  const bool bf16_dot =
+      kBf16Dot && std::is_same_v<T, c10::BFloat16> && D % 32 == 0 && D <= kBf16DotMaxD;
   const int64_t HT = S >= 4 * at::get_num_threads() ? KVH : 1;  // KV heads per task
   const int64_t CB = std::max<int64_t>(1, DA_CHUNK / BS);        // blocks per chunk
   const int64_t CT = CB * BS;                                    // keys per chunk
