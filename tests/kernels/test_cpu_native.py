@@ -103,7 +103,8 @@ def threads(request):
 def test_decode_attention(native, threads, dtype: torch.dtype, window: int | None,
                           head_dim: int) -> None:  # fmt: skip
     """Head dims of each path of the bf16 scores: 64 and 128 unrolled, 32 and 96 in a run-time
-    loop over 32-dim slices, 40 and 288 in float32."""
+    loop over 32-dim slices, 288 with more slices than the query holds in registers, 40 in
+    float32."""
     lens = [1, 17, 33, 90, 0]  # a padding row (length 0) gives zeros
     q, cache, tables, seq_lens = _paged_case(dtype, lens, head_dim)
     scale = head_dim**-0.5

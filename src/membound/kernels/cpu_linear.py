@@ -15,8 +15,7 @@ membound's AVX512-BF16 kernel (csrc ``avx_gemm_block``): against oneDNN's prepac
 SmolLM2's shapes 1.53-1.85x for one row, 1.11-1.47x for 8, 1.07-1.26x for 64 and level
 (0.96-1.12x) from 512 rows on, where both run at the CPU's bf16 peak
 (``benchmarks/kernels/bench_cpu_vnni_linear.py``, ``benchmarks/results/cpu_vnni_linear_zen4.json``,
-AMD Zen 4; TinyLlama's 5632-wide down projection is its weak spot: 0.83x at 64 rows). ``unpack_vnni`` gives the
-``[out, in]`` weight back.
+AMD Zen 4). ``unpack_vnni`` gives the ``[out, in]`` weight back.
 The 4-D shape is how a layer tells this layout from a plain weight (``is_vnni``).
 
 **bf16 elsewhere** (neither AMX nor AVX512-BF16, or no native kernels):

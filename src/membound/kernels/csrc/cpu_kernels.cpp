@@ -216,25 +216,29 @@ inline void block_scores(const float* q, int64_t G, int64_t D, const T* kb, int6
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
-// block_scores_bf16's arithmetic. DC: the 32-dim slices of a row held in registers (a bound;
-// dc of them used): called with dc == DC known where it is inlined, so the slices' loop
+// block_scores_bf16's arithmetic over dc 32-dim slices, the first DC of a query held in
+// registers (the rest read from memory). kExact: dc == DC, a constant, so the slices' loop
 // unrolls (a run-time loop had spilled the 16 accumulators).
-template <int DC>
+template <int DC, bool kExact>
 inline void block_scores_bf16_dc(const c10::BFloat16* q, int64_t G, int64_t dc,
                                  const c10::BFloat16* kb, int64_t s_tok, int64_t nt, float scale,
                                  float* scores, int64_t ld) {
-  const int64_t D = 32 * dc;
+  const int64_t slices = kExact ? DC : dc, D = 32 * slices;
   const __m512 vscale = _mm512_set1_ps(scale);
   for (int64_t c0 = 0; c0 < nt; c0 += 16) {
     const int64_t n = std::min<int64_t>(16, nt - c0);
     const c10::BFloat16* k0 = kb + c0 * s_tok;
     for (int64_t g = 0; g < G; ++g) {
       __m512bh qv[DC];
-      for (int64_t c = 0; c < dc; ++c) qv[c] = (__m512bh)_mm512_loadu_si512(q + g * D + 32 * c);
+      const c10::BFloat16* qg = q + g * D;
+      for (int64_t c = 0; c < std::min<int64_t>(slices, DC); ++c)
+        qv[c] = (__m512bh)_mm512_loadu_si512(qg + 32 * c);
       auto dot = [&](int64_t t) {
         __m512 acc = _mm512_setzero_ps();
-        for (int64_t c = 0; c < dc; ++c)
-          acc = _mm512_dpbf16_ps(acc, qv[c], (__m512bh)_mm512_loadu_si512(k0 + t * s_tok + 32 * c));
+        for (int64_t c = 0; c < slices; ++c) {
+          const __m512bh qc = kExact || c < DC ? qv[c] : (__m512bh)_mm512_loadu_si512(qg + 32 * c);
+          acc = _mm512_dpbf16_ps(acc, qc, (__m512bh)_mm512_loadu_si512(k0 + t * s_tok + 32 * c));
+        }
         return acc;
       };
       __m512 v[16];
@@ -251,19 +255,18 @@ inline void block_scores_bf16_dc(const c10::BFloat16* q, int64_t G, int64_t dc,
 }
 // block_scores for bf16 K rows against bf16 queries, with the CPU's bf16 dot-product
 // instruction (pairs of bf16 products summed into float32 lanes): no conversion of K to
-// float32 at all. q: G queries of D bf16 (D % 32 == 0, D <= kBf16DotMaxD), unscaled; scores
-// come out times ``scale``.
-constexpr int64_t kBf16DotMaxD = 256;
+// float32 at all. q: G queries of D bf16 (D % 32 == 0), unscaled; scores come out times
+// ``scale``.
 inline void block_scores_bf16(const c10::BFloat16* q, int64_t G, int64_t D,
                               const c10::BFloat16* kb, int64_t s_tok, int64_t nt, float scale,
                               float* scores, int64_t ld) {
-  if (D == 64) return block_scores_bf16_dc<2>(q, G, 2, kb, s_tok, nt, scale, scores, ld);
-  if (D == 128) return block_scores_bf16_dc<4>(q, G, 4, kb, s_tok, nt, scale, scores, ld);
-  block_scores_bf16_dc<kBf16DotMaxD / 32>(q, G, D / 32, kb, s_tok, nt, scale, scores, ld);
+  if (D == 64) return block_scores_bf16_dc<2, true>(q, G, 2, kb, s_tok, nt, scale, scores, ld);
+  if (D == 128)
+    return block_scores_bf16_dc<4, true>(q, G, 4, kb, s_tok, nt, scale, scores, ld);
+  block_scores_bf16_dc<8, false>(q, G, D / 32, kb, s_tok, nt, scale, scores, ld);
 }
 constexpr bool kBf16Dot = true;
 #else
-constexpr int64_t kBf16DotMaxD = 0;
 inline void block_scores_bf16(const c10::BFloat16*, int64_t, int64_t, const c10::BFloat16*,
                               int64_t, int64_t, float, float*, int64_t) {}
 constexpr bool kBf16Dot = false;
@@ -867,8 +870,7 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
   const float fscale = static_cast<float>(scale * k_scale);  // stored K times k_scale
   const float out_scale = static_cast<float>(v_scale);
   // bf16 scores through the bf16 dot-product instruction where the CPU has it
-  const bool bf16_dot =
-      kBf16Dot && std::is_same_v<T, c10::BFloat16> && D % 32 == 0 && D <= kBf16DotMaxD;
+  const bool bf16_dot = kBf16Dot && std::is_same_v<T, c10::BFloat16> && D % 32 == 0;
   const int64_t HT = S >= 4 * at::get_num_threads() ? KVH : 1;  // KV heads per task
   const int64_t CB = std::max<int64_t>(1, DA_CHUNK / BS);        // blocks per chunk
   const int64_t CT = CB * BS;                                    // keys per chunk
