@@ -78,13 +78,16 @@ def _decode_step(model, ops: CpuOps, caches, seq_lens: list[int], planned: bool)
 )  # fmt: skip
 @pytest.mark.parametrize("seq_lens", [[9], [3, 17, 1]])
 def test_decode_stack_equals_module_path(native, tmp_path, family, quantization, seq_lens) -> None:
-    """bf16 VNNI weights (with biases, tied head, sliding window), int4 and int8 weight-only."""
+    """bf16 VNNI weights (with biases, tied head, sliding window), int4 weight-only and int8
+    (the native W8A8 GEMM where the CPU has AVX512-VNNI, else weight-only)."""
     # int4's CPU kernel takes whole blocks of 64 outputs and groups dividing the inputs
     sizes = {"intermediate_size": 128} if quantization else {}
     folder = make_checkpoint(tmp_path / family, family, seed=3, **sizes)
     ops = CpuOps(native=native)
     model = _model(folder, ops, quantization=quantization)
     assert model.model.decode_stack is not None
+    if quantization == "int8" and native.int8_linear_supported(64):  # the native W8A8 GEMM
+        assert all(layer.mlp.down_proj.cpu_w8a8 for layer in model.model.layers)
     caches_a, caches_b = _caches(model), _caches(model)
     with torch.no_grad():
         via_stack = _decode_step(model, ops, caches_a, seq_lens, planned=True)

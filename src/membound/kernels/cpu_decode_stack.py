@@ -14,7 +14,8 @@ any other step or layout, so a step it does not serve is slower, never wrong:
   (optional bias), rotary, paged-cache attention, O, RMSNorm with the residual, fused
   gate/up, SiLU-and-mul, down; no QK norm, one rank;
 - bf16, each linear in one of the CPU backend's layouts (``StackLinear``): VNNI-packed bf16
-  (kernels/cpu_linear.py), or torch's packed int4 / int8 weight-only kernels
+  (kernels/cpu_linear.py), the native int8 W8A8 GEMM (kernels/cpu_quant_linear.py), or
+  torch's packed int4 / int8 weight-only kernels
   (kernels/cpu_quant_linear.py) up to the rows where the layers use those kernels
   (``max_rows``: beyond them the layers dequantize); a bf16 or FP8 KV cache (with each
   layer's scales);
@@ -41,6 +42,7 @@ class LinearKind(enum.IntEnum):
     VNNI = 0  # bf16, pack_vnni's layout, the native GEMM
     INT4 = 1  # torch's _weight_int4pack_mm_for_cpu layout: [N, K/2] uint8, [K/G, N, 2] bf16
     INT8 = 2  # torch's _weight_int8pack_mm layout: [N, K] int8, scales [N] bf16
+    INT8_W8A8 = 3  # pack_int8_vnni's layout [N_pad/64, K/4, 64, 4] uint8, scales [N] float32
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,14 @@ class StackLinear:
     weight: Tensor
     bias: Tensor | None
     out_features: int
-    scales: Tensor | None = None  # INT4: scales_and_zeros; INT8: per-row scales
+    scales: Tensor | None = None  # INT4: scales_and_zeros; INT8 / INT8_W8A8: per-row scales
     group_size: int = 0  # INT4 only
     max_rows: int | None = None  # the layer's kernel serves up to this many rows (None: any)
+    input_scale: float = 0.0  # INT8_W8A8 only: the static activation scale (0: per group)
 
     def spec(self) -> tuple:
         return (int(self.kind), self.weight, self.bias, self.scales, self.out_features,
-                self.group_size)  # fmt: skip
+                self.group_size, self.input_scale)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,12 @@ class DecoderLayerWeights:
         return self.qkv, self.o, self.gate_up, self.down
 
     def bf16(self) -> bool:
-        """Whether the norms, biases and bf16 weights are bf16 (the stack's dtype)."""
+        """Whether the norms, biases, bf16 weights and the weight-only kernels' scales are
+        bf16 (the stack's dtype)."""
         tensors = [self.input_norm, self.post_norm]
         for lin in self.linears():
-            tensors += [t for t in (lin.bias, lin.scales) if t is not None]
+            scales = lin.scales if lin.kind != LinearKind.INT8_W8A8 else None  # (float32)
+            tensors += [t for t in (lin.bias, scales) if t is not None]
             if lin.kind == LinearKind.VNNI:
                 tensors.append(lin.weight)
         return all(t.dtype == torch.bfloat16 for t in tensors)

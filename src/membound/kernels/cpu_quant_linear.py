@@ -1,4 +1,5 @@
-"""Weight-only INT8 and INT4 GEMMs on CPU through torch's packed CPU kernels (as torchao does).
+"""INT8 / INT4 GEMMs on CPU: weight-only through torch's packed CPU kernels (as torchao does),
+and INT8 W8A8 through membound's own (csrc ``linear_int8``, layout below).
 
 A batch-1 decode streams every weight once per token: 8-bit weights move half of bf16's
 bytes, 4-bit a quarter. torch ships CPU kernels that dequantize inside the product:
@@ -23,6 +24,21 @@ INT8 is 1.5x and INT4 3.6x faster than the prepacked bf16 GEMM (geometric means 
 and TinyLlama shapes), at 8 tokens both are already slower than it (0.4x / 0.6x), and the
 dequantize path at 64 tokens is far slower than bf16 (it rewrites the whole weight per call):
 quantized weights pay at batch 1 and cost at larger batches.
+
+**INT8 W8A8** (the int8 quantization method's CPU numerics: per-channel int8 weights,
+activations quantized per row in groups of ``INT8_ACT_GROUP`` inputs, each with its own scale,
+as llama.cpp's 8-bit activation blocks; exact integer sums per group) multiplies with the CPU's
+integer dot products (AVX512-VNNI, csrc ``linear_int8``): one instruction does 64
+multiply-adds of bytes where the bf16 one does 32, at the same rate, so the compute-bound
+GEMMs of a prefill run at up to twice the bf16 kernel's arithmetic and the memory-bound ones of
+a decode read half its bytes. Per-token activation scales alone (what the CUDA path's
+``torch._int_mm`` and fp32 models compute) cost SmolLM2-135M a KL divergence of 0.034 against
+bf16, four times weight-only int8's; groups of 64 bring it to 0.008, level with weight-only
+(docs/quantization.md). ``pack_int8_vnni`` lays the ``[N, K]`` int8 weight out as
+``[N_pad / 64, K / 4, 64, 4]`` uint8 holding ``W + 128`` (blocks of 64 output columns, four
+consecutive inputs of a column in one 32-bit lane, zero-padded columns): the instruction
+takes one unsigned operand, and the kernel takes the offset back out of each group's sum.
+``int8_grouped_linear_ref`` is the reference; ``unpack_int8_vnni`` gives the weight back.
 
 membound's INT4 layout (kernels/int4_gemm.py: asymmetric, integer zero points z) maps onto
 the kernel's with ``(q - z) * s = (q - 8) * s + (8 - z) * s``. The packed INT4 layout is
@@ -72,6 +88,83 @@ def int8_weight_only_linear_ref(
     """The reference in float32: x @ (W_q * s)^T."""
     w = weight.to(torch.float32) * scales.to(torch.float32)[:, None]
     return F.linear(x.to(torch.float32), w)
+
+
+# ---- INT8 W8A8 ---------------------------------------------------------------------------
+
+INT8_MAX = 127.0
+INT8_MIN_SCALE = 1e-12  # an all-zero row's scale (its values quantize to 0)
+INT8_VNNI_K = 4  # input features per 32-bit lane of the packed layout
+INT8_VNNI_OFFSET = 128  # added to the packed weight: the instruction's operand is unsigned
+INT8_ACT_GROUP = 64  # activations' inputs per scale (csrc I8_GROUP)
+
+
+def quantize_int8(
+    x: torch.Tensor, scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``x [M, K]`` -> (int8 values, float32 scales [M, 1]), symmetric round-to-nearest
+    (half to even); a given ``scale`` (static, per tensor) is used for every row."""
+    xf = x.to(torch.float32)
+    if scale is None:
+        scale = (xf.abs().amax(dim=-1, keepdim=True) / INT8_MAX).clamp(min=INT8_MIN_SCALE)
+    else:
+        scale = scale.to(torch.float32).reshape(1, 1).expand(x.shape[0], 1)
+    q = torch.round(xf / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale.contiguous()
+
+
+def int8_linear_ref(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+    input_scale: torch.Tensor | None,
+) -> torch.Tensor:
+    """x [M, K] -> [M, N] float32 = (x_q @ W_q^T) * s_x * s_w; integer products exact
+    (float64 holds them)."""
+    xq, xs = quantize_int8(x, input_scale)
+    acc = xq.to(torch.float64) @ weight.to(torch.float64).t()  # [M, N] exact int sums
+    return (acc * xs.to(torch.float64) * weight_scale.to(torch.float64)[None, :]).float()
+
+
+def int8_grouped_linear_ref(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+    input_scale: torch.Tensor | None, group: int = INT8_ACT_GROUP,
+) -> torch.Tensor:
+    """x [M, K] -> [M, N] float32 = s_w * sum_g s[m, g] * (x_q @ W_q^T over group g): the
+    activations quantized per row in groups of ``group`` inputs (a static ``input_scale``:
+    that one scale for every group); each group's integer sum exact (float64 holds it)."""
+    m, k = x.shape
+    xq, xs = quantize_int8(x.reshape(m * (k // group), group), input_scale)
+    xq = xq.reshape(m, k // group, group).to(torch.float64)
+    w = weight.to(torch.float64).reshape(-1, k // group, group)  # [N, G, group]
+    acc = torch.einsum("mgk,ngk->mgn", xq, w)  # exact integer sums per group
+    y = (acc * xs.reshape(m, k // group, 1).to(torch.float64)).sum(dim=1)
+    return (y * weight_scale.to(torch.float64)[None, :]).float()
+
+
+def pack_int8_vnni(weight: torch.Tensor) -> torch.Tensor:
+    """``[N, K]`` int8 (K a multiple of 4) -> ``[ceil(N / 64), K / 4, 64, 4]`` uint8, element
+    ``[b, k, n, j] = W[64 b + n, 4 k + j] + 128``, zero-padded columns (128)."""
+    n, k = weight.shape
+    if weight.dtype != torch.int8 or k % INT8_VNNI_K:
+        raise ValueError(f"pack_int8_vnni takes an int8 weight whose input features are a "
+                         f"multiple of {INT8_VNNI_K}, got {weight.dtype} {tuple(weight.shape)}")  # fmt: skip
+    blocks = -(-n // INT4_BLOCK_N)
+    padded = weight.detach().new_zeros(blocks * INT4_BLOCK_N, k)
+    padded[:n] = weight.detach()
+    shifted = (padded.to(torch.int16) + INT8_VNNI_OFFSET).to(torch.uint8)
+    packed = shifted.view(blocks, INT4_BLOCK_N, k // INT8_VNNI_K, INT8_VNNI_K)
+    return packed.permute(0, 2, 1, 3).contiguous()
+
+
+def unpack_int8_vnni(packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    """The ``[out_features, K]`` int8 weight ``pack_int8_vnni`` packed."""
+    blocks, quads = packed.shape[0], packed.shape[1]
+    rows = packed.permute(0, 2, 1, 3).reshape(blocks * INT4_BLOCK_N, quads * INT8_VNNI_K)
+    return (rows[:out_features].to(torch.int16) - INT8_VNNI_OFFSET).to(torch.int8)
+
+
+def is_int8_vnni(weight: torch.Tensor) -> bool:
+    """An int8 weight ``pack_int8_vnni`` packed (4-D uint8; the plain one is 2-D int8)."""
+    return weight.dim() == 4 and weight.dtype == torch.uint8
 
 
 # ---- INT4 -------------------------------------------------------------------------------

@@ -1450,29 +1450,39 @@ inline void avx_gemm_tile(int64_t K2, const at::BFloat16* a, int64_t lda, const 
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + v * 16, acc[r][v]);
 }
 
+#endif
+
+// Calls tile(std::integral_constant<int, R>{}, r0) over rows [0, m): tiles of RT rows, then
+// the rest as one tile of 1-5 rows, or halved until the halves are (the register tiles of
+// avx_gemm_rows and avx_int8_rows, whose accumulators fill up to 24 of the 32 registers).
+template <int RT, typename Tile>
+inline void for_row_tiles(int64_t m, int64_t r0, Tile&& tile) {
+  int64_t r = r0;
+  for (; r + RT <= r0 + m; r += RT) tile(std::integral_constant<int, RT>{}, r);
+  const int64_t rest = r0 + m - r;
+  switch (rest) {
+    case 0: break;
+    case 1: tile(std::integral_constant<int, 1>{}, r); break;
+    case 2: tile(std::integral_constant<int, 2>{}, r); break;
+    case 3: tile(std::integral_constant<int, 3>{}, r); break;
+    case 4: tile(std::integral_constant<int, 4>{}, r); break;
+    case 5: tile(std::integral_constant<int, 5>{}, r); break;
+    default:  // RT 12: 6-11 rows left
+      if constexpr (RT > 6) {
+        const int64_t h = rest / 2;
+        for_row_tiles<RT>(h, r, tile);
+        for_row_tiles<RT>(rest - h, r + h, tile);
+      }
+  }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
 template <int NV>
 inline void avx_gemm_rows(int64_t m, int64_t K2, const at::BFloat16* a, int64_t lda,
                           const at::BFloat16* b, float* c, int64_t ldc, bool add) {
-  constexpr int RT = 24 / NV;  // rows a tile: 24 accumulators of the 32 registers
-  int64_t r = 0;
-  for (; r + RT <= m; r += RT)
-    avx_gemm_tile<RT, NV>(K2, a + r * lda, lda, b, c + r * ldc, ldc, add);
-  const at::BFloat16* ar = a + r * lda;
-  float* cr = c + r * ldc;
-  switch (m - r) {  // the last rows
-    case 0: break;
-    case 1: avx_gemm_tile<1, NV>(K2, ar, lda, b, cr, ldc, add); break;
-    case 2: avx_gemm_tile<2, NV>(K2, ar, lda, b, cr, ldc, add); break;
-    case 3: avx_gemm_tile<3, NV>(K2, ar, lda, b, cr, ldc, add); break;
-    case 4: avx_gemm_tile<4, NV>(K2, ar, lda, b, cr, ldc, add); break;
-    case 5: avx_gemm_tile<5, NV>(K2, ar, lda, b, cr, ldc, add); break;
-    default:  // NV 2: 6-11 rows left
-      if constexpr (RT > 6) {
-        const int64_t h = (m - r) / 2;
-        avx_gemm_rows<NV>(h, K2, ar, lda, b, cr, ldc, add);
-        avx_gemm_rows<NV>(m - r - h, K2, ar + h * lda, lda, b, cr + h * ldc, ldc, add);
-      }
-  }
+  for_row_tiles<24 / NV>(m, 0, [&](auto R, int64_t r) {
+    avx_gemm_tile<decltype(R)::value, NV>(K2, a + r * lda, lda, b, c + r * ldc, ldc, add);
+  });
 }
 
 // c [m, nc] (row stride ldc; add: +=) = a [m, K] (row stride lda, K even) times columns
@@ -2109,6 +2119,340 @@ at::Tensor linear_vnni_silu(const at::Tensor& x, const at::Tensor& packed, int64
 }
 
 // ---------------------------------------------------------------------------------------
+// INT8 W8A8 GEMM with the CPU's integer dot products (AVX512-VNNI), the int8 quantization
+// method's CPU numerics (layers/quantization/int8.py; reference int8_grouped_linear_ref):
+// per-channel int8 weights W_q with scales s_w; activations quantized per row in groups of
+// I8_GROUP consecutive inputs, each group with its own scale (as llama.cpp's 8-bit
+// activation blocks; per-token scales alone cost SmolLM2-135M 4x the KL divergence of
+// weight-only int8, groups of 64 bring it level: docs/quantization.md):
+//
+//   x_q[m, k] = clamp(round_half_even(x[m, k] / s[m, g]), -127, 127),  g = k / I8_GROUP,
+//   s[m, g] = max(amax_{k in g} |x[m, k]| / 127, 1e-12), or the static input scale,
+//   y[m, n] = bf16(s_w[n] * sum_g s[m, g] * sum_{k in g} x_q[m, k] W_q[n, k] (+ bias[n])),
+//
+// each group's sum exact in int32, the sum over groups in float32, rounded to bf16 once.
+// The instruction multiplies unsigned by signed bytes (four per 32-bit lane, summed into an
+// int32): the weight enters as W_q + 128 (pack_int8_vnni stores it so), and each group's
+// accumulator starts at -128 * sum_{k in g} x_q[m, k] (computed with the quantization),
+// which takes the offset back out. Weight layout [N_pad / 64, K / 4, 64, 4] uint8: blocks of
+// 64 output columns, four consecutive inputs of a column in one 32-bit lane, zero-padded
+// columns. One instruction does 64 multiply-adds where the bf16 one does 32, at the same rate
+// on AMD Zen 4 (one 512-bit instruction a cycle each): up to twice the bf16 GEMM's
+// arithmetic at the compute-bound sizes (prefill), half its weight bytes at the
+// memory-bound ones (decode).
+constexpr int64_t I8_K = 4;       // input features per 32-bit lane
+constexpr int64_t I8_GROUP = 64;  // inputs per activation scale
+constexpr int64_t I8_QUADS = I8_GROUP / I8_K;
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+constexpr bool kAvxInt8 = true;
+
+// c [R, 16 NV] (float32, row stride ldc) = the group-scaled product of R quantized rows
+// (a: int8 [R, K], row stride lda; sx / corr: [R, G] scales and offset corrections, row
+// stride ldg) and 16 NV columns of a packed block (b: rows of 4 * PACK_N bytes per k-quad).
+// R x NV int32 accumulators take a group's sums, R x NV float32 ones the scaled groups
+// (at most 12 + 12 of the 32 registers).
+template <int R, int NV>
+inline void avx_int8_tile(int64_t G, const int8_t* a, int64_t lda, const float* sx,
+                          const int32_t* corr, int64_t ldg, const uint8_t* b, float* c,
+                          int64_t ldc) {
+  __m512 acc[R][NV];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    __m512i sum[R][NV];
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      const __m512i start = _mm512_set1_epi32(corr[r * ldg + g]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) sum[r][v] = start;
+    }
+    const int8_t* ag = a + g * I8_GROUP;
+    const uint8_t* bg = b + g * I8_QUADS * I8_K * PACK_N;
+#pragma GCC unroll 2
+    for (int64_t p = 0; p < I8_QUADS; ++p) {
+      const uint8_t* bp = bg + p * I8_K * PACK_N;
+      __m512i bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(bp + v * 64);
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) {
+        int32_t quad;
+        std::memcpy(&quad, ag + r * lda + p * I8_K, sizeof(quad));
+        const __m512i av = _mm512_set1_epi32(quad);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) sum[r][v] = _mm512_dpbusd_epi32(sum[r][v], bv[v], av);
+      }
+    }
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      const __m512 s = _mm512_set1_ps(sx[r * ldg + g]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[r][v]), s, acc[r][v]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + v * 16, acc[r][v]);
+}
+
+// The quantized rows of one GEMM call (Int8Rows below) as the tiles read them.
+struct Int8Operand {
+  const int8_t* q;      // [M, K]
+  const float* scale;   // [M, K / I8_GROUP]
+  const int32_t* corr;  // [M, K / I8_GROUP]: -128 * the group's sum of q
+  int64_t K;
+};
+
+// c [m, nc] (float32, row stride ldc) = rows [m0, m0 + m) of A times columns [c0, c0 + nc)
+// of one packed block ([K / 4][64][4]; c0 a multiple of 32, nc 32 or 64).
+inline void avx_int8_block(const Int8Operand& A, int64_t m0, int64_t m, const uint8_t* blk,
+                           int64_t c0, int64_t nc, float* c, int64_t ldc) {
+  const int64_t K = A.K, G = K / I8_GROUP;
+  const uint8_t* b = blk + I8_K * c0;
+  auto tile = [&](auto R, auto NV, int64_t r) {
+    const int64_t row = m0 + r;
+    avx_int8_tile<decltype(R)::value, decltype(NV)::value>(
+        G, A.q + row * K, K, A.scale + row * G, A.corr + row * G, G, b, c + r * ldc, ldc);
+  };
+  if (nc == PACK_N)
+    for_row_tiles<3>(m, 0, [&](auto R, int64_t r) { tile(R, std::integral_constant<int, 4>{}, r); });
+  else
+    for_row_tiles<6>(m, 0, [&](auto R, int64_t r) { tile(R, std::integral_constant<int, 2>{}, r); });
+}
+
+// One row as the tiles read it: per group of I8_GROUP, q = clamp(rne(x / s), -127, 127) with
+// s the static scale (> 0) or the group's own (amax / 127, at least 1e-12), and
+// corr = -128 * sum(q).
+inline void quantize_row_i8(const at::BFloat16* x, int64_t K, float static_scale, int8_t* q,
+                            float* scale, int32_t* corr) {
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  for (int64_t g = 0; g < K / I8_GROUP; ++g) {
+    const at::BFloat16* xg = x + g * I8_GROUP;
+    __m512 v[I8_GROUP / 16];
+    __m512 mx = _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int i = 0; i < I8_GROUP / 16; ++i) {
+      v[i] = load16(xg + 16 * i);
+      mx = _mm512_max_ps(mx, _mm512_abs_ps(v[i]));
+    }
+    const float s = static_scale > 0.f ? static_scale
+                                       : std::max(_mm512_reduce_max_ps(mx) / 127.f, 1e-12f);
+    const __m512 sv = _mm512_set1_ps(s);
+    __m512i total = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int i = 0; i < I8_GROUP / 16; ++i) {  // float32 division and round-half-even, as torch
+      const __m512i qi = _mm512_min_epi32(
+          _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_div_ps(v[i], sv)), lo), hi);
+      total = _mm512_add_epi32(total, qi);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + g * I8_GROUP + 16 * i),
+                       _mm512_cvtepi32_epi8(qi));
+    }
+    scale[g] = s;
+    corr[g] = -128 * _mm512_reduce_add_epi32(total);
+  }
+}
+#else
+constexpr bool kAvxInt8 = false;
+struct Int8Operand {
+  const int8_t* q;
+  const float* scale;
+  const int32_t* corr;
+  int64_t K;
+};
+inline void avx_int8_block(const Int8Operand&, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
+                           float*, int64_t) {}
+inline void quantize_row_i8(const at::BFloat16*, int64_t, float, int8_t*, float*, int32_t*) {}
+#endif
+
+bool int8_linear_supported(int64_t in_features) {
+  return kAvxInt8 && in_features > 0 && in_features % I8_GROUP == 0;
+}
+
+// A packed int8 weight and what its epilogue needs (checked by check_int8).
+struct Int8Weight {
+  const uint8_t* w;          // [nb, K / 4, 64, 4]: W_q + 128
+  const float* scale;        // [N]: s_w
+  const at::BFloat16* bias;  // [N] or nullptr
+  int64_t nb;
+};
+
+// The activations of one GEMM call quantized (quantize_row_i8), rows in parallel.
+struct Int8Rows {
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+  std::vector<int32_t> corr;
+  Int8Rows(const at::Tensor& x, double static_scale)
+      : q(x.numel()), scale(x.numel() / I8_GROUP), corr(x.numel() / I8_GROUP) {
+    const int64_t M = x.size(0), K = x.size(1), G = K / I8_GROUP;
+    const at::BFloat16* xp = x.data_ptr<at::BFloat16>();
+    at::parallel_for(0, M, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        quantize_row_i8(xp + r * K, K, static_cast<float>(static_scale), q.data() + r * K,
+                        scale.data() + r * G, corr.data() + r * G);
+    });
+  }
+  Int8Operand operand(int64_t K) const { return {q.data(), scale.data(), corr.data(), K}; }
+};
+
+// out[j] = c[j] * s_w[c0 + j] (+ bias[c0 + j]) for nc columns from c0.
+inline void int8_epilogue(const float* c, const Int8Weight& W, int64_t c0, int64_t nc, float* out) {
+  if (W.bias == nullptr) {
+#pragma omp simd
+    for (int64_t j = 0; j < nc; ++j) out[j] = c[j] * W.scale[c0 + j];
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < nc; ++j)
+      out[j] = c[j] * W.scale[c0 + j] + static_cast<float>(W.bias[c0 + j]);
+  }
+}
+
+// Row tiles of a W8A8 GEMM's M rows over nb column blocks: at most LN_MT rows each, alike in
+// size; where one tile and an odd number of blocks would leave two threads uneven, two tiles
+// (from I8_SPLIT_ROWS rows, enough to keep the register tiles full) or, for fewer rows
+// (memory-bound), halves of 32 columns (halves true) where the caller's tasks may be halved.
+constexpr int64_t I8_SPLIT_ROWS = 24;
+struct Int8Tasks {
+  int64_t mt, mr;
+  bool halves;
+  Int8Tasks(int64_t M, int64_t nb, bool may_halve)
+      : mt((M + LN_MT - 1) / LN_MT), halves(false) {
+    if (mt == 1 && nb % 2 == 1 && at::get_num_threads() > 1) {
+      if (M >= I8_SPLIT_ROWS)
+        mt = 2;
+      else
+        halves = may_halve;
+    }
+    mr = (M + mt - 1) / mt;
+  }
+};
+
+// y [M, N] bf16 = the W8A8 product (inputs checked by the caller): tasks of (row tile,
+// block of 64 columns, or a half of one: Int8Tasks).
+void linear_int8_impl(const at::Tensor& x, const Int8Weight& W, int64_t N, double input_scale,
+                      at::Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1);
+  if (M == 0) return;
+  const Int8Rows rows(x, input_scale);
+  const Int8Operand A = rows.operand(K);
+  at::BFloat16* yp = y.data_ptr<at::BFloat16>();
+  const Int8Tasks tasks(M, W.nb, true);
+  const int64_t mt = tasks.mt, mr = tasks.mr;
+  const int64_t nc = tasks.halves ? LN_NB / 2 : LN_NB, units = (N + nc - 1) / nc;
+  at::parallel_for(0, units * mt, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> c(std::min(M, mr) * nc), row(nc);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c0 = (t % units) * nc, m0 = (t / units) * mr, m = std::min(mr, M - m0);
+      const int64_t b = c0 / LN_NB, half = c0 % LN_NB;
+      avx_int8_block(A, m0, m, W.w + b * K * LN_NB, half, nc, c.data(), nc);
+      const int64_t nn = std::min(nc, N - c0);
+      for (int64_t i = 0; i < m; ++i) {
+        int8_epilogue(c.data() + i * nc, W, c0, nn, row.data());
+        store_f(row.data(), yp + (m0 + i) * N + c0, nn);
+      }
+    }
+  });
+}
+
+// y [M, inter] = silu(gate) * up of a gate_up weight packed as linear_int8's (gate columns,
+// then up; inter a multiple of 64): each product rounded to bf16 as linear_int8 stores it,
+// then silu_and_mul's arithmetic (the unfused pair's result bit for bit).
+void linear_int8_silu_impl(const at::Tensor& x, const Int8Weight& W, int64_t inter,
+                           double input_scale, at::Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), nbg = inter / LN_NB;
+  if (M == 0) return;
+  const Int8Rows rows(x, input_scale);
+  const Int8Operand A = rows.operand(K);
+  at::BFloat16* yp = y.data_ptr<at::BFloat16>();
+  const Int8Tasks tasks(M, nbg, false);  // a task is a gate block and its up block: no halves
+  const int64_t mt = tasks.mt, mr = tasks.mr;
+  at::parallel_for(0, nbg * mt, 1, [&](int64_t t0, int64_t t1) {
+    const int64_t rm = std::min(M, mr);
+    std::vector<float> cg(rm * LN_NB), cu(rm * LN_NB);
+    alignas(64) float g[LN_NB], u[LN_NB];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t % nbg, m0 = (t / nbg) * mr, m = std::min(mr, M - m0);
+      avx_int8_block(A, m0, m, W.w + b * K * LN_NB, 0, LN_NB, cg.data(), LN_NB);
+      avx_int8_block(A, m0, m, W.w + (b + nbg) * K * LN_NB, 0, LN_NB, cu.data(), LN_NB);
+      const int64_t n0 = b * LN_NB;
+      for (int64_t i = 0; i < m; ++i) {
+        int8_epilogue(cg.data() + i * LN_NB, W, n0, LN_NB, g);
+        int8_epilogue(cu.data() + i * LN_NB, W, inter + n0, LN_NB, u);
+        at::BFloat16* o = yp + (m0 + i) * inter + n0;
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+        for (int64_t j = 0; j < LN_NB; j += 16)  // silu_and_mul_impl's bf16 path on the
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j),  // products rounded as
+                              silu_mul16_bf16(round_bf16(_mm512_loadu_ps(g + j)),  // stored
+                                              round_bf16(_mm512_loadu_ps(u + j))));
+#else
+        round_to<at::BFloat16>(g, LN_NB);  // the products as linear_int8 stores them
+        round_to<at::BFloat16>(u, LN_NB);
+        silu_mul_row(g, u, o, LN_NB);
+#endif
+      }
+    }
+  });
+}
+
+Int8Weight check_int8(const at::Tensor& packed, const at::Tensor& scale,
+                      const c10::optional<at::Tensor>& bias, int64_t in_features,
+                      int64_t out_features, double input_scale) {
+  TORCH_CHECK(int8_linear_supported(in_features), "linear_int8 needs in_features (", in_features,
+              ") a multiple of ", I8_GROUP, " and a CPU with AVX512-VNNI (int8_linear_supported)");
+  TORCH_CHECK(packed.dim() == 4 && packed.is_contiguous() && packed.scalar_type() == at::kByte &&
+              packed.size(2) == LN_NB && packed.size(3) == I8_K,
+              "packed must be a contiguous uint8 [N_pad / 64, K / 4, 64, 4] weight (pack_int8_vnni)");
+  const int64_t nb = packed.size(0);
+  TORCH_CHECK(packed.size(1) * I8_K == in_features, "x has ", in_features,
+              " features, the packed weight ", packed.size(1) * I8_K);
+  TORCH_CHECK(out_features > 0 && out_features <= nb * LN_NB && out_features > (nb - 1) * LN_NB,
+              "out_features ", out_features, " does not match the packed weight's ", nb,
+              " blocks of ", LN_NB);
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == out_features && scale.is_contiguous() &&
+              scale.scalar_type() == at::kFloat, "weight scales must be a contiguous float32 [N]");
+  TORCH_CHECK(std::isfinite(input_scale) && input_scale >= 0,
+              "input_scale must be 0 (per-group scales) or a positive static scale, got ",
+              input_scale);
+  check_bias(bias, out_features, "linear_int8");
+  return Int8Weight{packed.data_ptr<uint8_t>(), scale.data_ptr<float>(),
+                    bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr, nb};
+}
+
+void check_rows(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
+              "x must be a contiguous [M, K] bfloat16 matrix");
+}
+
+at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                       int64_t out_features, double input_scale,
+                       const c10::optional<at::Tensor>& bias) {
+  check_rows(x);
+  const Int8Weight W = check_int8(packed, scale, bias, x.size(1), out_features, input_scale);
+  at::Tensor y = at::empty({x.size(0), out_features}, x.options());
+  linear_int8_impl(x, W, out_features, input_scale, y);
+  return y;
+}
+
+bool int8_silu_supported(int64_t in_features, int64_t inter) {
+  return int8_linear_supported(in_features) && inter > 0 && inter % LN_NB == 0;
+}
+
+at::Tensor linear_int8_silu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                            int64_t inter, double input_scale,
+                            const c10::optional<at::Tensor>& bias) {
+  check_rows(x);
+  TORCH_CHECK(int8_silu_supported(x.size(1), inter), "linear_int8_silu needs inter (", inter,
+              ") a multiple of ", LN_NB, " (int8_silu_supported)");
+  const Int8Weight W = check_int8(packed, scale, bias, x.size(1), 2 * inter, input_scale);
+  at::Tensor y = at::empty({x.size(0), inter}, x.options());
+  linear_int8_silu_impl(x, W, inter, input_scale, y);
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------
 // Each row's argmax: the index of its first maximum, or of its first NaN where it has one
 // (what torch's max(dim=-1).indices returns). Greedy sampling reads a step's logits
 // ([rows, vocab], bf16 or float32, rows strided) once; torch's bf16 reduction took ~2 ms of a
@@ -2184,29 +2528,46 @@ at::Tensor argmax_rows(const at::Tensor& x) {
 //   kind 0  bf16 VNNI-packed (linear_vnni)
 //   kind 1  int4: torch's packed CPU kernel, weight [N, K/2] uint8, scales_zeros [K/G, N, 2]
 //   kind 2  int8 weight-only: torch's packed CPU kernel, weight [N, K] int8, scales [N] bf16
+//   kind 3  int8 W8A8 (linear_int8): weight pack_int8_vnni's, scales [N] float32,
+//           input_scale 0 (per-group activation scales) or static
 // (the quantized kernels only up to the rows where the layers use them: the caller checks).
 struct StackLinear {
   int64_t kind, in_features, out_features, group_size;
   at::Tensor weight;
   c10::optional<at::Tensor> bias, scales;
+  double input_scale;
+
+  Int8Weight int8() const {
+    return Int8Weight{weight.data_ptr<uint8_t>(), scales->data_ptr<float>(),
+                      bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr, weight.size(0)};
+  }
 
   at::Tensor operator()(const at::Tensor& x) const {
     if (kind == 0) return linear_vnni_unchecked(x, weight, out_features, bias);
+    if (kind == 3) {
+      at::Tensor y = at::empty({x.size(0), out_features}, x.options());
+      linear_int8_impl(x, int8(), out_features, input_scale, y);
+      return y;
+    }
     at::Tensor y = kind == 1 ? at::_weight_int4pack_mm_for_cpu(x, weight, group_size, *scales)
                              : at::_weight_int8pack_mm(x, weight, *scales);
     return bias.has_value() ? y.add_(*bias) : y;
   }
 };
 
+// kind, w, b, s, N, G, input_scale
 using LinearSpec = std::tuple<int64_t, at::Tensor, c10::optional<at::Tensor>,
-                              c10::optional<at::Tensor>, int64_t, int64_t>;  // kind, w, b, s, N, G
+                              c10::optional<at::Tensor>, int64_t, int64_t, double>;
 
 StackLinear make_linear(const LinearSpec& spec, int64_t in_features, int64_t out_features,
                         const char* what) {
-  const auto& [kind, w, bias, scales, n, group] = spec;
+  const auto& [kind, w, bias, scales, n, group, input_scale] = spec;
   TORCH_CHECK(n == out_features, what, ": ", n, " outputs where the stack needs ", out_features);
   check_bias(bias, n, what);
-  if (kind == 0) {
+  if (kind == 3) {
+    TORCH_CHECK(scales.has_value(), what, ": int8 W8A8 needs the weight scales");
+    check_int8(w, *scales, bias, in_features, n, input_scale);
+  } else if (kind == 0) {
     check_vnni(w, in_features, n);
   } else if (kind == 1) {
     TORCH_CHECK(w.dim() == 2 && w.size(0) == n && w.size(1) * 2 == in_features &&
@@ -2223,7 +2584,7 @@ StackLinear make_linear(const LinearSpec& spec, int64_t in_features, int64_t out
   } else {
     TORCH_CHECK(false, what, ": unknown linear kind ", kind);
   }
-  return StackLinear{kind, in_features, n, group, w, bias, scales};
+  return StackLinear{kind, in_features, n, group, w, bias, scales, input_scale};
 }
 
 struct StackLayer {
@@ -2338,6 +2699,9 @@ struct DecodeStack {
         linear_vnni_silu_impl(normed, L.gate_up.weight, inter,
                               L.gate_up.bias.has_value() ? L.gate_up.bias->data_ptr<bf16>() : nullptr,
                               act);
+      } else if (L.gate_up.kind == 3 && int8_silu_supported(hidden, inter)) {
+        act = at::empty({T_, inter}, normed.options());
+        linear_int8_silu_impl(normed, L.gate_up.int8(), inter, L.gate_up.input_scale, act);
       } else {
         at::Tensor gu = L.gate_up(normed);
         act = at::empty({T_, inter}, gu.options());
@@ -2379,6 +2743,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "silu(gate) * up of a VNNI-packed gate_up weight's product, fused (brgemm)", nogil);
   m.def("linear_silu_supported", &linear_silu_supported,
         "whether linear_vnni_silu serves this in_features and intermediate size on this CPU");
+  m.def("linear_int8", &linear_int8,
+        "int8 W8A8 product (+ bias) on a pack_int8_vnni weight, activations in groups of 64 (AVX512-VNNI)",
+        pybind11::arg("x"), pybind11::arg("packed"), pybind11::arg("scale"),
+        pybind11::arg("out_features"), pybind11::arg("input_scale"), pybind11::arg("bias"), nogil);
+  m.def("linear_int8_silu", &linear_int8_silu,
+        "silu(gate) * up of a packed int8 gate_up weight's W8A8 product, fused",
+        pybind11::arg("x"), pybind11::arg("packed"), pybind11::arg("scale"),
+        pybind11::arg("inter"), pybind11::arg("input_scale"), pybind11::arg("bias"), nogil);
+  m.def("int8_linear_supported", &int8_linear_supported,
+        "whether linear_int8 serves this in_features on this CPU (AVX512-VNNI)");
+  m.def("int8_silu_supported", &int8_silu_supported,
+        "whether linear_int8_silu serves this in_features and intermediate size on this CPU");
   pybind11::class_<DecodeStack>(m, "DecodeStack", "decode steps through a stack of decoder layers")
       .def(pybind11::init<const std::vector<std::tuple<at::Tensor, at::Tensor, std::vector<LinearSpec>, double, double>>&,
                           int64_t, int64_t, int64_t, int64_t, int64_t, double, double>())

@@ -1,0 +1,220 @@
+"""The native INT8 W8A8 GEMM (csrc ``linear_int8``, kernels/cpu_quant_linear.py) against
+``int8_grouped_linear_ref``: the same activation quantization (groups of 64 inputs), exact
+integer sums, one rounding to bf16; its fused SiLU-and-mul bit-equal to the two ops; the int8
+layer method under the CPU backend packing for it once; and bad input refused by name."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from membound.kernels.contract import CpuOps, TorchOps
+from membound.kernels.cpu_quant_linear import (
+    INT8_ACT_GROUP,
+    INT8_VNNI_OFFSET,
+    int8_grouped_linear_ref,
+    int8_linear_ref,
+    is_int8_vnni,
+    pack_int8_vnni,
+    quantize_int8,
+    unpack_int8_vnni,
+)
+
+
+@pytest.fixture(scope="module")
+def native(native):
+    """The session's native kernels (conftest.py), where the CPU has AVX512-VNNI."""
+    if not native.int8_linear_supported(64):
+        pytest.skip("no native int8 GEMM on this CPU (no AVX512-VNNI)")
+    return native
+
+
+def _case(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    q, s = quantize_int8(torch.randn(n, k, generator=g))
+    return q, s.reshape(-1)
+
+
+def _within_one_rounding(got: torch.Tensor, want: torch.Tensor, x: torch.Tensor,
+                         q: torch.Tensor, s: torch.Tensor) -> None:
+    """got (bf16) is want (float32) rounded to bf16, up to one ulp (a tie, or float32 sums
+    over the groups), plus float32's error on the groups' magnitudes where they cancel."""
+    magnitude = x.float().abs() @ (q.float().abs() * s[:, None]).t()
+    diff = (got.float() - want).abs()
+    assert (diff <= want.abs() * 2.0**-7 + magnitude * 2.0**-18).all()
+
+
+def test_pack_round_trips_with_the_offset() -> None:
+    q, _ = _case(100, 36)
+    packed = pack_int8_vnni(q)
+    assert packed.shape == (2, 9, 64, 4) and is_int8_vnni(packed)
+    assert torch.equal(unpack_int8_vnni(packed, 100), q)
+    assert torch.equal(packed[0, 0, 0], (q[0, :4].to(torch.int16) + INT8_VNNI_OFFSET).to(torch.uint8))
+    assert (packed[1, :, 36:] == INT8_VNNI_OFFSET).all()  # zero padding
+    with pytest.raises(ValueError, match="multiple of 4"):
+        pack_int8_vnni(torch.zeros(8, 6, dtype=torch.int8))
+    with pytest.raises(ValueError, match="int8 weight"):
+        pack_int8_vnni(torch.zeros(8, 8))
+
+
+def test_grouped_reference_is_per_token_for_one_group() -> None:
+    """With one group per row the grouped reference is the per-token one; with several each
+    group's scale follows its own values (an outlier in one group leaves the others fine)."""
+    q, s = _case(32, 64)
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(int8_grouped_linear_ref(x, q, s, None),
+                               int8_linear_ref(x, q, s, None), rtol=1e-6, atol=1e-6)  # fmt: skip
+    q2, s2 = _case(32, 128)
+    x2 = torch.randn(3, 128)
+    x2[:, 0] = 1000.0  # an outlier in the first group
+    exact = x2 @ (q2.float() * s2[:, None]).t()
+    grouped = int8_grouped_linear_ref(x2, q2, s2, None)
+    per_token = int8_linear_ref(x2, q2, s2, None)
+    rest = x2[:, 64:] @ (q2[:, 64:].float() * s2[:, None]).t()  # the second group's share
+    assert (grouped - exact).abs().max() < (per_token - exact).abs().max()
+    assert rest.abs().max() > 0
+
+
+# rows: one (a decode step), tiles of 6 and their rests, past one task's 512 rows;
+# columns: whole blocks, an odd block count (halves of 32 per thread), a ragged last block
+@pytest.mark.parametrize("rows", [1, 5, 7, 13, 64, 600])
+@pytest.mark.parametrize(("n", "k"), [(128, 64), (576, 192), (100, 128)])
+@pytest.mark.parametrize("static", [False, True])
+def test_linear_int8_matches_the_reference(native, rows, n, k, static) -> None:
+    q, s = _case(n, k)
+    packed = pack_int8_vnni(q)
+    x = (torch.randn(rows, k) * 3).bfloat16()
+    x[0, :] = 0  # an all-zero row: scale 1e-12, every value 0
+    bias = torch.randn(n).bfloat16()
+    input_scale = float(x.float().abs().max() / 127 * 0.8) if static else 0.0  # some saturate
+    got = native.linear_int8(x, packed, s, n, input_scale, bias)
+    ref_scale = torch.tensor([input_scale]) if static else None
+    want = int8_grouped_linear_ref(x, q, s, ref_scale) + bias.float()
+    assert got.shape == (rows, n) and got.dtype == torch.bfloat16
+    _within_one_rounding(got, want, x, q, s)
+    no_bias = native.linear_int8(x, packed, s, n, input_scale, None)
+    _within_one_rounding(no_bias, int8_grouped_linear_ref(x, q, s, ref_scale), x, q, s)
+
+
+def test_linear_int8_saturates_large_values_and_agrees_with_the_torch_reference(native) -> None:
+    q, s = _case(64, 64, seed=1)
+    packed = pack_int8_vnni(q)
+    x = torch.randn(3, 64).bfloat16()
+    got = native.linear_int8(x, packed, s, 64, 0.01, None)  # most values clamp to 127
+    want = int8_grouped_linear_ref(x, q, s, torch.tensor([0.01]))
+    _within_one_rounding(got, want, x, q, s)
+    ops = CpuOps(native=native)
+    args = dict(x=x.view(1, 3, 64), weight=packed, scale=s, input_scale=0.0,
+                bias=None, out_features=64)  # fmt: skip
+    torch.testing.assert_close(ops.int8_linear(**args), TorchOps().int8_linear(**args),
+                               rtol=1e-2, atol=1e-2)  # fmt: skip
+    assert ops.int8_linear(**args).shape == (1, 3, 64)
+
+
+@pytest.mark.parametrize("rows", [1, 9, 530])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_int8_silu_equals_the_two_ops(native, rows, with_bias) -> None:
+    inter, k = 128, 192
+    q, s = _case(2 * inter, k, seed=2)
+    packed = pack_int8_vnni(q)
+    x = torch.randn(rows, k).bfloat16()
+    bias = torch.randn(2 * inter).bfloat16() if with_bias else None
+    fused = native.linear_int8_silu(x, packed, s, inter, 0.0, bias)
+    two = native.silu_and_mul(native.linear_int8(x, packed, s, 2 * inter, 0.0, bias))
+    assert torch.equal(fused, two)
+    ops = CpuOps(native=native)
+    args = dict(x=x, weight=packed, scale=s, input_scale=0.0, bias=bias,
+                out_features=2 * inter)  # fmt: skip
+    assert torch.equal(ops.int8_linear_silu_and_mul(**args), fused)
+
+
+def test_linear_int8_refuses_bad_input(native) -> None:
+    q, s = _case(64, 64)
+    packed = pack_int8_vnni(q)
+    x = torch.randn(2, 64).bfloat16()
+    with pytest.raises(RuntimeError, match="x has 128 features"):
+        native.linear_int8(torch.randn(2, 128).bfloat16(), packed, s, 64, 0.0, None)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        native.linear_int8(x.float(), packed, s, 64, 0.0, None)
+    with pytest.raises(RuntimeError, match="scales must be"):
+        native.linear_int8(x, packed, s[:10], 64, 0.0, None)
+    with pytest.raises(RuntimeError, match="scales must be"):
+        native.linear_int8(x, packed, s.bfloat16(), 64, 0.0, None)
+    with pytest.raises(RuntimeError, match="out_features 65"):
+        native.linear_int8(x, packed, s, 65, 0.0, None)
+    with pytest.raises(RuntimeError, match="input_scale"):
+        native.linear_int8(x, packed, s, 64, -1.0, None)
+    with pytest.raises(RuntimeError, match="pack_int8_vnni"):
+        native.linear_int8(x, q, s, 64, 0.0, None)  # the plain weight
+    with pytest.raises(RuntimeError, match="a multiple of 64"):
+        native.linear_int8_silu(x, packed, s, 32, 0.0, None)
+    with pytest.raises(RuntimeError, match="a multiple of 64"):
+        native.linear_int8(torch.randn(2, 32).bfloat16(), pack_int8_vnni(q[:, :32]), s, 64, 0.0,
+                           None)  # fmt: skip
+    assert not native.int8_linear_supported(96) and native.int8_linear_supported(INT8_ACT_GROUP)
+
+
+def test_int8_layer_packs_for_the_native_gemm_once(native) -> None:
+    """A bf16 model's int8 layer under the CPU backend: packed at load, W8A8 numerics (the
+    reference's within one rounding), its dequantized weight the loaded one; gguf_int8 stays
+    weight-only (that format never quantized activations)."""
+    from membound.config import QuantizationConfig
+    from membound.kernels.cpu_decode_stack import LinearKind
+    from membound.layers.linear import Linear
+    from membound.layers.quantization import get_linear_method
+
+    cfg = QuantizationConfig.for_float_checkpoint("int8")
+    ops = CpuOps(native=native)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        ref, layer = (Linear(192, 128, bias=True, quant_method=get_linear_method(cfg, ["p"]),
+                             prefix="p", ops=o) for o in (TorchOps(), ops))  # fmt: skip
+    finally:
+        torch.set_default_dtype(default)
+    w, b = torch.randn(128, 192), torch.randn(128)
+    for lin in (ref, layer):
+        lin.load_checkpoint_tensor("weight", w, name="p.weight")
+        lin.load_checkpoint_tensor("bias", b, name="p.bias")
+        lin.process_weights_after_loading()
+    assert layer.cpu_w8a8 and not layer.cpu_weight_only and is_int8_vnni(layer.weight)
+    assert not ref.cpu_w8a8
+    assert torch.equal(layer.quant_method.dequantize(layer), ref.quant_method.dequantize(ref))
+    x = torch.randn(2, 5, 192).bfloat16()
+    got = layer(x)
+    plain = unpack_int8_vnni(layer.weight, 128)
+    want = int8_grouped_linear_ref(x.view(10, 192), plain, layer.weight_scale, None)
+    want = want + layer.bias.float()
+    assert got.shape == (2, 5, 128)
+    _within_one_rounding(got.view(10, 128), want, x.view(10, 192), plain, layer.weight_scale)
+    stack = layer.quant_method.stack_linear(layer)
+    assert stack.kind == LinearKind.INT8_W8A8 and stack.max_rows is None
+    assert stack.weight is layer.weight and stack.input_scale == 0.0
+
+
+def test_static_int8_layer_needs_a_positive_input_scale(native) -> None:
+    from membound.config import QuantizationConfig
+    from membound.layers.linear import Linear
+    from membound.layers.quantization import get_linear_method
+
+    cfg = QuantizationConfig.for_float_checkpoint("int8")
+    cfg = dataclasses.replace(cfg, activation_scheme="static")
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        layer = Linear(64, 64, quant_method=get_linear_method(cfg, ["p"]), prefix="p",
+                       ops=CpuOps(native=native))  # fmt: skip
+    finally:
+        torch.set_default_dtype(default)
+    layer.load_checkpoint_tensor("weight", torch.randn(64, 64), name="p.weight")
+    with pytest.raises(ValueError, match="input_scale is 0.0; it must be positive"):
+        layer.process_weights_after_loading()
+    with torch.no_grad():
+        layer.input_scale.fill_(0.05)
+    layer.process_weights_after_loading()
+    x = torch.randn(4, 64).bfloat16()
+    want = int8_grouped_linear_ref(x, unpack_int8_vnni(layer.weight, 64), layer.weight_scale,
+                           torch.tensor([0.05]))  # fmt: skip
+    _within_one_rounding(layer(x), want, x, unpack_int8_vnni(layer.weight, 64), layer.weight_scale)
