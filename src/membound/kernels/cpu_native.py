@@ -16,6 +16,8 @@ reads the paged cache in place.
     rms_norm (+ residual)  rms_norm.rms_norm_ref / fused_add_rms_norm_ref
     silu_and_mul           activation.silu_and_mul_ref
     rotary_embedding       rotary.rotate_ref (in place on q and k)
+    linear_int8 (+ silu)   cpu_quant_linear.int8_grouped_linear_ref (int8 W8A8 on AVX512-VNNI,
+                           activations in groups of 64; ``int8_linear_supported``)
 
 Results equal the references' in bf16 (the same roundings in the same places, float32
 accumulation; the attention kernels within bf16 rounding: they sum in another order and
@@ -143,8 +145,10 @@ def load_native_cpu_kernels() -> ModuleType | None:
         return None
     logger.info("CPU backend: native kernels for bf16/fp16 decode attention, bf16 prefill "
                 "attention (a bf16 model's FP8 KV cache too), RMSNorm, rotary, SiLU-and-mul; "
-                "bf16 GEMMs and prefill attention multiply by %s (kernels/cpu_native.py)",
-                GEMM_PATHS[module.bf16_gemm_path()])  # fmt: skip
+                "bf16 GEMMs and prefill attention multiply by %s; int8 GEMMs by %s "
+                "(kernels/cpu_native.py)", GEMM_PATHS[module.bf16_gemm_path()],
+                "membound's AVX512-VNNI kernel (W8A8)" if module.int8_linear_supported(64)
+                else "torch's weight-only kernel (no AVX512-VNNI here)")  # fmt: skip
     return module
 
 

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <type_traits>
 #include <utility>
@@ -2280,22 +2281,30 @@ struct Int8Weight {
   int64_t nb;
 };
 
+// Scratch that every element of is written before it is read (no zero-filling: a prefill's
+// GEMM call quantizes megabytes of activations).
+template <typename T>
+std::unique_ptr<T[]> scratch(int64_t n) {
+  return std::unique_ptr<T[]>(new T[n]);
+}
+
 // The activations of one GEMM call quantized (quantize_row_i8), rows in parallel.
 struct Int8Rows {
-  std::vector<int8_t> q;
-  std::vector<float> scale;
-  std::vector<int32_t> corr;
+  std::unique_ptr<int8_t[]> q;
+  std::unique_ptr<float[]> scale;
+  std::unique_ptr<int32_t[]> corr;
   Int8Rows(const at::Tensor& x, double static_scale)
-      : q(x.numel()), scale(x.numel() / I8_GROUP), corr(x.numel() / I8_GROUP) {
+      : q(scratch<int8_t>(x.numel())), scale(scratch<float>(x.numel() / I8_GROUP)),
+        corr(scratch<int32_t>(x.numel() / I8_GROUP)) {
     const int64_t M = x.size(0), K = x.size(1), G = K / I8_GROUP;
     const at::BFloat16* xp = x.data_ptr<at::BFloat16>();
     at::parallel_for(0, M, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
-        quantize_row_i8(xp + r * K, K, static_cast<float>(static_scale), q.data() + r * K,
-                        scale.data() + r * G, corr.data() + r * G);
+        quantize_row_i8(xp + r * K, K, static_cast<float>(static_scale), q.get() + r * K,
+                        scale.get() + r * G, corr.get() + r * G);
     });
   }
-  Int8Operand operand(int64_t K) const { return {q.data(), scale.data(), corr.data(), K}; }
+  Int8Operand operand(int64_t K) const { return {q.get(), scale.get(), corr.get(), K}; }
 };
 
 // out[j] = c[j] * s_w[c0 + j] (+ bias[c0 + j]) for nc columns from c0.
@@ -2308,6 +2317,31 @@ inline void int8_epilogue(const float* c, const Int8Weight& W, int64_t c0, int64
     for (int64_t j = 0; j < nc; ++j)
       out[j] = c[j] * W.scale[c0 + j] + static_cast<float>(W.bias[c0 + j]);
   }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+// int8_epilogue on 16 columns from col, in registers (a product, then the bias: no FMA, as
+// the scalar form may compile either way and the two must agree where both run).
+inline __m512 int8_scaled16(const float* c, const Int8Weight& W, int64_t col) {
+  const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(c), _mm512_loadu_ps(W.scale + col));
+  return W.bias == nullptr ? v : _mm512_add_ps(v, load16(W.bias + col));
+}
+#endif
+
+// int8_epilogue's values rounded to bf16 into out (tmp: nc floats of scratch); one pass in
+// registers where the columns are whole vectors.
+inline void int8_store_row(const float* c, const Int8Weight& W, int64_t c0, int64_t nc,
+                           float* tmp, at::BFloat16* out) {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+  if (nc % 16 == 0) {
+    for (int64_t j = 0; j < nc; j += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j),
+                          (__m256i)_mm512_cvtneps_pbh(int8_scaled16(c + j, W, c0 + j)));
+    return;
+  }
+#endif
+  int8_epilogue(c, W, c0, nc, tmp);
+  store_f(tmp, out, nc);
 }
 
 // Row tiles of a W8A8 GEMM's M rows over nb column blocks: at most LN_MT rows each, alike in
@@ -2343,16 +2377,14 @@ void linear_int8_impl(const at::Tensor& x, const Int8Weight& W, int64_t N, doubl
   const int64_t mt = tasks.mt, mr = tasks.mr;
   const int64_t nc = tasks.halves ? LN_NB / 2 : LN_NB, units = (N + nc - 1) / nc;
   at::parallel_for(0, units * mt, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> c(std::min(M, mr) * nc), row(nc);
+    const auto c = scratch<float>(std::min(M, mr) * nc), row = scratch<float>(nc);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t c0 = (t % units) * nc, m0 = (t / units) * mr, m = std::min(mr, M - m0);
       const int64_t b = c0 / LN_NB, half = c0 % LN_NB;
-      avx_int8_block(A, m0, m, W.w + b * K * LN_NB, half, nc, c.data(), nc);
+      avx_int8_block(A, m0, m, W.w + b * K * LN_NB, half, nc, c.get(), nc);
       const int64_t nn = std::min(nc, N - c0);
-      for (int64_t i = 0; i < m; ++i) {
-        int8_epilogue(c.data() + i * nc, W, c0, nn, row.data());
-        store_f(row.data(), yp + (m0 + i) * N + c0, nn);
-      }
+      for (int64_t i = 0; i < m; ++i)
+        int8_store_row(c.get() + i * nc, W, c0, nn, row.get(), yp + (m0 + i) * N + c0);
     }
   });
 }
@@ -2371,24 +2403,25 @@ void linear_int8_silu_impl(const at::Tensor& x, const Int8Weight& W, int64_t int
   const int64_t mt = tasks.mt, mr = tasks.mr;
   at::parallel_for(0, nbg * mt, 1, [&](int64_t t0, int64_t t1) {
     const int64_t rm = std::min(M, mr);
-    std::vector<float> cg(rm * LN_NB), cu(rm * LN_NB);
-    alignas(64) float g[LN_NB], u[LN_NB];
+    const auto cg = scratch<float>(rm * LN_NB), cu = scratch<float>(rm * LN_NB);
+    [[maybe_unused]] alignas(64) float g[LN_NB], u[LN_NB];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t % nbg, m0 = (t / nbg) * mr, m = std::min(mr, M - m0);
-      avx_int8_block(A, m0, m, W.w + b * K * LN_NB, 0, LN_NB, cg.data(), LN_NB);
-      avx_int8_block(A, m0, m, W.w + (b + nbg) * K * LN_NB, 0, LN_NB, cu.data(), LN_NB);
+      avx_int8_block(A, m0, m, W.w + b * K * LN_NB, 0, LN_NB, cg.get(), LN_NB);
+      avx_int8_block(A, m0, m, W.w + (b + nbg) * K * LN_NB, 0, LN_NB, cu.get(), LN_NB);
       const int64_t n0 = b * LN_NB;
       for (int64_t i = 0; i < m; ++i) {
-        int8_epilogue(cg.data() + i * LN_NB, W, n0, LN_NB, g);
-        int8_epilogue(cu.data() + i * LN_NB, W, inter + n0, LN_NB, u);
         at::BFloat16* o = yp + (m0 + i) * inter + n0;
+        const float *ci = cg.get() + i * LN_NB, *ui = cu.get() + i * LN_NB;
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
         for (int64_t j = 0; j < LN_NB; j += 16)  // silu_and_mul_impl's bf16 path on the
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j),  // products rounded as
-                              silu_mul16_bf16(round_bf16(_mm512_loadu_ps(g + j)),  // stored
-                                              round_bf16(_mm512_loadu_ps(u + j))));
+                              silu_mul16_bf16(round_bf16(int8_scaled16(ci + j, W, n0 + j)),
+                                              round_bf16(int8_scaled16(ui + j, W, inter + n0 + j))));
 #else
-        round_to<at::BFloat16>(g, LN_NB);  // the products as linear_int8 stores them
+        int8_epilogue(ci, W, n0, LN_NB, g);  // the products as linear_int8 stores them
+        int8_epilogue(ui, W, inter + n0, LN_NB, u);
+        round_to<at::BFloat16>(g, LN_NB);
         round_to<at::BFloat16>(u, LN_NB);
         silu_mul_row(g, u, o, LN_NB);
 #endif

@@ -42,6 +42,7 @@ from membound.kernels.cpu_quant_linear import (
 from membound.layers.quantization.base import flatten_tokens, register_method
 from membound.layers.quantization.fp8 import ScaledW8A8Method
 
+
 def quantize_int8_rows(
     x: torch.Tensor, scale_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
