@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
-from common import git_commit
+from common import CPU_GATE_UP_SHAPES, CPU_GEMM_SHAPES, git_commit
+from common import best_over_copies_us as best_us
 
 from membound.bench.results import cpu_name
 from membound.kernels.cpu_linear import pack_vnni
@@ -32,22 +32,6 @@ from membound.kernels.cpu_quant_linear import (
     pack_int8_vnni,
     quantize_int8,
 )
-
-SHAPES = {"smollm2": [(960, 576), (3072, 576), (576, 1536), (49152, 576)],
-          "tinyllama": [(2560, 2048), (11264, 2048), (2048, 5632)]}  # fmt: skip
-GATE_UP = {(3072, 576), (11264, 2048)}
-
-
-def best_us(fn, copies: int) -> float:
-    for i in range(copies):
-        fn(i)
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        for i in range(copies):
-            fn(i)
-        best = min(best, (time.perf_counter() - t) / copies)
-    return best * 1e6
 
 
 def measure(native, m: int, n: int, k: int, silu: bool) -> dict:
@@ -92,9 +76,9 @@ def main() -> None:
         raise SystemExit("needs the native int8 (AVX512-VNNI) and bf16 GEMMs on this CPU")
     rows = []
     for m in a.rows:
-        for model, shapes in SHAPES.items():
+        for model, shapes in CPU_GEMM_SHAPES.items():
             for n, k in shapes:
-                for silu in (False, True) if (n, k) in GATE_UP else (False,):
+                for silu in (False, True) if (n, k) in CPU_GATE_UP_SHAPES else (False,):
                     row = {"model": model, **measure(native, m, n, k, silu)}
                     print(json.dumps(row), flush=True)
                     rows.append(row)

@@ -18,30 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
-from common import git_commit
+from common import CPU_GATE_UP_SHAPES, CPU_GEMM_SHAPES, git_commit
+from common import best_over_copies_us as best_us
 
 from membound.bench.results import cpu_name
 from membound.kernels.cpu_linear import pack_vnni
 from membound.kernels.cpu_native import build_native_cpu_kernels
-
-SHAPES = {"smollm2": [(960, 576), (3072, 576), (576, 1536), (49152, 576)],
-          "tinyllama": [(2560, 2048), (11264, 2048), (2048, 5632)]}  # fmt: skip
-
-
-def best_us(fn, copies: int) -> float:
-    for i in range(copies):
-        fn(i)
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        for i in range(copies):
-            fn(i)
-        best = min(best, (time.perf_counter() - t) / copies)
-    return best * 1e6
 
 
 def measure(native, m: int, n: int, k: int) -> dict:
@@ -61,9 +46,6 @@ def measure(native, m: int, n: int, k: int) -> dict:
             "onednn_weight_gbs": round(n * k * 2 / t_dnn / 1e3, 1),
             "native_weight_gbs": round(n * k * 2 / t_brg / 1e3, 1),
             "max_rel_err": float(f"{err:.1e}")}  # fmt: skip
-
-
-GATE_UP = {(3072, 576), (11264, 2048)}
 
 
 def measure_silu(native, m: int, n: int, k: int) -> dict:
@@ -95,12 +77,12 @@ def main() -> None:
         )
     rows = []
     for m in a.rows:
-        for model, shapes in SHAPES.items():
+        for model, shapes in CPU_GEMM_SHAPES.items():
             for n, k in shapes:
                 row = {"model": model, **measure(native, m, n, k)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-                if (n, k) in GATE_UP:
+                if (n, k) in CPU_GATE_UP_SHAPES:
                     row = {"model": model, **measure_silu(native, m, n, k)}
                     print(json.dumps(row), flush=True)
                     rows.append(row)

@@ -72,6 +72,29 @@ def cpu_ms_per_call(fn: Callable[[], Any], reps: int, warmup: int = 3, repeats: 
     return statistics.median(samples)
 
 
+# the CPU GEMM benchmarks' weight shapes (out, in): SmolLM2-135M (qkv, gate_up, down, LM
+# head) and TinyLlama-1.1B (qkv, gate_up, down); the gate/up ones also run with SiLU fused
+CPU_GEMM_SHAPES = {"smollm2": [(960, 576), (3072, 576), (576, 1536), (49152, 576)],
+                   "tinyllama": [(2560, 2048), (11264, 2048), (2048, 5632)]}  # fmt: skip
+CPU_GATE_UP_SHAPES = {(3072, 576), (11264, 2048)}
+
+
+def best_over_copies_us(fn: Callable[[int], Any], copies: int) -> float:
+    """Best of 3 passes of wall microseconds per call of ``fn(i)``, i over ``copies`` weight
+    copies (after one warm-up pass): each call streams another copy from memory."""
+    import time
+
+    for i in range(copies):
+        fn(i)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for i in range(copies):
+            fn(i)
+        best = min(best, (time.perf_counter() - t) / copies)
+    return best * 1e6
+
+
 def copy_bandwidth_gbs(num_bytes: int = 2 * 1024**3) -> float:
     """Measured device-to-device copy bandwidth (bytes read + bytes written per second): the
     ceiling a memory-bound kernel is compared against, rather than the datasheet peak."""

@@ -33,7 +33,7 @@ multiply-adds of bytes where the bf16 one does 32, at the same rate, so the comp
 GEMMs of a prefill run at up to twice the bf16 kernel's arithmetic and the memory-bound ones of
 a decode read half its bytes. Per-token activation scales alone (what the CUDA path's
 ``torch._int_mm`` and fp32 models compute) cost SmolLM2-135M a KL divergence of 0.034 against
-bf16, four times weight-only int8's; groups of 64 bring it to 0.008, level with weight-only
+the unquantized model, five times weight-only int8's 0.007; groups of 64 bring it to 0.011
 (docs/quantization.md). ``pack_int8_vnni`` lays the ``[N, K]`` int8 weight out as
 ``[N_pad / 64, K / 4, 64, 4]`` uint8 holding ``W + 128`` (blocks of 64 output columns, four
 consecutive inputs of a column in one 32-bit lane, zero-padded columns): the instruction
@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from membound.kernels.cpu_linear import VNNI_BLOCK
 
 KERNEL_DTYPE = torch.bfloat16
 INT8_KERNEL_MAX_ROWS = 16  # rows up to which each packed kernel beats dequantize + bf16 GEMM
@@ -147,18 +149,18 @@ def pack_int8_vnni(weight: torch.Tensor) -> torch.Tensor:
     if weight.dtype != torch.int8 or k % INT8_VNNI_K:
         raise ValueError(f"pack_int8_vnni takes an int8 weight whose input features are a "
                          f"multiple of {INT8_VNNI_K}, got {weight.dtype} {tuple(weight.shape)}")  # fmt: skip
-    blocks = -(-n // INT4_BLOCK_N)
-    padded = weight.detach().new_zeros(blocks * INT4_BLOCK_N, k)
+    blocks = -(-n // VNNI_BLOCK)
+    padded = weight.detach().new_zeros(blocks * VNNI_BLOCK, k)
     padded[:n] = weight.detach()
     shifted = (padded.to(torch.int16) + INT8_VNNI_OFFSET).to(torch.uint8)
-    packed = shifted.view(blocks, INT4_BLOCK_N, k // INT8_VNNI_K, INT8_VNNI_K)
+    packed = shifted.view(blocks, VNNI_BLOCK, k // INT8_VNNI_K, INT8_VNNI_K)
     return packed.permute(0, 2, 1, 3).contiguous()
 
 
 def unpack_int8_vnni(packed: torch.Tensor, out_features: int) -> torch.Tensor:
     """The ``[out_features, K]`` int8 weight ``pack_int8_vnni`` packed."""
     blocks, quads = packed.shape[0], packed.shape[1]
-    rows = packed.permute(0, 2, 1, 3).reshape(blocks * INT4_BLOCK_N, quads * INT8_VNNI_K)
+    rows = packed.permute(0, 2, 1, 3).reshape(blocks * VNNI_BLOCK, quads * INT8_VNNI_K)
     return (rows[:out_features].to(torch.int16) - INT8_VNNI_OFFSET).to(torch.int8)
 
 

@@ -2124,8 +2124,8 @@ at::Tensor linear_vnni_silu(const at::Tensor& x, const at::Tensor& packed, int64
 // method's CPU numerics (layers/quantization/int8.py; reference int8_grouped_linear_ref):
 // per-channel int8 weights W_q with scales s_w; activations quantized per row in groups of
 // I8_GROUP consecutive inputs, each group with its own scale (as llama.cpp's 8-bit
-// activation blocks; per-token scales alone cost SmolLM2-135M 4x the KL divergence of
-// weight-only int8, groups of 64 bring it level: docs/quantization.md):
+// activation blocks; per-token scales alone cost SmolLM2-135M 5x the KL divergence of
+// weight-only int8, groups of 64 1.6x, perplexity level: docs/quantization.md):
 //
 //   x_q[m, k] = clamp(round_half_even(x[m, k] / s[m, g]), -127, 127),  g = k / I8_GROUP,
 //   s[m, g] = max(amax_{k in g} |x[m, k]| / 127, 1e-12), or the static input scale,
@@ -2230,7 +2230,7 @@ inline void avx_int8_block(const Int8Operand& A, int64_t m0, int64_t m, const ui
 // corr = -128 * sum(q).
 inline void quantize_row_i8(const at::BFloat16* x, int64_t K, float static_scale, int8_t* q,
                             float* scale, int32_t* corr) {
-  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  const __m512 lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
   for (int64_t g = 0; g < K / I8_GROUP; ++g) {
     const at::BFloat16* xg = x + g * I8_GROUP;
     __m512 v[I8_GROUP / 16];
@@ -2245,9 +2245,11 @@ inline void quantize_row_i8(const at::BFloat16* x, int64_t K, float static_scale
     const __m512 sv = _mm512_set1_ps(s);
     __m512i total = _mm512_setzero_si512();
 #pragma GCC unroll 4
-    for (int i = 0; i < I8_GROUP / 16; ++i) {  // float32 division and round-half-even, as torch
-      const __m512i qi = _mm512_min_epi32(
-          _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_div_ps(v[i], sv)), lo), hi);
+    for (int i = 0; i < I8_GROUP / 16; ++i) {  // float32 division and round-half-even, as
+      // torch; clamped before the conversion (equal to after it, and a quotient past the
+      // int32 range, a static scale's outlier, saturates instead of wrapping)
+      const __m512i qi = _mm512_cvtps_epi32(
+          _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(v[i], sv), lo), hi));
       total = _mm512_add_epi32(total, qi);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q + g * I8_GROUP + 16 * i),
                        _mm512_cvtepi32_epi8(qi));

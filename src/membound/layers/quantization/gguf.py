@@ -103,7 +103,7 @@ class GGUFInt8LinearMethod(QuantizeOnLoad, Int8LinearMethod):
     """Weight-only int8, per output row, quantized from the dequantized GGUF weight."""
 
     name = "gguf_int8"
-    w8a8_on_cpu = False  # weight-only, as the format's own kernels compute
+    w8a8_on_cpu = False  # weight-only on the CPU backend (torch's packed kernel)
 
     def quantize_rows(self, layer: nn.Module, weight: torch.Tensor, rows: tuple[int, int]) -> None:
         """Per row, against the scale as the kernel will read it (bf16 in a bf16 model)."""

@@ -9,8 +9,8 @@ layer of a bf16 model runs membound's native int8 GEMM where the CPU has AVX512-
 input features are a multiple of 64 (csrc ``linear_int8``; the weight packed once by
 ``pack_int8_vnni``, kernels/cpu_quant_linear.py). There dynamic activations are quantized
 per token **in groups of 64 inputs**, each with its own scale (``int8_grouped_linear_ref``:
-per-token scales alone cost SmolLM2-135M four times weight-only int8's KL divergence; groups
-bring it level), each group's integer sum exact, scaled and summed in float32 and rounded to
+per-token scales alone cost SmolLM2-135M five times weight-only int8's KL divergence, groups
+1.6 times, perplexity level), each group's integer sum exact, scaled and summed in float32 and rounded to
 bf16 once (bias included); a static ``input_scale`` serves every group. Where it does not
 serve, a bf16 model's layer runs **weight-only** (W8A16): activations stay bf16 and torch's
 packed CPU kernel ``_weight_int8pack_mm`` dequantizes the int8 weight inside the product;
@@ -74,8 +74,8 @@ class Int8LinearMethod(ScaledW8A8Method):
     name = "int8"
     qdtype = torch.int8
     kind = "int8"
-    # whether the CPU backend keeps W8A8's numerics (its native int8 GEMM) where it can;
-    # False: weight-only there (GGUF's int8, whose source format never quantized activations)
+    # whether the CPU backend runs its native W8A8 GEMM where it can; False: weight-only there
+    # (GGUF's int8: bf16 per-row scales as that kernel reads them, docs/gguf.md's figures)
     w8a8_on_cpu = True
 
     def quantize_weight(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
