@@ -226,7 +226,10 @@ def make_q4_1_gguf(model: str, llamacpp_python: str, folder: Path) -> str:
 
 def engines(a: argparse.Namespace, model: str) -> list[Engine]:
     worker = str(HERE / "cpu_peers_worker.py")
-    common = ["--model", model, "--threads", str(a.threads), "--max-len", str(a.max_len)]
+    def model_args(path: str) -> list[str]:
+        return ["--model", path, "--threads", str(a.threads), "--max-len", str(a.max_len)]
+
+    common = model_args(model)
     mine = [sys.executable, worker, "membound", *common]
     env = {"OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": str(HERE.parent / "src")}
     out = [Engine("membound-bf16", [*mine, "--dtype", "bfloat16"], "bfloat16", env=env)]
@@ -246,7 +249,7 @@ def engines(a: argparse.Namespace, model: str) -> list[Engine]:
         out.append(Engine("vllm-bf16", [a.vllm_python, worker, "vllm", *common, "--dtype",
                                         "bfloat16"], "bfloat16", env=venv))  # fmt: skip
         if a.vllm_int8_model:  # the same model as a W8A8 checkpoint: vLLM's int8 path
-            int8 = ["--model", a.vllm_int8_model, *common[2:]]
+            int8 = model_args(a.vllm_int8_model)
             out.append(Engine("vllm-int8", [a.vllm_python, worker, "vllm", *int8, "--dtype",
                                             "bfloat16"], "int8", "bfloat16", env=venv))  # fmt: skip
     if a.llamacpp_python and a.gguf:

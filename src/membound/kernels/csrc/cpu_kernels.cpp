@@ -2064,6 +2064,12 @@ bool linear_silu_supported(int64_t in_features, int64_t inter) {
   return linear_supported(in_features) && inter > 0 && inter % LN_NB == 0;
 }
 
+// A GEMM's rows as the native linears take them (linear_vnni, linear_int8 and their SiLU forms).
+void check_rows(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
+              "x must be a contiguous [M, K] bfloat16 matrix");
+}
+
 // y [M, N] newly allocated, inputs checked by the caller
 at::Tensor linear_vnni_unchecked(const at::Tensor& x, const at::Tensor& packed, int64_t N,
                                  const c10::optional<at::Tensor>& bias) {
@@ -2095,8 +2101,7 @@ void check_vnni(const at::Tensor& packed, int64_t in_features, int64_t out_featu
 
 at::Tensor linear_vnni(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
                        const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
-              "x must be a contiguous [M, K] bfloat16 matrix");
+  check_rows(x);
   check_vnni(packed, x.size(1), out_features);
   check_bias(bias, out_features, "linear_vnni");
   return linear_vnni_unchecked(x, packed, out_features, bias);
@@ -2106,8 +2111,7 @@ at::Tensor linear_vnni(const at::Tensor& x, const at::Tensor& packed, int64_t ou
 // 2 * inter outputs (linear_silu_supported): linear_vnni then silu_and_mul, fused.
 at::Tensor linear_vnni_silu(const at::Tensor& x, const at::Tensor& packed, int64_t inter,
                             const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
-              "x must be a contiguous [M, K] bfloat16 matrix");
+  check_rows(x);
   TORCH_CHECK(linear_silu_supported(x.size(1), inter), "linear_vnni_silu needs inter (", inter,
               ") a multiple of ", LN_NB, " and a CPU with AVX512-BF16 or AMX "
               "(linear_silu_supported)");
@@ -2144,6 +2148,14 @@ at::Tensor linear_vnni_silu(const at::Tensor& x, const at::Tensor& packed, int64
 constexpr int64_t I8_K = 4;       // input features per 32-bit lane
 constexpr int64_t I8_GROUP = 64;  // inputs per activation scale
 constexpr int64_t I8_QUADS = I8_GROUP / I8_K;
+// The quantized rows of one GEMM call (Int8Rows below) as the tiles read them.
+struct Int8Operand {
+  const int8_t* q;      // [M, K]
+  const float* scale;   // [M, K / I8_GROUP]
+  const int32_t* corr;  // [M, K / I8_GROUP]: -128 * the group's sum of q
+  int64_t K;
+};
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 constexpr bool kAvxInt8 = true;
 
@@ -2200,14 +2212,6 @@ inline void avx_int8_tile(int64_t G, const int8_t* a, int64_t lda, const float* 
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + r * ldc + v * 16, acc[r][v]);
 }
 
-// The quantized rows of one GEMM call (Int8Rows below) as the tiles read them.
-struct Int8Operand {
-  const int8_t* q;      // [M, K]
-  const float* scale;   // [M, K / I8_GROUP]
-  const int32_t* corr;  // [M, K / I8_GROUP]: -128 * the group's sum of q
-  int64_t K;
-};
-
 // c [m, nc] (float32, row stride ldc) = rows [m0, m0 + m) of A times columns [c0, c0 + nc)
 // of one packed block ([K / 4][64][4]; c0 a multiple of 32, nc 32 or 64).
 inline void avx_int8_block(const Int8Operand& A, int64_t m0, int64_t m, const uint8_t* blk,
@@ -2260,12 +2264,6 @@ inline void quantize_row_i8(const at::BFloat16* x, int64_t K, float static_scale
 }
 #else
 constexpr bool kAvxInt8 = false;
-struct Int8Operand {
-  const int8_t* q;
-  const float* scale;
-  const int32_t* corr;
-  int64_t K;
-};
 inline void avx_int8_block(const Int8Operand&, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
                            float*, int64_t) {}
 inline void quantize_row_i8(const at::BFloat16*, int64_t, float, int8_t*, float*, int32_t*) {}
@@ -2432,6 +2430,14 @@ void linear_int8_silu_impl(const at::Tensor& x, const Int8Weight& W, int64_t int
   });
 }
 
+// y [M, N] newly allocated, inputs checked by the caller
+at::Tensor linear_int8_unchecked(const at::Tensor& x, const Int8Weight& W, int64_t N,
+                                 double input_scale) {
+  at::Tensor y = at::empty({x.size(0), N}, x.options());
+  linear_int8_impl(x, W, N, input_scale, y);
+  return y;
+}
+
 Int8Weight check_int8(const at::Tensor& packed, const at::Tensor& scale,
                       const c10::optional<at::Tensor>& bias, int64_t in_features,
                       int64_t out_features, double input_scale) {
@@ -2456,19 +2462,13 @@ Int8Weight check_int8(const at::Tensor& packed, const at::Tensor& scale,
                     bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr, nb};
 }
 
-void check_rows(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
-              "x must be a contiguous [M, K] bfloat16 matrix");
-}
-
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                        int64_t out_features, double input_scale,
                        const c10::optional<at::Tensor>& bias) {
   check_rows(x);
-  const Int8Weight W = check_int8(packed, scale, bias, x.size(1), out_features, input_scale);
-  at::Tensor y = at::empty({x.size(0), out_features}, x.options());
-  linear_int8_impl(x, W, out_features, input_scale, y);
-  return y;
+  return linear_int8_unchecked(
+      x, check_int8(packed, scale, bias, x.size(1), out_features, input_scale), out_features,
+      input_scale);
 }
 
 bool int8_silu_supported(int64_t in_features, int64_t inter) {
@@ -2579,11 +2579,7 @@ struct StackLinear {
 
   at::Tensor operator()(const at::Tensor& x) const {
     if (kind == 0) return linear_vnni_unchecked(x, weight, out_features, bias);
-    if (kind == 3) {
-      at::Tensor y = at::empty({x.size(0), out_features}, x.options());
-      linear_int8_impl(x, int8(), out_features, input_scale, y);
-      return y;
-    }
+    if (kind == 3) return linear_int8_unchecked(x, int8(), out_features, input_scale);
     at::Tensor y = kind == 1 ? at::_weight_int4pack_mm_for_cpu(x, weight, group_size, *scales)
                              : at::_weight_int8pack_mm(x, weight, *scales);
     return bias.has_value() ? y.add_(*bias) : y;
