@@ -75,9 +75,9 @@ def test_rotary_in_place_on_strided_views(native, dtype: torch.dtype, tokens: in
     assert torch.equal(qkv[:, (hq + hk) * d :], v_before)  # V untouched
 
 
-def _paged_case(dtype: torch.dtype, lens: list[int], head_dim: int, block_size: int = 16):
+def _paged_case(dtype: torch.dtype, lens: list[int], head_dim: int, block_size: int = 16,
+                kvh: int = 2, heads: int = 6):  # fmt: skip
     g = torch.Generator().manual_seed(sum(lens) + head_dim)
-    kvh, heads = 2, 6
     max_blocks = max(-(-n // block_size) for n in lens) + 1
     num_blocks = len(lens) * max_blocks + 3
     cache = torch.randn(2, num_blocks, block_size, kvh, head_dim, generator=g).to(dtype)
@@ -115,6 +115,21 @@ def test_decode_attention(native, threads, dtype: torch.dtype, window: int | Non
                                 window or 0, out)  # fmt: skip
         tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
         torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+        assert torch.equal(out[4], torch.zeros_like(out[4]))
+
+
+@pytest.mark.parametrize(("kvh", "heads", "head_dim"), [(1, 8, 64), (1, 14, 32), (2, 8, 128)])
+def test_decode_attention_head_groups(native, threads, kvh: int, heads: int,
+                                      head_dim: int) -> None:  # fmt: skip
+    """More query heads per KV head than one P @ V call takes (6 of 64 dims, 12 of 32, 3 of
+    128): a group and a remainder; odd lengths and a window pair a last row with zeros."""
+    lens = [1, 17, 33, 90, 0, 47]
+    q, cache, tables, seq_lens = _paged_case(torch.bfloat16, lens, head_dim, 16, kvh, heads)
+    for window in (None, 21):
+        ref = paged_decode_attention_ref(q, cache, tables, seq_lens, head_dim**-0.5, window)
+        out = torch.full_like(q, float("nan"))
+        native.decode_attention(q, cache, tables, seq_lens, head_dim**-0.5, window or 0, out)
+        torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
         assert torch.equal(out[4], torch.zeros_like(out[4]))
 
 

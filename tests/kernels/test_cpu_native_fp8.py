@@ -58,22 +58,28 @@ def test_every_e4m3_value_survives_a_store(native) -> None:
     assert torch.equal(cache[0].reshape(-1)[: values.numel()].float(), values)
 
 
+# query heads per KV head and head dims around the P @ V kernels' groups of heads (6 of 64
+# dims, 12 of 32, 3 of 128): one group, a group and a remainder
+GROUPINGS = [(3, 9, 64), (1, 8, 64), (1, 14, 32), (2, 8, 128)]
+
+
 @pytest.mark.parametrize("window", [None, 20])
 @pytest.mark.parametrize("num_seqs", [3, 12])  # (sequence, KV head) tasks; sequence tasks
-def test_decode_attention(native, window, num_seqs) -> None:
+@pytest.mark.parametrize(("kvh", "heads", "d"), GROUPINGS)
+def test_decode_attention(native, window, num_seqs, kvh, heads, d) -> None:
     g = torch.Generator().manual_seed(num_seqs)
     lens = [1, 0, 90, 17, 33, 48, 5, 200, 16, 64, 31, 129][:num_seqs]
-    kvh, heads, d, bs = 3, 9, 64, 16
+    bs = 16
     max_blocks = max(-(-n // bs) for n in lens) + 1
     num_blocks = len(lens) * max_blocks + 2
     cache = _fp8_cache(num_blocks, bs, kvh, d, g, 0.5, 2.0)
     tables = torch.randperm(num_blocks, generator=g)[: len(lens) * max_blocks].view(len(lens), -1)
     q = torch.randn(len(lens), heads, d, generator=g).bfloat16()
     seq_lens = torch.tensor(lens)
-    ref = paged_decode_attention_ref(q.float(), cache, tables, seq_lens, 0.125, window,
+    ref = paged_decode_attention_ref(q.float(), cache, tables, seq_lens, d**-0.5, window,
                                      k_scale=0.5, v_scale=2.0)  # fmt: skip
     out = torch.full_like(q, float("nan"))
-    native.decode_attention(q, cache, tables.int().contiguous(), seq_lens.int(), 0.125,
+    native.decode_attention(q, cache, tables.int().contiguous(), seq_lens.int(), d**-0.5,
                             window or 0, out, 0.5, 2.0)  # fmt: skip
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
     assert torch.equal(out[1], torch.zeros_like(out[1]))  # the padding row
