@@ -121,8 +121,8 @@ def test_decode_attention(native, threads, dtype: torch.dtype, window: int | Non
 @pytest.mark.parametrize(("kvh", "heads", "head_dim"), [(1, 8, 64), (1, 14, 32), (2, 8, 128)])
 def test_decode_attention_head_groups(native, threads, kvh: int, heads: int,
                                       head_dim: int) -> None:  # fmt: skip
-    """More query heads per KV head than one P @ V call takes (6 of 64 dims, 12 of 32, 3 of
-    128): a group and a remainder; odd lengths and a window pair a last row with zeros."""
+    """Query heads per KV head at the edges of the V kernel's unrolled cases (8 of 64 dims and
+    4 of 128, the largest unrolled; 14 of 32, the generic loop), odd lengths and a window."""
     lens = [1, 17, 33, 90, 0, 47]
     q, cache, tables, seq_lens = _paged_case(torch.bfloat16, lens, head_dim, 16, kvh, heads)
     for window in (None, 21):

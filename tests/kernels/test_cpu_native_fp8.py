@@ -58,8 +58,8 @@ def test_every_e4m3_value_survives_a_store(native) -> None:
     assert torch.equal(cache[0].reshape(-1)[: values.numel()].float(), values)
 
 
-# query heads per KV head and head dims around the P @ V kernels' groups of heads (6 of 64
-# dims, 12 of 32, 3 of 128): one group, a group and a remainder
+# query heads per KV head and head dims around the E4M3 V kernel's groups of heads (6 of 64
+# dims, 12 of 32, 3 of 128: accumulate_v_eo): one group, a group and a remainder
 GROUPINGS = [(3, 9, 64), (1, 8, 64), (1, 14, 32), (2, 8, 128)]
 
 

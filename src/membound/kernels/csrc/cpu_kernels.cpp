@@ -434,10 +434,6 @@ inline void accumulate_v(float* acc, const float* scores, int64_t ld, const T* v
   }
 }
 
-// Query heads per P @ V call for D = 32 * nc where the accumulators are 2 nc vectors a head
-// (accumulate_v_eo, accumulate_v_pairs): as many as fit the 32 vector registers.
-inline int64_t v_group(int64_t nc) { return nc == 1 ? 12 : nc == 2 ? 6 : 3; }
-
 // ---------------------------------------------------------------------------------------
 // FP8 (E4M3) KV cache: stored = saturate(x / scale), read = stored * scale (kv_quant.py).
 // Every E4M3 value is exactly a bf16 value, so reading converts without rounding and the
@@ -625,6 +621,9 @@ void accumulate_v_eo(float* acc, const float* scores, int64_t ld, const fp8* vb,
 
 using EoFn = void (*)(float*, const float*, int64_t, const fp8*, int64_t, int64_t);
 
+// query heads per call for D = 32 * nc (the accumulators fit the 32 vector registers)
+inline int64_t eo_group(int64_t nc) { return nc == 1 ? 12 : nc == 2 ? 6 : 3; }
+
 template <int NC, int... Gs>
 EoFn eo_fn_of(int64_t g, std::integer_sequence<int, Gs...>) {
   EoFn fn = nullptr;
@@ -632,7 +631,7 @@ EoFn eo_fn_of(int64_t g, std::integer_sequence<int, Gs...>) {
   return fn;
 }
 
-// the kernel for g (1 .. v_group) query heads of D dims; nullptr where none is built
+// the kernel for g (1 .. eo_group) query heads of D dims; nullptr where none is built
 inline EoFn eo_fn(int64_t g, int64_t D) {
   if (D == 32) return eo_fn_of<1>(g, std::make_integer_sequence<int, 12>{});
   if (D == 64) return eo_fn_of<2>(g, std::make_integer_sequence<int, 6>{});
@@ -642,118 +641,9 @@ inline EoFn eo_fn(int64_t g, int64_t D) {
 #else
 constexpr bool kEvenOddV = false;
 using EoFn = void (*)(float*, const float*, int64_t, const fp8*, int64_t, int64_t);
+inline int64_t eo_group(int64_t) { return 1; }
 inline int64_t eo_dim(int64_t, int64_t, int64_t) { return 0; }
 inline EoFn eo_fn(int64_t, int64_t) { return nullptr; }
-#endif
-
-#if defined(__AVX512BW__) && defined(__AVX512BF16__)
-// P @ V with the CPU's bf16 dot-product instruction: the chunk's probabilities rounded to
-// bf16 (as the prefill kernel's P @ V GEMM takes them), two V rows interleaved in 16-bit
-// pairs (an in-lane unpack of their 32-dim slices) so that one instruction adds two rows'
-// products into 16 float32 lanes: half the instructions of widening each row to float32
-// and one FMA per row (accumulate_v_fixed). The accumulators hold each 32-dim slice as the
-// unpack leaves it, [low, high] (pair_dim), until the task's end.
-constexpr bool kPairV = true;
-
-// the dim that accumulator lane l (0-15) of vector j (slice j / 2, j % 2: 0 low, 1 high) holds
-inline int64_t pair_dim(int64_t j, int64_t l) { return 32 * (j / 2) + 8 * (l / 4) + 4 * (j % 2) + l % 4; }
-
-// One V row's D = 32 NC values as NC vectors of 32 bf16: loaded, or converted from E4M3
-// (exactly).
-struct PairRowsBf16 {
-  template <int NC>
-  void row(const c10::BFloat16* r, __m512i x[NC]) const {
-    for (int c = 0; c < NC; ++c) x[c] = _mm512_loadu_si512(r + 32 * c);
-  }
-};
-struct PairRowsFp8 {
-#if defined(__AVX512VBMI__)
-  E4m3Tables tables;
-#endif
-  template <int NC>
-  void row(const fp8* r, __m512i x[NC]) const {
-    if constexpr (kE4m3x64 && NC % 2 == 0) {
-#if defined(__AVX512VBMI__)
-      for (int c = 0; c < NC; c += 2) e4m3_to_bf16_x64(tables, r + 32 * c, x + c);
-#endif
-    } else {
-      for (int c = 0; c < NC; ++c) x[c] = e4m3_to_bf16_x32(r + 32 * c);
-    }
-  }
-};
-
-// acc [G][2 NC][16] (pair order) += p [G, ldp] (bf16, first nt columns) @ the nt V rows at
-// vb (row stride s_tok; C = bf16 or E4M3), D = 32 * NC. An odd last row pairs with zeros.
-template <typename C, int G, int NC>
-void accumulate_v_pairs(float* acc, const c10::BFloat16* p, int64_t ldp, const C* vb,
-                        int64_t s_tok, int64_t nt) {
-  using Rows = std::conditional_t<std::is_same_v<C, fp8>, PairRowsFp8, PairRowsBf16>;
-  const Rows rows;
-  __m512 a[G][2 * NC];
-  for (int g = 0; g < G; ++g)
-    for (int j = 0; j < 2 * NC; ++j) a[g][j] = _mm512_loadu_ps(acc + (g * 2 * NC + j) * 16);
-  for (int64_t t = 0; t < nt; t += 2) {
-    const bool two = t + 1 < nt;  // an odd last row pairs with zeros
-    __m512i x0[NC], x1[NC], v[2 * NC];
-    rows.template row<NC>(vb + t * s_tok, x0);
-    if (two) {
-      rows.template row<NC>(vb + (t + 1) * s_tok, x1);
-    } else {
-#pragma GCC unroll 4
-      for (int c = 0; c < NC; ++c) x1[c] = _mm512_setzero_si512();
-    }
-#pragma GCC unroll 4
-    for (int c = 0; c < NC; ++c) {
-      v[2 * c] = _mm512_unpacklo_epi16(x0[c], x1[c]);
-      v[2 * c + 1] = _mm512_unpackhi_epi16(x0[c], x1[c]);
-    }
-#pragma GCC unroll 12
-    for (int g = 0; g < G; ++g) {
-      uint32_t pair;  // (p_t, p_t+1); p_t+1 read past the last row is masked off
-      std::memcpy(&pair, p + g * ldp + t, sizeof(pair));
-      const __m512bh pv = (__m512bh)_mm512_set1_epi32(static_cast<int>(two ? pair : pair & 0xFFFFu));
-#pragma GCC unroll 8
-      for (int j = 0; j < 2 * NC; ++j) a[g][j] = _mm512_dpbf16_ps(a[g][j], (__m512bh)v[j], pv);
-    }
-  }
-  for (int g = 0; g < G; ++g)
-    for (int j = 0; j < 2 * NC; ++j) _mm512_storeu_ps(acc + (g * 2 * NC + j) * 16, a[g][j]);
-}
-
-template <typename C>
-using PairFn = void (*)(float*, const c10::BFloat16*, int64_t, const C*, int64_t, int64_t);
-
-template <typename C, int NC, int... Gs>
-PairFn<C> pair_fn_of(int64_t g, std::integer_sequence<int, Gs...>) {
-  PairFn<C> fn = nullptr;
-  ((g == Gs + 1 ? (fn = &accumulate_v_pairs<C, Gs + 1, NC>, 0) : 0), ...);
-  return fn;
-}
-
-// the kernel for g (1 .. v_group) query heads of D dims; nullptr where none is built
-template <typename C>
-PairFn<C> pair_fn(int64_t g, int64_t D) {
-  if (D == 32) return pair_fn_of<C, 1>(g, std::make_integer_sequence<int, 12>{});
-  if (D == 64) return pair_fn_of<C, 2>(g, std::make_integer_sequence<int, 6>{});
-  if (D == 128) return pair_fn_of<C, 4>(g, std::make_integer_sequence<int, 3>{});
-  return nullptr;
-}
-
-// n probabilities to bf16 (nearest even)
-inline void probs_to_bf16(const float* s, int64_t n, c10::BFloat16* out) {
-  for (int64_t t = 0; t < n; t += 16) {
-    const __mmask16 k = static_cast<__mmask16>(n - t >= 16 ? 0xFFFFu : (1u << (n - t)) - 1u);
-    _mm256_mask_storeu_epi16(out + t, k, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k, s + t)));
-  }
-}
-#else
-constexpr bool kPairV = false;
-inline int64_t pair_dim(int64_t, int64_t) { return 0; }
-template <typename C>
-using PairFn = void (*)(float*, const c10::BFloat16*, int64_t, const C*, int64_t, int64_t);
-template <typename C>
-PairFn<C> pair_fn(int64_t, int64_t) { return nullptr; }
-inline void probs_to_bf16(const float*, int64_t, c10::BFloat16*) {}
 #endif
 
 // kv_quant.check_kv_scales: positive, and 1.0 unless the cache is FP8
@@ -987,25 +877,15 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
   const int64_t CT = CB * BS;                                    // keys per chunk
   // scores on the matrix units: bf16, whole 32-dim tiles, at most 16 heads per KV head
   const bool amx = bf16_dot && kAmxScores && G <= 16 && amx_permitted();
-  // P @ V: on the bf16 dot-product instruction where the CPU has it (accumulate_v_pairs, the
-  // probabilities rounded to bf16: 1.06-1.11x over the float32 forms for an FP8 cache and a
-  // cache-resident bf16 one, level for a bf16 cache read from memory; docs/benchmarks.md run
-  // 18); else E4M3 V converted to bf16 in registers and accumulated as even/odd dims
-  // (accumulate_v_eo); else widened to float32 (accumulate_v). In groups of query heads.
-  const int64_t vgroup = v_group(D / 32);
-  std::vector<PairFn<C>> pair_fns;
+  // E4M3 V converted to bf16 in registers and accumulated as even/odd dims, in groups of
+  // query heads (for a bf16 cache the plain widening measured faster: 25.4 against 27.4 ms
+  // for 30 layers of 64 cache-resident sequences)
   std::vector<EoFn> eo_fns;
-  if constexpr (std::is_same_v<T, c10::BFloat16>)
-    if (D % 32 == 0)
-      for (int64_t g0 = 0; g0 < G; g0 += vgroup) {
-        if (kPairV) pair_fns.push_back(pair_fn<C>(std::min(vgroup, G - g0), D));
-        if (kFp8 && kEvenOddV) eo_fns.push_back(eo_fn(std::min(vgroup, G - g0), D));
-      }
-  auto all_built = [](const auto& fns) {
-    return !fns.empty() && std::all_of(fns.begin(), fns.end(), [](auto f) { return f != nullptr; });
-  };
-  const bool pairs = all_built(pair_fns);
-  const bool even_odd = !pairs && all_built(eo_fns);
+  const int64_t egroup = eo_group(D / 32);
+  if constexpr (kFp8)
+    if (kEvenOddV && D % 32 == 0)
+      for (int64_t g0 = 0; g0 < G; g0 += egroup) eo_fns.push_back(eo_fn(std::min(egroup, G - g0), D));
+  const bool even_odd = !eo_fns.empty() && eo_fns.front() != nullptr && eo_fns.back() != nullptr;
 
   // tasks (a sequence, or a sequence's KV head) by their keys, the longest first
   const int64_t ntasks = S * (KVH / HT);
@@ -1022,8 +902,7 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
     std::vector<c10::BFloat16> qv(amx ? HG * D : 0);
     std::vector<float> c16(amx ? 16 * G : 0);
     std::vector<T> kconv(kFp8 ? BS * D : 0), vconv(kFp8 && !even_odd ? BS * D : 0);  // as bf16
-    std::vector<float> nat(even_odd || pairs ? D : 0);
-    std::vector<c10::BFloat16> pb(pairs ? HG * CT + 1 : 0);  // the chunk's probabilities in bf16
+    std::vector<float> nat(even_odd ? D : 0);
     // the stream over the span of the task's KV heads in each row, and how many lines it
     // issues per (block, head) step of the arithmetic: one block's share, so it keeps its distance
     const KvPrefetchPolicy policy = kv_prefetch_policy();
@@ -1103,7 +982,6 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
         for (int64_t g = 0; g < HG; ++g) {
           const auto [corr, sum] = softmax_update(scores.data() + g * CT, nk, m[g]);
           l[g] = l[g] * corr + sum;
-          if (pairs) probs_to_bf16(scores.data() + g * CT, nk, pb.data() + g * CT);
           if (corr == 1.f) continue;  // the max did not move
           float* a = acc.data() + g * D;
 #pragma omp simd
@@ -1117,15 +995,9 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
             pf.step(per_step);
             float* a = acc.data() + (h - h0) * G * D;
             const float* sc = scores.data() + (h - h0) * G * CT + (t0 - k0);
-            if (pairs) {
-              const c10::BFloat16* pr = pb.data() + (h - h0) * G * CT + (t0 - k0);
-              for (int64_t g0 = 0, i = 0; g0 < G; g0 += vgroup, ++i)
-                pair_fns[i](a + g0 * D, pr + g0 * CT, CT, vb + h * s_head, s_tok, t1 - t0);
-              continue;
-            }
             if (even_odd) {
               if constexpr (kFp8)
-                for (int64_t g0 = 0, i = 0; g0 < G; g0 += vgroup, ++i)
+                for (int64_t g0 = 0, i = 0; g0 < G; g0 += egroup, ++i)
                   eo_fns[i](a + g0 * D, sc + g0 * CT, CT, vb + h * s_head, s_tok, t1 - t0);
               continue;
             }
@@ -1145,11 +1017,6 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
           for (int64_t c = 0; c < D / 32; ++c)
             for (int64_t half = 0; half < 2; ++half)
               for (int64_t i = 0; i < 16; ++i) nat[eo_dim(c, half, i)] = a[(c * 2 + half) * 16 + i];
-          std::copy(nat.begin(), nat.end(), a);
-        }
-        if (pairs) {
-          for (int64_t j = 0; j < D / 16; ++j)
-            for (int64_t i = 0; i < 16; ++i) nat[pair_dim(j, i)] = a[j * 16 + i];
           std::copy(nat.begin(), nat.end(), a);
         }
 #pragma omp simd
@@ -1769,7 +1636,7 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
   // query tokens per tile: about PF_ROWS / G, a power of two so that a prompt's tiles (from
   // its first token) end where chunks of PF_KC keys do: a tile's last chunk is then no more
   // than its causal diagonal (42-token tiles at G = 3 computed 1.26x the visible scores over
-  // the offline workload's prompts, 64-token ones 1.19x)
+  // the offline workload's prompts, 64-token ones 1.19x; 1.01-1.04x, docs/benchmarks.md run 18)
   int64_t TQ = 1;
   while (TQ * G < PF_ROWS) TQ *= 2;
   const int64_t chunk_elems = D * PF_KC;  // packed K^T chunk and packed V chunk alike
