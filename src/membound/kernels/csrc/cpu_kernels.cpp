@@ -673,15 +673,24 @@ inline float corr_exp(float m_old, float m_new) {
   return m_old == -std::numeric_limits<float>::infinity() ? 0.f : exp_f(m_old - m_new);
 }
 
-// Tasks that differ in size, shared out one at a time from a counter, the heaviest first: a
-// fixed split by count leaves one thread waiting for the other at the end (sequences'
-// lengths differ).
-class HeaviestFirst {
+// Tasks shared out one at a time from a counter: a thread that finishes early (or was held up
+// by the machine's other work) takes the next instead of waiting at the end, as a fixed
+// split leaves it. heaviest_first: sizes differ (sequences' lengths), so the longest go
+// first; in_order: neighbouring tasks share data (a prompt's query tiles read the same
+// packed keys), so they run about together.
+class SharedTasks {
  public:
-  explicit HeaviestFirst(const std::vector<int64_t>& work) : order_(work.size()) {
-    std::iota(order_.begin(), order_.end(), int64_t{0});
-    std::stable_sort(order_.begin(), order_.end(),
+  static SharedTasks heaviest_first(const std::vector<int64_t>& work) {
+    std::vector<int64_t> order(work.size());
+    std::iota(order.begin(), order.end(), int64_t{0});
+    std::stable_sort(order.begin(), order.end(),
                      [&](int64_t a, int64_t b) { return work[a] > work[b]; });
+    return SharedTasks(std::move(order));
+  }
+  static SharedTasks in_order(int64_t n) {
+    std::vector<int64_t> order(n);
+    std::iota(order.begin(), order.end(), int64_t{0});
+    return SharedTasks(std::move(order));
   }
   int64_t size() const { return static_cast<int64_t>(order_.size()); }
   // the threads to run (no more than the tasks)
@@ -695,28 +704,11 @@ class HeaviestFirst {
   }
 
  private:
+  explicit SharedTasks(std::vector<int64_t> order) : order_(std::move(order)) {}
   std::vector<int64_t> order_;
   std::atomic<int64_t> next_{0};
 };
 
-// Where `parts` contiguous runs of tasks begin (and the last ends: parts + 1 bounds) so that
-// each holds about an equal share of the work: neighbouring tasks stay on one thread (they
-// share data) and the threads finish together.
-std::vector<int64_t> split_by_work(const std::vector<int64_t>& work, int64_t parts) {
-  const int64_t n = static_cast<int64_t>(work.size());
-  double total = 0;
-  for (int64_t w : work) total += static_cast<double>(w);
-  std::vector<int64_t> bounds(parts + 1, n);
-  bounds[0] = 0;
-  double done = 0;
-  int64_t part = 1;
-  for (int64_t t = 0; t < n && part < parts; ++t) {
-    done += static_cast<double>(work[t]);
-    while (part < parts && done >= total * static_cast<double>(part) / static_cast<double>(parts))
-      bounds[part++] = t + 1;
-  }
-  return bounds;
-}
 
 // ---------------------------------------------------------------------------------------
 // The online-softmax update of one query over n new scores: the running max m moves to
@@ -894,7 +886,7 @@ void decode_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
     const int64_t len = static_cast<int64_t>(lens[t / (KVH / HT)]);
     work[t] = sliding_window > 0 ? std::min(len, sliding_window) : len;
   }
-  HeaviestFirst tasks(work);
+  SharedTasks tasks = SharedTasks::heaviest_first(work);
   at::parallel_for(0, tasks.threads(), 1, [&](int64_t, int64_t) {
     const int64_t HG = HT * G;  // the query heads of a task
     std::vector<float> q(HG * D), acc(HG * D), krow(D), kbuf(16 * D), scores(HG * CT), m(HG), l(HG);
@@ -1693,28 +1685,17 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
     }
   });
 
-  // 2. attention: task = (sequence's query tile, KV head); each thread a contiguous run of
-  // them (a sequence's tiles read the same packed chunks) holding an equal share of rows x
-  // keys seen (a causal prompt's tiles grow with their position: an even split by count gave
-  // one thread the short ones)
+  // 2. attention: task = (sequence's query tile, KV head), shared out in order (a sequence's
+  // tiles read the same packed chunks; a fixed split by rows x keys seen, contiguous runs
+  // per thread, left one thread waiting: 1.01-1.05x, docs/benchmarks.md run 18)
   const int64_t total_tiles = tile_off[S];
-  std::vector<int64_t> work(total_tiles * KVH);
-  for (int64_t s = 0; s < S; ++s) {
-    const int64_t q_len = qsl[s + 1] - qsl[s], context = lens[s] - q_len;
-    for (int64_t tile = tile_off[s]; tile < tile_off[s + 1]; ++tile) {
-      const int64_t i0 = (tile - tile_off[s]) * TQ, i1 = std::min(q_len, i0 + TQ);
-      const int64_t first = window > 0 ? std::max<int64_t>(0, context + i0 - window + 1) : 0;
-      for (int64_t kvh = 0; kvh < KVH; ++kvh) work[tile * KVH + kvh] = (i1 - i0) * (context + i1 - first);
-    }
-  }
-  const int64_t nthr = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), total_tiles * KVH));
-  const std::vector<int64_t> bounds = split_by_work(work, nthr);
-  at::parallel_for(0, nthr, 1, [&](int64_t p0, int64_t p1) {  // parts [p0, p1): one each
+  SharedTasks tasks = SharedTasks::in_order(total_tiles * KVH);
+  at::parallel_for(0, tasks.threads(), 1, [&](int64_t, int64_t) {
     const int64_t M_max = TQ * G;
     std::vector<bf16> a(M_max * D), p(M_max * PF_KC);
     std::vector<float> sc(M_max * PF_KC), o(M_max * D), m(M_max), l(M_max);
     const float neg_inf = -std::numeric_limits<float>::infinity();
-    for (int64_t task = bounds[p0]; task < bounds[p1]; ++task) {
+    for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
       const int64_t tile = task / KVH, kvh = task % KVH;
       const int64_t s = std::upper_bound(tile_off.begin(), tile_off.end(), tile) - tile_off.begin() - 1;
       const int64_t q0 = qsl[s], q_len = qsl[s + 1] - q0, len = lens[s];
