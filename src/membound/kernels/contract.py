@@ -135,15 +135,16 @@ class KernelOps(Protocol):
         """This backend's layout of an int8 ``[out, in]`` weight for ``int8_linear``; None: it
         has none (the layer keeps its own, with its own numerics)."""
 
-    def int8_linear(self, *, x: Tensor, weight: Tensor, scale: Tensor,
-                    input_scale: float, bias: Tensor | None, out_features: int) -> Tensor:  # fmt: skip
+    def int8_linear(self, *, x: Tensor, weight: Tensor, scale: Tensor, input_scale: float,
+                    bias: Tensor | None, out_features: int, act_group: int) -> Tensor:  # fmt: skip
         """W8A8 ``x_q @ (W_q * s_w)^T (+ bias)`` -> [..., out_features] in x's dtype, W from
-        ``pack_int8_weight``, the activations quantized in groups of inputs with their own
-        scales (kernels/cpu_quant_linear.py), or with ``input_scale`` if it is not 0 (static)."""
+        ``pack_int8_weight``, the activations quantized per row in groups of ``act_group``
+        inputs with their own scales (the input features: one per token;
+        kernels/cpu_quant_linear.py), or with ``input_scale`` if it is not 0 (static)."""
 
     def int8_linear_silu_and_mul(self, *, x: Tensor, weight: Tensor, scale: Tensor,
-                                 input_scale: float, bias: Tensor | None,
-                                 out_features: int) -> Tensor:  # fmt: skip
+                                 input_scale: float, bias: Tensor | None, out_features: int,
+                                 act_group: int) -> Tensor:  # fmt: skip
         """``silu_and_mul(int8_linear(...))`` for a gate/up weight (gate rows, then up)."""
 
     def argmax_rows(self, *, x: Tensor) -> Tensor:
@@ -247,24 +248,24 @@ class TorchOps:
     def pack_int8_weight(self, *, weight: Tensor) -> Tensor | None:
         return None
 
-    def int8_linear(self, *, x: Tensor, weight: Tensor, scale: Tensor,
-                    input_scale: float, bias: Tensor | None, out_features: int) -> Tensor:  # fmt: skip
+    def int8_linear(self, *, x: Tensor, weight: Tensor, scale: Tensor, input_scale: float,
+                    bias: Tensor | None, out_features: int, act_group: int) -> Tensor:  # fmt: skip
         """The reference for a packed int8 weight: its plain form through
         ``int8_grouped_linear_ref``, the bias added before the one rounding to x's dtype (as
         the native kernel does)."""
         rows = x.reshape(-1, x.shape[-1])
         plain = cpu_quant_linear.unpack_int8_vnni(weight, out_features)
         static = torch.tensor([input_scale]) if input_scale > 0 else None
-        y = cpu_quant_linear.int8_grouped_linear_ref(rows, plain, scale, static)
+        y = cpu_quant_linear.int8_grouped_linear_ref(rows, plain, scale, static, act_group)
         if bias is not None:
             y = y + bias.to(torch.float32)
         return y.to(x.dtype).view(*x.shape[:-1], out_features)
 
     def int8_linear_silu_and_mul(self, *, x: Tensor, weight: Tensor, scale: Tensor,
-                                 input_scale: float, bias: Tensor | None,
-                                 out_features: int) -> Tensor:  # fmt: skip
-        gate_up = self.int8_linear(x=x, weight=weight, scale=scale,
-                                   input_scale=input_scale, bias=bias, out_features=out_features)  # fmt: skip
+                                 input_scale: float, bias: Tensor | None, out_features: int,
+                                 act_group: int) -> Tensor:  # fmt: skip
+        gate_up = self.int8_linear(x=x, weight=weight, scale=scale, input_scale=input_scale,
+                                   bias=bias, out_features=out_features, act_group=act_group)  # fmt: skip
         return self.silu_and_mul(x=gate_up)
 
 
@@ -410,19 +411,20 @@ class CpuOps(TorchOps):
             return None
         return cpu_quant_linear.pack_int8_vnni(weight)
 
-    def int8_linear(self, *, x: Tensor, weight: Tensor, scale: Tensor,
-                    input_scale: float, bias: Tensor | None, out_features: int) -> Tensor:  # fmt: skip
+    def int8_linear(self, *, x: Tensor, weight: Tensor, scale: Tensor, input_scale: float,
+                    bias: Tensor | None, out_features: int, act_group: int) -> Tensor:  # fmt: skip
         if self.native is None or x.dtype != torch.bfloat16:
             return super().int8_linear(x=x, weight=weight, scale=scale,
                                        input_scale=input_scale, bias=bias,
-                                       out_features=out_features)  # fmt: skip
+                                       out_features=out_features, act_group=act_group)  # fmt: skip
         rows = x.reshape(-1, x.shape[-1]).contiguous()
-        y = self.native.linear_int8(rows, weight, scale, out_features, input_scale, bias)
+        y = self.native.linear_int8(rows, weight, scale, out_features, input_scale, bias,
+                                    act_group)
         return y.view(*x.shape[:-1], out_features)
 
     def int8_linear_silu_and_mul(self, *, x: Tensor, weight: Tensor, scale: Tensor,
-                                 input_scale: float, bias: Tensor | None,
-                                 out_features: int) -> Tensor:  # fmt: skip
+                                 input_scale: float, bias: Tensor | None, out_features: int,
+                                 act_group: int) -> Tensor:  # fmt: skip
         """The native W8A8 GEMM with SiLU-and-mul in its epilogue (bit-equal to the two ops)
         where the intermediate size is a multiple of its 64-column blocks."""
         inter = out_features // 2
@@ -430,9 +432,9 @@ class CpuOps(TorchOps):
                 or not self.native.int8_silu_supported(x.shape[-1], inter)):  # fmt: skip
             return super().int8_linear_silu_and_mul(
                 x=x, weight=weight, scale=scale, input_scale=input_scale, bias=bias,
-                out_features=out_features)  # fmt: skip
+                out_features=out_features, act_group=act_group)  # fmt: skip
         rows = x.reshape(-1, x.shape[-1]).contiguous()
-        y = self.native.linear_int8_silu(rows, weight, scale, inter, input_scale, bias)
+        y = self.native.linear_int8_silu(rows, weight, scale, inter, input_scale, bias, act_group)
         return y.view(*x.shape[:-1], inter)
 
     def argmax_rows(self, *, x: Tensor) -> Tensor:

@@ -55,9 +55,9 @@ class StackLinear:
     bias: Tensor | None
     out_features: int
     scales: Tensor | None = None  # INT4: scales_and_zeros; INT8 / INT8_W8A8: per-row scales
-    group_size: int = 0  # INT4 only
+    group_size: int = 0  # INT4: the weight's group; INT8_W8A8: activation inputs per scale
     max_rows: int | None = None  # the layer's kernel serves up to this many rows (None: any)
-    input_scale: float = 0.0  # INT8_W8A8 only: the static activation scale (0: per group)
+    input_scale: float = 0.0  # INT8_W8A8 only: the static activation scale (0: dynamic)
 
     def spec(self) -> tuple:
         return (int(self.kind), self.weight, self.bias, self.scales, self.out_features,

@@ -2113,11 +2113,13 @@ at::Tensor linear_vnni_silu(const at::Tensor& x, const at::Tensor& packed, int64
 // INT8 W8A8 GEMM with the CPU's integer dot products (AVX512-VNNI), the int8 quantization
 // method's CPU numerics (layers/quantization/int8.py; reference int8_grouped_linear_ref):
 // per-channel int8 weights W_q with scales s_w; activations quantized per row in groups of
-// I8_GROUP consecutive inputs, each group with its own scale (as llama.cpp's 8-bit
+// L consecutive inputs (the caller's act_group: a multiple of I8_GROUP dividing K), each
+// group with its own scale: L = I8_GROUP for membound's own int8 (as llama.cpp's 8-bit
 // activation blocks; per-token scales alone cost SmolLM2-135M 5x the KL divergence of
-// weight-only int8, groups of 64 1.6x, perplexity level: docs/quantization.md):
+// weight-only int8, groups of 64 1.6x, perplexity level: docs/quantization.md), L = K (one
+// scale per token) for a checkpoint that declares per-token scales and for a static scale:
 //
-//   x_q[m, k] = clamp(round_half_even(x[m, k] / s[m, g]), -127, 127),  g = k / I8_GROUP,
+//   x_q[m, k] = clamp(round_half_even(x[m, k] / s[m, g]), -127, 127),  g = k / L,
 //   s[m, g] = max(amax_{k in g} |x[m, k]| / 127, 1e-12), or the static input scale,
 //   y[m, n] = bf16(s_w[n] * sum_g s[m, g] * sum_{k in g} x_q[m, k] W_q[n, k] (+ bias[n])),
 //
@@ -2132,14 +2134,19 @@ at::Tensor linear_vnni_silu(const at::Tensor& x, const at::Tensor& packed, int64
 // arithmetic at the compute-bound sizes (prefill), half its weight bytes at the
 // memory-bound ones (decode).
 constexpr int64_t I8_K = 4;       // input features per 32-bit lane
-constexpr int64_t I8_GROUP = 64;  // inputs per activation scale
-constexpr int64_t I8_QUADS = I8_GROUP / I8_K;
+constexpr int64_t I8_GROUP = 64;  // inputs per activation scale of membound's own int8
+// How a GEMM call quantizes its activations: the static scale (> 0) or 0 (each group's
+// own), and the inputs per group (a multiple of I8_GROUP dividing K; K: one per token).
+struct Int8Act {
+  double static_scale;
+  int64_t group;
+};
 // The quantized rows of one GEMM call (Int8Rows below) as the tiles read them.
 struct Int8Operand {
   const int8_t* q;      // [M, K]
-  const float* scale;   // [M, K / I8_GROUP]
-  const int32_t* corr;  // [M, K / I8_GROUP]: -128 * the group's sum of q
-  int64_t K;
+  const float* scale;   // [M, K / group]
+  const int32_t* corr;  // [M, K / group]: -128 * the group's sum of q
+  int64_t K, group;
 };
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -2147,11 +2154,13 @@ constexpr bool kAvxInt8 = true;
 
 // c [R, 16 NV] (float32, row stride ldc) = the group-scaled product of R quantized rows
 // (a: int8 [R, K], row stride lda; sx / corr: [R, G] scales and offset corrections, row
-// stride ldg) and 16 NV columns of a packed block (b: rows of 4 * PACK_N bytes per k-quad).
-// R x NV int32 accumulators take a group's sums, R x NV float32 ones the scaled groups
-// (at most 12 + 12 of the 32 registers).
+// stride ldg; groups of `quads` k-quads) and 16 NV columns of a packed block (b: rows of
+// 4 * PACK_N bytes per k-quad). R x NV int32 accumulators take a group's sums, R x NV
+// float32 ones the scaled groups (at most 12 + 12 of the 32 registers). Each group ends in
+// a conversion and an FMA per accumulator: an eighth of the arithmetic of groups of 64
+// inputs, none to speak of with one group per row.
 template <int R, int NV>
-inline void avx_int8_tile(int64_t G, const int8_t* a, int64_t lda, const float* sx,
+inline void avx_int8_tile(int64_t G, int64_t quads, const int8_t* a, int64_t lda, const float* sx,
                           const int32_t* corr, int64_t ldg, const uint8_t* b, float* c,
                           int64_t ldc) {
   __m512 acc[R][NV];
@@ -2167,10 +2176,10 @@ inline void avx_int8_tile(int64_t G, const int8_t* a, int64_t lda, const float* 
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) sum[r][v] = start;
     }
-    const int8_t* ag = a + g * I8_GROUP;
-    const uint8_t* bg = b + g * I8_QUADS * I8_K * PACK_N;
+    const int8_t* ag = a + g * quads * I8_K;
+    const uint8_t* bg = b + g * quads * I8_K * PACK_N;
 #pragma GCC unroll 2
-    for (int64_t p = 0; p < I8_QUADS; ++p) {
+    for (int64_t p = 0; p < quads; ++p) {
       const uint8_t* bp = bg + p * I8_K * PACK_N;
       __m512i bv[NV];
 #pragma GCC unroll 4
@@ -2202,12 +2211,13 @@ inline void avx_int8_tile(int64_t G, const int8_t* a, int64_t lda, const float* 
 // of one packed block ([K / 4][64][4]; c0 a multiple of 32, nc 32 or 64).
 inline void avx_int8_block(const Int8Operand& A, int64_t m0, int64_t m, const uint8_t* blk,
                            int64_t c0, int64_t nc, float* c, int64_t ldc) {
-  const int64_t K = A.K, G = K / I8_GROUP;
+  const int64_t K = A.K, G = K / A.group;
   const uint8_t* b = blk + I8_K * c0;
   auto tile = [&](auto R, auto NV, int64_t r) {
     const int64_t row = m0 + r;
     avx_int8_tile<decltype(R)::value, decltype(NV)::value>(
-        G, A.q + row * K, K, A.scale + row * G, A.corr + row * G, G, b, c + r * ldc, ldc);
+        G, A.group / I8_K, A.q + row * K, K, A.scale + row * G, A.corr + row * G, G, b,
+        c + r * ldc, ldc);
   };
   if (nc == PACK_N)
     for_row_tiles<3>(m, 0, [&](auto R, int64_t r) { tile(R, std::integral_constant<int, 4>{}, r); });
@@ -2215,34 +2225,53 @@ inline void avx_int8_block(const Int8Operand& A, int64_t m0, int64_t m, const ui
     for_row_tiles<6>(m, 0, [&](auto R, int64_t r) { tile(R, std::integral_constant<int, 2>{}, r); });
 }
 
-// One row as the tiles read it: per group of I8_GROUP, q = clamp(rne(x / s), -127, 127) with
+// 16 values quantized against the scale sv: float32 division and round-half-even, as torch;
+// clamped before the conversion (equal to after it, and a quotient past the int32 range, a
+// static scale's outlier, saturates instead of wrapping). Stored as int8 at q; returned as
+// int32 for the group's sum.
+inline __m512i quantize16_i8(__m512 v, __m512 sv, int8_t* q) {
+  const __m512i qi = _mm512_cvtps_epi32(_mm512_min_ps(
+      _mm512_max_ps(_mm512_div_ps(v, sv), _mm512_set1_ps(-127.f)), _mm512_set1_ps(127.f)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(qi));
+  return qi;
+}
+
+// One row as the tiles read it: per group of L inputs, q = clamp(rne(x / s), -127, 127) with
 // s the static scale (> 0) or the group's own (amax / 127, at least 1e-12), and
-// corr = -128 * sum(q).
-inline void quantize_row_i8(const at::BFloat16* x, int64_t K, float static_scale, int8_t* q,
+// corr = -128 * sum(q). Groups of I8_GROUP are held in registers; longer ones read twice.
+inline void quantize_row_i8(const at::BFloat16* x, int64_t K, const Int8Act& act, int8_t* q,
                             float* scale, int32_t* corr) {
-  const __m512 lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
-  for (int64_t g = 0; g < K / I8_GROUP; ++g) {
-    const at::BFloat16* xg = x + g * I8_GROUP;
-    __m512 v[I8_GROUP / 16];
-    __m512 mx = _mm512_setzero_ps();
-#pragma GCC unroll 4
-    for (int i = 0; i < I8_GROUP / 16; ++i) {
-      v[i] = load16(xg + 16 * i);
-      mx = _mm512_max_ps(mx, _mm512_abs_ps(v[i]));
-    }
-    const float s = static_scale > 0.f ? static_scale
-                                       : std::max(_mm512_reduce_max_ps(mx) / 127.f, 1e-12f);
-    const __m512 sv = _mm512_set1_ps(s);
+  const int64_t L = act.group;
+  const float static_scale = static_cast<float>(act.static_scale);
+  auto scale_of = [&](__m512 amax) {
+    return static_scale > 0.f ? static_scale : std::max(_mm512_reduce_max_ps(amax) / 127.f, 1e-12f);
+  };
+  for (int64_t g = 0; g < K / L; ++g) {
+    const at::BFloat16* xg = x + g * L;
+    int8_t* qg = q + g * L;
     __m512i total = _mm512_setzero_si512();
+    float s;
+    if (L == I8_GROUP) {
+      __m512 v[I8_GROUP / 16];
+      __m512 mx = _mm512_setzero_ps();
 #pragma GCC unroll 4
-    for (int i = 0; i < I8_GROUP / 16; ++i) {  // float32 division and round-half-even, as
-      // torch; clamped before the conversion (equal to after it, and a quotient past the
-      // int32 range, a static scale's outlier, saturates instead of wrapping)
-      const __m512i qi = _mm512_cvtps_epi32(
-          _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(v[i], sv), lo), hi));
-      total = _mm512_add_epi32(total, qi);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + g * I8_GROUP + 16 * i),
-                       _mm512_cvtepi32_epi8(qi));
+      for (int i = 0; i < I8_GROUP / 16; ++i) {
+        v[i] = load16(xg + 16 * i);
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(v[i]));
+      }
+      s = scale_of(mx);
+      const __m512 sv = _mm512_set1_ps(s);
+#pragma GCC unroll 4
+      for (int i = 0; i < I8_GROUP / 16; ++i)
+        total = _mm512_add_epi32(total, quantize16_i8(v[i], sv, qg + 16 * i));
+    } else {
+      __m512 mx = _mm512_setzero_ps();
+      if (static_scale <= 0.f)
+        for (int64_t i = 0; i < L; i += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(load16(xg + i)));
+      s = scale_of(mx);
+      const __m512 sv = _mm512_set1_ps(s);
+      for (int64_t i = 0; i < L; i += 16)
+        total = _mm512_add_epi32(total, quantize16_i8(load16(xg + i), sv, qg + i));
     }
     scale[g] = s;
     corr[g] = -128 * _mm512_reduce_add_epi32(total);
@@ -2252,7 +2281,8 @@ inline void quantize_row_i8(const at::BFloat16* x, int64_t K, float static_scale
 constexpr bool kAvxInt8 = false;
 inline void avx_int8_block(const Int8Operand&, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
                            float*, int64_t) {}
-inline void quantize_row_i8(const at::BFloat16*, int64_t, float, int8_t*, float*, int32_t*) {}
+inline void quantize_row_i8(const at::BFloat16*, int64_t, const Int8Act&, int8_t*, float*,
+                            int32_t*) {}
 #endif
 
 bool int8_linear_supported(int64_t in_features) {
@@ -2279,18 +2309,19 @@ struct Int8Rows {
   std::unique_ptr<int8_t[]> q;
   std::unique_ptr<float[]> scale;
   std::unique_ptr<int32_t[]> corr;
-  Int8Rows(const at::Tensor& x, double static_scale)
-      : q(scratch<int8_t>(x.numel())), scale(scratch<float>(x.numel() / I8_GROUP)),
-        corr(scratch<int32_t>(x.numel() / I8_GROUP)) {
-    const int64_t M = x.size(0), K = x.size(1), G = K / I8_GROUP;
+  int64_t group;
+  Int8Rows(const at::Tensor& x, const Int8Act& act)
+      : q(scratch<int8_t>(x.numel())), scale(scratch<float>(x.numel() / act.group)),
+        corr(scratch<int32_t>(x.numel() / act.group)), group(act.group) {
+    const int64_t M = x.size(0), K = x.size(1), G = K / act.group;
     const at::BFloat16* xp = x.data_ptr<at::BFloat16>();
     at::parallel_for(0, M, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
-        quantize_row_i8(xp + r * K, K, static_cast<float>(static_scale), q.get() + r * K,
+        quantize_row_i8(xp + r * K, K, act, q.get() + r * K,
                         scale.get() + r * G, corr.get() + r * G);
     });
   }
-  Int8Operand operand(int64_t K) const { return {q.get(), scale.get(), corr.get(), K}; }
+  Int8Operand operand(int64_t K) const { return {q.get(), scale.get(), corr.get(), K, group}; }
 };
 
 // out[j] = c[j] * s_w[c0 + j] (+ bias[c0 + j]) for nc columns from c0.
@@ -2352,11 +2383,11 @@ struct Int8Tasks {
 
 // y [M, N] bf16 = the W8A8 product (inputs checked by the caller): tasks of (row tile,
 // block of 64 columns, or a half of one: Int8Tasks).
-void linear_int8_impl(const at::Tensor& x, const Int8Weight& W, int64_t N, double input_scale,
+void linear_int8_impl(const at::Tensor& x, const Int8Weight& W, int64_t N, const Int8Act& act,
                       at::Tensor& y) {
   const int64_t M = x.size(0), K = x.size(1);
   if (M == 0) return;
-  const Int8Rows rows(x, input_scale);
+  const Int8Rows rows(x, act);
   const Int8Operand A = rows.operand(K);
   at::BFloat16* yp = y.data_ptr<at::BFloat16>();
   const Int8Tasks tasks(M, W.nb, true);
@@ -2379,10 +2410,10 @@ void linear_int8_impl(const at::Tensor& x, const Int8Weight& W, int64_t N, doubl
 // then up; inter a multiple of 64): each product rounded to bf16 as linear_int8 stores it,
 // then silu_and_mul's arithmetic (the unfused pair's result bit for bit).
 void linear_int8_silu_impl(const at::Tensor& x, const Int8Weight& W, int64_t inter,
-                           double input_scale, at::Tensor& y) {
+                           const Int8Act& act, at::Tensor& y) {
   const int64_t M = x.size(0), K = x.size(1), nbg = inter / LN_NB;
   if (M == 0) return;
-  const Int8Rows rows(x, input_scale);
+  const Int8Rows rows(x, act);
   const Int8Operand A = rows.operand(K);
   at::BFloat16* yp = y.data_ptr<at::BFloat16>();
   const Int8Tasks tasks(M, nbg, false);  // a task is a gate block and its up block: no halves
@@ -2418,15 +2449,28 @@ void linear_int8_silu_impl(const at::Tensor& x, const Int8Weight& W, int64_t int
 
 // y [M, N] newly allocated, inputs checked by the caller
 at::Tensor linear_int8_unchecked(const at::Tensor& x, const Int8Weight& W, int64_t N,
-                                 double input_scale) {
+                                 const Int8Act& act) {
   at::Tensor y = at::empty({x.size(0), N}, x.options());
-  linear_int8_impl(x, W, N, input_scale, y);
+  linear_int8_impl(x, W, N, act, y);
   return y;
+}
+
+// The activations' quantization for a call of in_features inputs: a static input_scale goes
+// with one group per row (every group would share it), else act_group as given.
+Int8Act check_int8_act(int64_t in_features, double input_scale, int64_t act_group) {
+  TORCH_CHECK(std::isfinite(input_scale) && input_scale >= 0,
+              "input_scale must be 0 (dynamic scales) or a positive static scale, got ",
+              input_scale);
+  TORCH_CHECK(act_group > 0 && act_group % I8_GROUP == 0 && in_features % act_group == 0,
+              "act_group (inputs per activation scale) must be a multiple of ", I8_GROUP,
+              " dividing in_features (", in_features, "; in_features itself: one per token), got ",
+              act_group);
+  return Int8Act{input_scale, input_scale > 0 ? in_features : act_group};
 }
 
 Int8Weight check_int8(const at::Tensor& packed, const at::Tensor& scale,
                       const c10::optional<at::Tensor>& bias, int64_t in_features,
-                      int64_t out_features, double input_scale) {
+                      int64_t out_features) {
   TORCH_CHECK(int8_linear_supported(in_features), "linear_int8 needs in_features (", in_features,
               ") a multiple of ", I8_GROUP, " and a CPU with AVX512-VNNI (int8_linear_supported)");
   TORCH_CHECK(packed.dim() == 4 && packed.is_contiguous() && packed.scalar_type() == at::kByte &&
@@ -2440,9 +2484,6 @@ Int8Weight check_int8(const at::Tensor& packed, const at::Tensor& scale,
               " blocks of ", LN_NB);
   TORCH_CHECK(scale.dim() == 1 && scale.size(0) == out_features && scale.is_contiguous() &&
               scale.scalar_type() == at::kFloat, "weight scales must be a contiguous float32 [N]");
-  TORCH_CHECK(std::isfinite(input_scale) && input_scale >= 0,
-              "input_scale must be 0 (per-group scales) or a positive static scale, got ",
-              input_scale);
   check_bias(bias, out_features, "linear_int8");
   return Int8Weight{packed.data_ptr<uint8_t>(), scale.data_ptr<float>(),
                     bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr, nb};
@@ -2450,11 +2491,10 @@ Int8Weight check_int8(const at::Tensor& packed, const at::Tensor& scale,
 
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                        int64_t out_features, double input_scale,
-                       const c10::optional<at::Tensor>& bias) {
+                       const c10::optional<at::Tensor>& bias, int64_t act_group) {
   check_rows(x);
-  return linear_int8_unchecked(
-      x, check_int8(packed, scale, bias, x.size(1), out_features, input_scale), out_features,
-      input_scale);
+  const Int8Weight W = check_int8(packed, scale, bias, x.size(1), out_features);
+  return linear_int8_unchecked(x, W, out_features, check_int8_act(x.size(1), input_scale, act_group));
 }
 
 bool int8_silu_supported(int64_t in_features, int64_t inter) {
@@ -2463,13 +2503,14 @@ bool int8_silu_supported(int64_t in_features, int64_t inter) {
 
 at::Tensor linear_int8_silu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                             int64_t inter, double input_scale,
-                            const c10::optional<at::Tensor>& bias) {
+                            const c10::optional<at::Tensor>& bias, int64_t act_group) {
   check_rows(x);
   TORCH_CHECK(int8_silu_supported(x.size(1), inter), "linear_int8_silu needs inter (", inter,
               ") a multiple of ", LN_NB, " (int8_silu_supported)");
-  const Int8Weight W = check_int8(packed, scale, bias, x.size(1), 2 * inter, input_scale);
+  const Int8Weight W = check_int8(packed, scale, bias, x.size(1), 2 * inter);
+  const Int8Act act = check_int8_act(x.size(1), input_scale, act_group);
   at::Tensor y = at::empty({x.size(0), inter}, x.options());
-  linear_int8_silu_impl(x, W, inter, input_scale, y);
+  linear_int8_silu_impl(x, W, inter, act, y);
   return y;
 }
 
@@ -2550,7 +2591,7 @@ at::Tensor argmax_rows(const at::Tensor& x) {
 //   kind 1  int4: torch's packed CPU kernel, weight [N, K/2] uint8, scales_zeros [K/G, N, 2]
 //   kind 2  int8 weight-only: torch's packed CPU kernel, weight [N, K] int8, scales [N] bf16
 //   kind 3  int8 W8A8 (linear_int8): weight pack_int8_vnni's, scales [N] float32,
-//           input_scale 0 (per-group activation scales) or static
+//           input_scale 0 (dynamic activation scales, groups of G inputs) or static
 // (the quantized kernels only up to the rows where the layers use them: the caller checks).
 struct StackLinear {
   int64_t kind, in_features, out_features, group_size;
@@ -2562,17 +2603,18 @@ struct StackLinear {
     return Int8Weight{weight.data_ptr<uint8_t>(), scales->data_ptr<float>(),
                       bias.has_value() ? bias->data_ptr<at::BFloat16>() : nullptr, weight.size(0)};
   }
+  Int8Act int8_act() const { return Int8Act{input_scale, group_size}; }
 
   at::Tensor operator()(const at::Tensor& x) const {
     if (kind == 0) return linear_vnni_unchecked(x, weight, out_features, bias);
-    if (kind == 3) return linear_int8_unchecked(x, int8(), out_features, input_scale);
+    if (kind == 3) return linear_int8_unchecked(x, int8(), out_features, int8_act());
     at::Tensor y = kind == 1 ? at::_weight_int4pack_mm_for_cpu(x, weight, group_size, *scales)
                              : at::_weight_int8pack_mm(x, weight, *scales);
     return bias.has_value() ? y.add_(*bias) : y;
   }
 };
 
-// kind, w, b, s, N, G, input_scale
+// kind, w, b, s, N, G (int4: the weight's group; int8 W8A8: the activations'), input_scale
 using LinearSpec = std::tuple<int64_t, at::Tensor, c10::optional<at::Tensor>,
                               c10::optional<at::Tensor>, int64_t, int64_t, double>;
 
@@ -2581,9 +2623,11 @@ StackLinear make_linear(const LinearSpec& spec, int64_t in_features, int64_t out
   const auto& [kind, w, bias, scales, n, group, input_scale] = spec;
   TORCH_CHECK(n == out_features, what, ": ", n, " outputs where the stack needs ", out_features);
   check_bias(bias, n, what);
+  int64_t group_size = group;  // int8 W8A8: as the calls take it (static: one group per row)
   if (kind == 3) {
     TORCH_CHECK(scales.has_value(), what, ": int8 W8A8 needs the weight scales");
-    check_int8(w, *scales, bias, in_features, n, input_scale);
+    check_int8(w, *scales, bias, in_features, n);
+    group_size = check_int8_act(in_features, input_scale, group).group;
   } else if (kind == 0) {
     check_vnni(w, in_features, n);
   } else if (kind == 1) {
@@ -2601,7 +2645,7 @@ StackLinear make_linear(const LinearSpec& spec, int64_t in_features, int64_t out
   } else {
     TORCH_CHECK(false, what, ": unknown linear kind ", kind);
   }
-  return StackLinear{kind, in_features, n, group, w, bias, scales, input_scale};
+  return StackLinear{kind, in_features, n, group_size, w, bias, scales, input_scale};
 }
 
 struct StackLayer {
@@ -2718,7 +2762,7 @@ struct DecodeStack {
                               act);
       } else if (L.gate_up.kind == 3 && int8_silu_supported(hidden, inter)) {
         act = at::empty({T_, inter}, normed.options());
-        linear_int8_silu_impl(normed, L.gate_up.int8(), inter, L.gate_up.input_scale, act);
+        linear_int8_silu_impl(normed, L.gate_up.int8(), inter, L.gate_up.int8_act(), act);
       } else {
         at::Tensor gu = L.gate_up(normed);
         act = at::empty({T_, inter}, gu.options());
@@ -2763,11 +2807,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_int8", &linear_int8,
         "int8 W8A8 product (+ bias) on a pack_int8_vnni weight, activations in groups of 64 (AVX512-VNNI)",
         pybind11::arg("x"), pybind11::arg("packed"), pybind11::arg("scale"),
-        pybind11::arg("out_features"), pybind11::arg("input_scale"), pybind11::arg("bias"), nogil);
+        pybind11::arg("out_features"), pybind11::arg("input_scale"), pybind11::arg("bias"),
+        pybind11::arg("act_group"), nogil);
   m.def("linear_int8_silu", &linear_int8_silu,
         "silu(gate) * up of a packed int8 gate_up weight's W8A8 product, fused",
         pybind11::arg("x"), pybind11::arg("packed"), pybind11::arg("scale"),
-        pybind11::arg("inter"), pybind11::arg("input_scale"), pybind11::arg("bias"), nogil);
+        pybind11::arg("inter"), pybind11::arg("input_scale"), pybind11::arg("bias"),
+        pybind11::arg("act_group"), nogil);
   m.def("int8_linear_supported", &int8_linear_supported,
         "whether linear_int8 serves this in_features on this CPU (AVX512-VNNI)");
   m.def("int8_silu_supported", &int8_silu_supported,

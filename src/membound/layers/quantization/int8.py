@@ -7,11 +7,14 @@ Compute: ``torch._int_mm`` (int8 x int8 -> int32 on tensor cores) on CUDA when t
 allow it (K and N multiples of 8; M is padded past 16). Under the CPU kernel backend the
 layer of a bf16 model runs membound's native int8 GEMM where the CPU has AVX512-VNNI and the
 input features are a multiple of 64 (csrc ``linear_int8``; the weight packed once by
-``pack_int8_vnni``, kernels/cpu_quant_linear.py). There dynamic activations are quantized
-per token **in groups of 64 inputs**, each with its own scale (``int8_grouped_linear_ref``:
-per-token scales alone cost SmolLM2-135M five times weight-only int8's KL divergence, groups
-1.6 times, perplexity level), each group's integer sum exact, scaled and summed in float32 and rounded to
-bf16 once (bias included); a static ``input_scale`` serves every group. Where it does not
+``pack_int8_vnni``, kernels/cpu_quant_linear.py). There membound's own int8
+(``quantization="int8"`` on a float checkpoint) quantizes dynamic activations per token **in
+groups of 64 inputs**, each with its own scale (``int8_grouped_linear_ref``: per-token scales
+alone cost SmolLM2-135M five times weight-only int8's KL divergence, groups 1.6 times,
+perplexity level), each group's integer sum exact, scaled and summed in float32 and rounded
+to bf16 once (bias included); a compressed-tensors checkpoint gets the per-token scales it
+declares (one group of all the inputs, as vLLM and the CUDA path compute it), and a static
+``input_scale`` serves the whole row. Where it does not
 serve, a bf16 model's layer runs **weight-only** (W8A16): activations stay bf16 and torch's
 packed CPU kernel ``_weight_int8pack_mm`` dequantizes the int8 weight inside the product;
 ``input_scale`` is not used there (activations are not quantized, which only removes
@@ -30,6 +33,7 @@ from torch import nn
 
 from membound.kernels.cpu_decode_stack import LinearKind, StackLinear
 from membound.kernels.cpu_quant_linear import (
+    INT8_ACT_GROUP,
     INT8_KERNEL_MAX_ROWS,
     INT8_MAX,
     KERNEL_DTYPE,
@@ -132,8 +136,16 @@ class Int8LinearMethod(ScaledW8A8Method):
         layer.cpu_weight_only = True
 
     def _static_scale(self, layer: nn.Module) -> float:
-        """The native kernel's input_scale argument: the static scale, or 0 (per group)."""
+        """The native kernel's input_scale argument: the static scale, or 0 (dynamic)."""
         return float(layer.input_scale) if self.static else 0.0
+
+    def _act_group(self, layer: nn.Module) -> int:
+        """The native kernel's activation inputs per scale: groups of ``INT8_ACT_GROUP`` for
+        membound's own int8; a checkpoint's declared per-token scales (config/quantization.py
+        refuses any other) and a static scale take the whole row."""
+        assert self.config is not None
+        per_token = self.config.prequantized or self.static
+        return layer.input_size if per_token else INT8_ACT_GROUP
 
     def stack_linear(self, layer: nn.Module) -> StackLinear | None:
         """The CPU backend's layout, where the layer uses one: the native W8A8 GEMM's, or the
@@ -141,6 +153,7 @@ class Int8LinearMethod(ScaledW8A8Method):
         if layer.cpu_w8a8:
             return StackLinear(LinearKind.INT8_W8A8, layer.weight, layer.bias,
                                layer.output_size, layer.weight_scale,
+                               group_size=self._act_group(layer),
                                input_scale=self._static_scale(layer))  # fmt: skip
         if not layer.cpu_weight_only:
             return None
@@ -156,7 +169,7 @@ class Int8LinearMethod(ScaledW8A8Method):
     def _native_args(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> dict:
         return dict(x=x, weight=layer.weight, scale=layer.weight_scale,
                     input_scale=self._static_scale(layer), bias=bias,
-                    out_features=layer.output_size)  # fmt: skip
+                    out_features=layer.output_size, act_group=self._act_group(layer))  # fmt: skip
 
     def apply(
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None
