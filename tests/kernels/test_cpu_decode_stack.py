@@ -97,6 +97,27 @@ def test_decode_stack_equals_module_path(native, tmp_path, family, quantization,
         assert torch.equal(a, b)
 
 
+def test_decode_stack_int8_checkpoint_equals_module_path(native, tmp_path) -> None:
+    """A compressed-tensors W8A8 checkpoint: the stack multiplies with the per-token
+    activation scales the checkpoint declares, as its modules do."""
+    from quantization.quant_checkpoints import write_quantized
+
+    if not native.int8_linear_supported(64):
+        pytest.skip("no native int8 GEMM on this CPU (no AVX512-VNNI)")
+    folder = make_checkpoint(tmp_path / "f", "qwen2_bias", seed=3, intermediate_size=128)
+    write_quantized(folder, tmp_path / "q", "compressed-tensors-int8")
+    ops = CpuOps(native=native)
+    model = _model(tmp_path / "q", ops)
+    assert model.model.decode_stack is not None
+    down = model.model.layers[0].mlp.down_proj
+    assert down.cpu_w8a8 and down.quant_method.stack_linear(down).group_size == down.input_size
+    caches_a, caches_b = _caches(model), _caches(model)
+    with torch.no_grad():
+        via_stack = _decode_step(model, ops, caches_a, [3, 17, 1], planned=True)
+        via_modules = _decode_step(model, ops, caches_b, [3, 17, 1], planned=False)
+    assert torch.equal(via_stack, via_modules)
+
+
 @pytest.mark.parametrize("seq_lens", [[9], [3, 17, 1]])
 def test_decode_stack_fp8_cache_equals_module_path(native, tmp_path, seq_lens) -> None:
     """An FP8 cache with the checkpoint's per-layer K/V scales (different per layer): the
