@@ -49,6 +49,20 @@ def _within_one_rounding(
     assert (diff <= want.abs() * 2.0**-7 + magnitude * 2.0**-18).all()
 
 
+def _bf16_linear(cfg, in_features: int, out_features: int, ops, bias: bool = False):
+    """A Linear of a bf16 model under ``cfg`` (its parameters made in bf16)."""
+    from membound.layers.linear import Linear
+    from membound.layers.quantization import get_linear_method
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        return Linear(in_features, out_features, bias=bias, prefix="p", ops=ops,
+                      quant_method=get_linear_method(cfg, ["p"]))  # fmt: skip
+    finally:
+        torch.set_default_dtype(default)
+
+
 def test_pack_round_trips_with_the_offset() -> None:
     q, _ = _case(100, 36)
     packed = pack_int8_vnni(q)
@@ -181,18 +195,10 @@ def test_int8_layer_packs_for_the_native_gemm_once(native) -> None:
     weight-only (that format never quantized activations)."""
     from membound.config import QuantizationConfig
     from membound.kernels.cpu_decode_stack import LinearKind
-    from membound.layers.linear import Linear
-    from membound.layers.quantization import get_linear_method
 
     cfg = QuantizationConfig.for_float_checkpoint("int8")
-    ops = CpuOps(native=native)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        ref, layer = (Linear(192, 128, bias=True, quant_method=get_linear_method(cfg, ["p"]),
-                             prefix="p", ops=o) for o in (TorchOps(), ops))  # fmt: skip
-    finally:
-        torch.set_default_dtype(default)
+    ref, layer = (_bf16_linear(cfg, 192, 128, o, bias=True)
+                  for o in (TorchOps(), CpuOps(native=native)))  # fmt: skip
     w, b = torch.randn(128, 192), torch.randn(128)
     for lin in (ref, layer):
         lin.load_checkpoint_tensor("weight", w, name="p.weight")
@@ -219,17 +225,9 @@ def test_checkpoint_int8_layer_keeps_its_per_token_scales(native) -> None:
     GEMM computes those (one group of all the inputs), as vLLM and the CUDA path do."""
     from membound.config import QuantizationConfig
     from membound.kernels.cpu_decode_stack import LinearKind
-    from membound.layers.linear import Linear
-    from membound.layers.quantization import get_linear_method
 
-    cfg = QuantizationConfig("int8", "compressed-tensors")
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        layer = Linear(192, 128, quant_method=get_linear_method(cfg, ["p"]), prefix="p",
-                       ops=CpuOps(native=native))  # fmt: skip
-    finally:
-        torch.set_default_dtype(default)
+    layer = _bf16_linear(QuantizationConfig("int8", "compressed-tensors"), 192, 128,
+                         CpuOps(native=native))  # fmt: skip
     q, s = _case(128, 192, seed=3)
     layer.load_checkpoint_tensor("weight", q, name="p.weight")
     layer.load_checkpoint_tensor("weight_scale", s[:, None], name="p.weight_scale")
@@ -244,18 +242,10 @@ def test_checkpoint_int8_layer_keeps_its_per_token_scales(native) -> None:
 
 def test_static_int8_layer_needs_a_positive_input_scale(native) -> None:
     from membound.config import QuantizationConfig
-    from membound.layers.linear import Linear
-    from membound.layers.quantization import get_linear_method
 
     cfg = QuantizationConfig.for_float_checkpoint("int8")
     cfg = dataclasses.replace(cfg, activation_scheme="static")
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        layer = Linear(64, 64, quant_method=get_linear_method(cfg, ["p"]), prefix="p",
-                       ops=CpuOps(native=native))  # fmt: skip
-    finally:
-        torch.set_default_dtype(default)
+    layer = _bf16_linear(cfg, 64, 64, CpuOps(native=native))
     layer.load_checkpoint_tensor("weight", torch.randn(64, 64), name="p.weight")
     with pytest.raises(ValueError, match="input_scale is 0.0; it must be positive"):
         layer.process_weights_after_loading()
