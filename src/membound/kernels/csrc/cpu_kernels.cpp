@@ -1628,7 +1628,7 @@ void prefill_attention_impl(const at::Tensor& query, const at::Tensor& kv_cache,
   // query tokens per tile: about PF_ROWS / G, a power of two so that a prompt's tiles (from
   // its first token) end where chunks of PF_KC keys do: a tile's last chunk is then no more
   // than its causal diagonal (42-token tiles at G = 3 computed 1.26x the visible scores over
-  // the offline workload's prompts, 64-token ones 1.19x; 1.01-1.04x, docs/benchmarks.md run 18)
+  // the offline workload's prompts, 64-token ones 1.19x; 1.01-1.06x, docs/benchmarks.md run 18)
   int64_t TQ = 1;
   while (TQ * G < PF_ROWS) TQ *= 2;
   const int64_t chunk_elems = D * PF_KC;  // packed K^T chunk and packed V chunk alike

@@ -141,11 +141,11 @@ class Int8LinearMethod(ScaledW8A8Method):
 
     def _act_group(self, layer: nn.Module) -> int:
         """The native kernel's activation inputs per scale: groups of ``INT8_ACT_GROUP`` for
-        membound's own int8; a checkpoint's declared per-token scales (config/quantization.py
-        refuses any other) and a static scale take the whole row."""
+        membound's own int8, the whole row for a checkpoint's declared per-token scales
+        (config/quantization.py refuses any other); a static scale the kernel itself applies
+        to the whole row (csrc ``check_int8_act``)."""
         assert self.config is not None
-        per_token = self.config.prequantized or self.static
-        return layer.input_size if per_token else INT8_ACT_GROUP
+        return layer.input_size if self.config.prequantized else INT8_ACT_GROUP
 
     def stack_linear(self, layer: nn.Module) -> StackLinear | None:
         """The CPU backend's layout, where the layer uses one: the native W8A8 GEMM's, or the
